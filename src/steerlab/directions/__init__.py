@@ -1,0 +1,25 @@
+"""Direction construction methods; each returns a :class:`BuildResult` (vector + stats)."""
+
+from __future__ import annotations
+
+from steerlab.directions.base import BuildResult, LayerStats
+from steerlab.directions.contrast import contrast, single
+from steerlab.directions.forced_prefix import forced_prefix
+from steerlab.directions.labeled import labeled
+from steerlab.directions.pca import pca
+from steerlab.directions.record import Recording, record
+
+METHODS = ("contrast", "single", "forced-prefix", "labeled", "pca")
+
+__all__ = [
+    "METHODS",
+    "BuildResult",
+    "LayerStats",
+    "Recording",
+    "contrast",
+    "forced_prefix",
+    "labeled",
+    "pca",
+    "record",
+    "single",
+]

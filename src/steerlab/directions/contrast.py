@@ -1,0 +1,95 @@
+"""Contrast pairs (CAA / ActAdd): mean over pairs of act(positive) - act(negative)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from steerlab.directions.base import (
+    BuildResult,
+    check_layers,
+    diff_stats,
+    make_vector,
+    mean_resid,
+    prompts_hash,
+    token_positions,
+)
+from steerlab.directions.record import Recording, record
+from steerlab.errors import SteerlabError
+from steerlab.models import Model
+
+
+def paired_activations(
+    model: Model,
+    positives: Sequence[str],
+    negatives: Sequence[str],
+    layers: Sequence[int],
+    hook_point: str,
+    position: str,
+    chat: bool,
+    batch_size: int,
+    progress: bool,
+) -> tuple[Recording, Recording]:
+    """Activations of both sides of each pair at ``position`` (``last`` or ``mean``)."""
+    if len(positives) != len(negatives):
+        raise SteerlabError(
+            f"contrast pairs need as many positives as negatives ({len(positives)} vs "
+            f"{len(negatives)})"
+        )
+    if not positives:
+        raise SteerlabError("contrast needs at least one pair")
+
+    def run(texts: Sequence[str], desc: str) -> Recording:
+        seqs = [model.encode(model.format_prompt(t) if chat else t) for t in texts]
+        pos = [token_positions(position, len(s)) for s in seqs]
+        return record(model, seqs, pos, layers, hook_point, batch_size, progress, desc)
+
+    return run(positives, "positive"), run(negatives, "negative")
+
+
+def contrast(
+    model: Model,
+    positives: Sequence[str],
+    negatives: Sequence[str],
+    layers: Sequence[int],
+    hook_point: str = "resid_post",
+    position: str = "last",
+    chat: bool = False,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> BuildResult:
+    """Mean difference of paired activations; one pair (``["Love"], ["Hate"]``) or many."""
+    layers = check_layers(model, layers)
+    pos, neg = paired_activations(
+        model, positives, negatives, layers, hook_point, position, chat, batch_size, progress
+    )
+    dirs, stats = {}, {}
+    for layer in layers:
+        diffs = pos.acts[layer] - neg.acts[layer]  # (N, d)
+        dirs[layer] = diffs.mean(0)
+        stats[layer] = diff_stats(diffs, dirs[layer], mean_resid(pos, neg, layer=layer), batch_size)
+    phash = prompts_hash("contrast", list(positives), list(negatives), position, chat)
+    extra = {"position": position, "chat": chat, "n_pairs": len(positives)}
+    return make_vector(model, dirs, stats, hook_point, "contrast", phash, extra)
+
+
+def single(
+    model: Model,
+    prompt: str,
+    layers: Sequence[int],
+    hook_point: str = "resid_post",
+    position: str = "last",
+    chat: bool = False,
+) -> BuildResult:
+    """The activation of one prompt (seed 000's "single prompt" direction)."""
+    layers = check_layers(model, layers)
+    seq = model.encode(model.format_prompt(prompt) if chat else prompt)
+    rec = record(model, [seq], [token_positions(position, len(seq))], layers, hook_point)
+    dirs = {layer: rec.acts[layer][0] for layer in layers}
+    stats = {
+        layer: diff_stats(rec.acts[layer], dirs[layer], mean_resid(rec, layer=layer), 1)
+        for layer in layers
+    }
+    phash = prompts_hash("single", prompt, position, chat)
+    return make_vector(
+        model, dirs, stats, hook_point, "single", phash, {"position": position, "chat": chat}
+    )

@@ -1,0 +1,57 @@
+"""Labeled mean difference (seed 004): mean over class-A texts minus mean over class-B texts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from steerlab.directions.base import (
+    BuildResult,
+    check_layers,
+    diff_stats,
+    make_vector,
+    mean_resid,
+    prompts_hash,
+    token_positions,
+)
+from steerlab.directions.record import record
+from steerlab.errors import SteerlabError
+from steerlab.models import Model
+
+
+def labeled(
+    model: Model,
+    class_a: Sequence[str],
+    class_b: Sequence[str],
+    layers: Sequence[int],
+    hook_point: str = "resid_post",
+    position: str = "last",
+    chat: bool = False,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> BuildResult:
+    """``mean(act(A)) - mean(act(B))``; the classes need not be paired or equally sized.
+
+    The sign is fixed: +vector points from B to A (seed 004 found its sign error weeks late).
+    ``batch_cosines`` compare the estimate from each batch of A vs the matching batch of B.
+    """
+    layers = check_layers(model, layers)
+    if not class_a or not class_b:
+        raise SteerlabError("labeled mean-diff needs at least one text in each class")
+
+    def run(texts: Sequence[str], desc: str):  # type: ignore[no-untyped-def]
+        seqs = [model.encode(model.format_prompt(t) if chat else t) for t in texts]
+        pos = [token_positions(position, len(s)) for s in seqs]
+        return record(model, seqs, pos, layers, hook_point, batch_size, progress, desc)
+
+    rec_a, rec_b = run(class_a, "class A"), run(class_b, "class B")
+    dirs, stats = {}, {}
+    for layer in layers:
+        a, b = rec_a.acts[layer], rec_b.acts[layer]
+        dirs[layer] = a.mean(0) - b.mean(0)
+        # pseudo-pairs (each A against B's mean) give per-example spread and batch stability
+        diffs = a - b.mean(0, keepdim=True)
+        stats[layer] = diff_stats(diffs, dirs[layer], mean_resid(rec_a, rec_b, layer=layer),
+                                  batch_size)
+    phash = prompts_hash("labeled", list(class_a), list(class_b), position, chat)
+    extra = {"position": position, "chat": chat, "n_a": len(class_a), "n_b": len(class_b)}
+    return make_vector(model, dirs, stats, hook_point, "labeled", phash, extra)

@@ -1,0 +1,127 @@
+"""Record residual-stream activations at chosen token positions, batched and memory bounded.
+
+Each sequence comes with the token positions to read (indices into the *unpadded* sequence);
+the hook reduces them (mean) inside the forward pass, so memory is O(batch x d_model) per layer,
+not O(tokens). Padding offsets come from the attention mask. The forward pass stops after the
+deepest recorded layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from steerlab.errors import SteerlabError
+from steerlab.models import Model
+from steerlab.vectors import HOOK_POINTS
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook: later layers are not needed."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    """Per layer: ``acts`` (N, d_model) float32 CPU (mean over each row's positions) and
+    ``norms`` (N,) mean residual norm over those positions."""
+
+    acts: dict[int, torch.Tensor]
+    norms: dict[int, torch.Tensor]
+
+
+@contextlib.contextmanager
+def _capture(
+    model: Model, layers: Sequence[int], hook_point: str, sink: dict[int, torch.Tensor]
+) -> Iterator[None]:
+    deepest = max(layers)
+    with contextlib.ExitStack() as stack:
+        for layer in layers:
+            module = model.layers[layer]
+
+            def grab(h: torch.Tensor, layer: int = layer) -> None:
+                sink[layer] = h
+                if layer == deepest:
+                    raise _StopForward
+
+            if hook_point == "resid_pre":
+
+                def pre(_m: nn.Module, args: tuple, kwargs: dict, grab=grab) -> None:  # type: ignore[no-untyped-def]
+                    grab(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
+
+                handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+            else:
+
+                def post(_m: nn.Module, _a: tuple, out: object, grab=grab) -> None:  # type: ignore[no-untyped-def]
+                    grab(out if isinstance(out, torch.Tensor) else out[0])  # type: ignore[index]
+
+                handle = module.register_forward_hook(post)
+            stack.callback(handle.remove)
+        yield
+
+
+def record(
+    model: Model,
+    sequences: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    hook_point: str = "resid_post",
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "activations",
+) -> Recording:
+    """Mean activation over ``positions[i]`` of ``sequences[i]`` at each layer.
+
+    ``sequences`` are token ids; ``positions[i]`` are indices into ``sequences[i]`` (negative
+    indices count from its end).
+    """
+    if hook_point not in HOOK_POINTS:
+        raise SteerlabError(f"hook_point must be one of {HOOK_POINTS}")
+    if not sequences:
+        raise SteerlabError("no sequences to record activations from")
+    if len(sequences) != len(positions):
+        raise SteerlabError("sequences and positions differ in length")
+    for layer in layers:
+        model.check_layer(layer)
+    dev = model.device
+    acts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    norms: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    bar = tqdm(total=len(sequences), desc=desc, unit="seq", disable=not progress)
+    with torch.inference_mode():
+        for start in range(0, len(sequences), batch_size):
+            batch = sequences[start : start + batch_size]
+            width = max(len(s) for s in batch)
+            ids = torch.full((len(batch), width), model.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, s in enumerate(batch):
+                ids[r, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+                mask[r, width - len(s) :] = 1
+            # (B, W) selection weights: 1/k at each row's k chosen positions
+            weights = torch.zeros(len(batch), width)
+            offsets = width - mask.sum(-1)  # left pads per row, read from the mask
+            for r, (s, pos) in enumerate(zip(batch, positions[start : start + batch_size], strict=True)):
+                idx = [p if p >= 0 else len(s) + p for p in pos]
+                if not idx or any(not 0 <= p < len(s) for p in idx):
+                    raise SteerlabError(f"sequence {start + r}: positions {list(pos)} out of range")
+                for p in idx:
+                    weights[r, int(offsets[r]) + p] += 1.0 / len(idx)
+            sink: dict[int, torch.Tensor] = {}
+            ids, mask = ids.to(dev), mask.to(dev)
+            pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            with _capture(model, layers, hook_point, sink), contextlib.suppress(_StopForward):
+                model.hf(input_ids=ids, attention_mask=mask, position_ids=pos_ids, use_cache=False)
+            w = weights.to(dev)
+            for layer in layers:
+                h = sink[layer].float()  # (B, W, d)
+                acts[layer].append(torch.einsum("bw,bwd->bd", w, h).cpu())
+                norms[layer].append(torch.einsum("bw,bw->b", w, h.norm(dim=-1)).cpu())
+            bar.update(len(batch))
+    bar.close()
+    return Recording(
+        acts={k: torch.cat(v) for k, v in acts.items()},
+        norms={k: torch.cat(v) for k, v in norms.items()},
+    )

@@ -1,0 +1,7 @@
+"""The one exception family the CLI turns into a one-line message and exit code 2."""
+
+from __future__ import annotations
+
+
+class SteerlabError(ValueError):
+    """Bad input or an impossible request, explained in one sentence."""

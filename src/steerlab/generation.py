@@ -1,0 +1,250 @@
+"""One batched decode loop for everything: left padding, KV cache, per-row steering and seeds.
+
+Rows are sorted by prompt length and cut into batches by the engine. Inside a batch every row
+carries its own interventions (compiled into one :class:`~steerlab.interventions.SteeringPlan`)
+and its own sampling seed (its own ``torch.Generator``, drawn from only on that row's steps), so a
+row's text does not depend on which rows share its batch. Finished rows (EOS or their token
+budget) leave the batch: their KV-cache rows and plan rows are dropped, so a batch costs what its
+live rows cost.
+
+Per generated token we return its log-probability and the entropy of the full next-token
+distribution, both from the model's untempered logits (confound metrics need them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from steerlab.errors import SteerlabError
+from steerlab.hooks import steering
+from steerlab.interventions import Intervention, compile_plan
+from steerlab.models import Model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings shared by all rows. ``temperature == 0`` means greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    batch_size: int = 32
+    use_cache: bool = True
+    stop_at_eos: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise SteerlabError("max_new_tokens must be at least 1")
+        if self.temperature < 0:
+            raise SteerlabError("temperature must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise SteerlabError("top_p must be in (0, 1]")
+        if self.batch_size < 1:
+            raise SteerlabError("batch_size must be at least 1")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One generation request: the exact text to feed (format it first), steering, seed."""
+
+    prompt: str
+    interventions: tuple[Intervention, ...] = ()
+    seed: int = 0
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """What one row produced. ``logprobs``/``entropies`` align with ``token_ids`` (EOS excluded)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    entropies: tuple[float, ...]
+    finish_reason: str  # "eos" | "length"
+    prompt_tokens: int
+
+
+@dataclass
+class _Track:
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
+    reason: str = "length"
+
+
+def generate(
+    model: Model,
+    rows: Sequence[Row],
+    config: GenerationConfig | None = None,
+    progress: bool = True,
+    on_batch: Callable[[list[int], list[RowResult]], None] | None = None,
+) -> list[RowResult]:
+    """Generate for every row; results come back in the order of ``rows``.
+
+    ``on_batch(indices, results)`` is called after each batch (for streaming writes).
+    """
+    cfg = config or GenerationConfig()
+    encoded = [model.encode(r.prompt) for r in rows]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise SteerlabError(f"row {i}: the prompt encodes to zero tokens")
+    # Longest first: memory peaks early, and similar lengths share batches (less padding).
+    order = sorted(range(len(rows)), key=lambda i: (-len(encoded[i]), i))
+    results: list[RowResult | None] = [None] * len(rows)
+    bar = tqdm(total=len(rows), desc="generate", unit="row", disable=not progress)
+    try:
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            out = _generate_batch(
+                model, [encoded[i] for i in idx], [rows[i] for i in idx], cfg, bar.update
+            )
+            for i, res in zip(idx, out, strict=True):
+                results[i] = res
+            if on_batch is not None:
+                on_batch(idx, out)
+    finally:
+        bar.close()
+    return [r for r in results if r is not None]
+
+
+_ACCEPTS_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def _forward_kwargs(model: Model) -> dict[str, int]:
+    cls = type(model.hf)
+    if cls not in _ACCEPTS_LOGITS_TO_KEEP:
+        params = inspect.signature(model.hf.forward).parameters
+        _ACCEPTS_LOGITS_TO_KEEP[cls] = "logits_to_keep" in params
+    return {"logits_to_keep": 1} if _ACCEPTS_LOGITS_TO_KEEP[cls] else {}
+
+
+def _left_pad(
+    batch: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, x in enumerate(batch):
+        ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+        mask[r, width - len(x) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _choose(
+    logits: torch.Tensor, cfg: GenerationConfig, gens: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """Next token per row from ``logits`` (b, V) float32: greedy, or seeded inverse-CDF sampling."""
+    if cfg.temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / cfg.temperature, dim=-1)  # (b, V)
+    if cfg.top_p < 1:
+        probs, order = probs.sort(dim=-1, descending=True)
+        # drop tokens whose preceding mass already exceeds top_p (the first is always kept)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > cfg.top_p, 0.0)
+    else:
+        order = None
+    cdf = probs.cumsum(-1)  # (b, V)
+    u = torch.stack([torch.rand((), generator=g) for g in gens]).to(cdf.device)  # (b,)
+    j = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=cdf.shape[-1] - 1)
+    j = j.squeeze(-1)
+    # never land on a zero-probability token (numerical edge of the CDF)
+    j = torch.where(probs.gather(-1, j[:, None]).squeeze(-1) > 0, j, probs.argmax(-1))
+    return j if order is None else order.gather(-1, j[:, None]).squeeze(-1)
+
+
+def _generate_batch(
+    model: Model,
+    encoded: Sequence[Sequence[int]],
+    rows: Sequence[Row],
+    cfg: GenerationConfig,
+    advance: Callable[[int], object],
+) -> list[RowResult]:
+    from transformers import DynamicCache
+
+    dev = model.device
+    ids, mask = _left_pad(encoded, model.pad_token_id, dev)  # (B, L)
+    b = ids.shape[0]
+    budgets = torch.tensor([r.max_new_tokens or cfg.max_new_tokens for r in rows], device=dev)
+    prompt_lens = mask.sum(-1)  # (B,)
+    eos = torch.tensor(model.eos_token_ids or (-1,), device=dev)
+    gens = [torch.Generator().manual_seed(int(r.seed)) for r in rows]
+    tracks = [_Track() for _ in rows]
+    active = torch.arange(b, device=dev)  # batch row -> index in ``rows``
+    any_steer = any(r.interventions for r in rows)
+    plan = compile_plan(model, [list(r.interventions) for r in rows]) if any_steer else None
+    extra = _forward_kwargs(model)
+    ctx = steering(model, plan, prompt_lens) if plan is not None else contextlib.nullcontext()
+    cache = DynamicCache() if cfg.use_cache else None
+    feed = ids
+    with torch.inference_mode(), ctx as handle:
+        for step in range(int(budgets.max())):
+            pos_ids = (mask.cumsum(-1) - 1).clamp_(min=0)  # (b, S) from the mask, not the chunk
+            if cache is not None:
+                out = model.hf(
+                    input_ids=feed,
+                    attention_mask=mask,
+                    position_ids=pos_ids[:, -feed.shape[1] :],
+                    past_key_values=cache,
+                    use_cache=True,
+                    **extra,
+                )
+            else:
+                out = model.hf(
+                    input_ids=ids, attention_mask=mask, position_ids=pos_ids, use_cache=False,
+                    **extra,
+                )
+            logits = out.logits[:, -1, :].float()  # (b, V)
+            logp = torch.log_softmax(logits, dim=-1)
+            ent = -(logp.exp() * logp).nan_to_num(0.0).sum(-1)  # (b,)
+            tok = _choose(logits, cfg, [gens[int(i)] for i in active])  # (b,)
+            tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
+            is_eos = torch.isin(tok, eos) if cfg.stop_at_eos else torch.zeros_like(tok, dtype=torch.bool)
+            done = is_eos | (step + 1 >= budgets[active])
+            for r, t, lp, en, e in zip(
+                active.tolist(), tok.tolist(), tok_lp.tolist(), ent.tolist(), is_eos.tolist(),
+                strict=True,
+            ):
+                tr = tracks[r]
+                if e:
+                    tr.reason = "eos"
+                else:
+                    tr.ids.append(t)
+                    tr.logprobs.append(lp)
+                    tr.entropies.append(en)
+            n_done = int(done.sum())
+            if n_done == len(active):
+                advance(n_done)
+                break
+            ids = torch.cat([ids, tok[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            feed = tok[:, None]
+            if n_done:
+                keep = (~done).nonzero().squeeze(-1)  # (b',)
+                active = active.index_select(0, keep)
+                ids, mask, feed = ids[keep], mask[keep], feed[keep]
+                if cache is not None:
+                    cache.batch_select_indices(keep)
+                if handle is not None:
+                    handle.select(keep)
+                advance(n_done)
+    return [
+        RowResult(
+            text=model.decode(tr.ids),
+            token_ids=tuple(tr.ids),
+            logprobs=tuple(tr.logprobs),
+            entropies=tuple(tr.entropies),
+            finish_reason=tr.reason,
+            prompt_tokens=len(x),
+        )
+        for tr, x in zip(tracks, encoded, strict=True)
+    ]

@@ -1,0 +1,290 @@
+"""Intervention specs (add / ablate / clamp at a layer's residual stream) and their compiled form.
+
+Algebra, with ``u`` the unit direction, ``s`` the scale factor and ``h`` the residual ``(d_model,)``:
+
+- ``add``:    ``h + α·s·u``                     (α = 0 is exactly the unsteered model)
+- ``ablate``: ``h - α·(h·u)·u``                 (α = 1 removes the projection; scale unused)
+- ``clamp``:  ``h + (α·s - h·u)·u``             (sets the projection on ``u`` to ``α·s``)
+
+Scale ``s``: ``absolute`` = 1 (α is in residual units), ``diff`` = the vector's own norm (α times
+the raw construction vector), ``resid`` = the mean residual norm recorded at construction.
+
+Positions are windows relative to the end of the prompt: ``0`` is the first generated token and
+``-1`` the last prompt token. ``all`` = (-inf, inf), ``prompt`` = (-inf, 0), ``last-prompt`` =
+(-1, 0), ``generated`` = (0, inf), ``window:S:E`` = [S, E) with either side optional. Pads are
+never steered.
+
+A batch of rows, each with its own interventions, compiles to a :class:`SteeringPlan`: for each
+hook site a list of slots, each slot holding per-row tensors, so one fused update per slot steers
+every row with its own setting.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from steerlab.errors import SteerlabError
+from steerlab.vectors import HOOK_POINTS, SteeringVector
+
+if TYPE_CHECKING:
+    from steerlab.models import Model
+
+KINDS = ("add", "ablate", "clamp")
+SCALES = ("absolute", "diff", "resid")
+POSITION_MODES = ("all", "prompt", "last-prompt", "generated")
+_INF = 1 << 40
+_HOOK_NAME = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post)$")
+
+
+def parse_hook_name(name: str) -> tuple[int | None, str]:
+    """``resid_post`` -> (None, 'resid_post'); ``blocks.8.hook_resid_pre`` -> (8, 'resid_pre')."""
+    if name in HOOK_POINTS:
+        return None, name
+    m = _HOOK_NAME.match(name)
+    if m is None:
+        raise SteerlabError(
+            f"unknown hook point {name!r}: use resid_pre, resid_post or blocks.L.hook_resid_post"
+        )
+    return int(m.group(1)), m.group(2)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Token window ``[start, end)`` relative to the prompt end; ``None`` is unbounded."""
+
+    start: int | None
+    end: int | None
+
+    @classmethod
+    def parse(cls, spec: str) -> Window:
+        table = {
+            "all": cls(None, None),
+            "prompt": cls(None, 0),
+            "last-prompt": cls(-1, 0),
+            "generated": cls(0, None),
+        }
+        if spec in table:
+            return table[spec]
+        parts = spec.split(":")
+        if len(parts) == 3 and parts[0] == "window":
+            try:
+                start = int(parts[1]) if parts[1] else None
+                end = int(parts[2]) if parts[2] else None
+            except ValueError:
+                pass
+            else:
+                if start is not None and end is not None and end <= start:
+                    raise SteerlabError(f"empty token window {spec!r}: END must exceed START")
+                return cls(start, end)
+        raise SteerlabError(
+            f"unknown positions {spec!r}: use all, prompt, last-prompt, generated or "
+            "window:START:END (relative to the prompt end; 0 = first generated token)"
+        )
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return (-_INF if self.start is None else self.start, _INF if self.end is None else self.end)
+
+
+@dataclass(frozen=True, eq=False)
+class Intervention:
+    """One steering operation at one layer. Validated on construction; fields never rewritten.
+
+    ``source_layer`` picks which layer of ``vector`` to use (default: ``layer``), so a direction
+    built at one layer can be applied at another.
+    """
+
+    vector: SteeringVector
+    layer: int
+    kind: str = "add"
+    alpha: float = 1.0
+    hook_point: str | None = None
+    positions: str = "all"
+    scale: str = "absolute"
+    source_layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise SteerlabError(f"unknown intervention {self.kind!r}: use one of {KINDS}")
+        if self.scale not in SCALES:
+            raise SteerlabError(f"unknown scale {self.scale!r}: use one of {SCALES}")
+        if self.hook_point is not None and self.hook_point not in HOOK_POINTS:
+            raise SteerlabError(f"hook_point must be one of {HOOK_POINTS}")
+        if not isinstance(self.alpha, (int, float)) or self.alpha != self.alpha:
+            raise SteerlabError(f"alpha must be a finite number, got {self.alpha!r}")
+        Window.parse(self.positions)
+        self.vector.direction(self.src)  # raises when the vector lacks that layer
+        if self.scale == "resid" and self.src not in self.vector.mean_resid_norm:
+            raise SteerlabError(
+                f"scale 'resid' needs the mean residual norm at layer {self.src}, "
+                "which this vector does not record"
+            )
+
+    @property
+    def src(self) -> int:
+        return self.layer if self.source_layer is None else self.source_layer
+
+    @property
+    def point(self) -> str:
+        return self.hook_point or self.vector.hook_point
+
+    @property
+    def window(self) -> Window:
+        return Window.parse(self.positions)
+
+    def scale_factor(self) -> float:
+        if self.scale == "absolute":
+            return 1.0
+        if self.scale == "diff":
+            return self.vector.norm(self.src)
+        return float(self.vector.mean_resid_norm[self.src])
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind}@{self.point}[{self.layer}] α={self.alpha:g} ({self.scale}) "
+            f"positions={self.positions}"
+        )
+
+
+# ----------------------------------------------------------------------------- compiled plan
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Per-row tensors for the k-th intervention of every row at one hook site.
+
+    Shapes: ``add``/``unit`` (B, d_model) float32; ``coef``/``target`` (B,) float32;
+    ``is_clamp`` (B,) bool; ``lo``/``hi`` (B,) int64 window bounds relative to the prompt end.
+    Rows without a k-th intervention have zeros everywhere, which leaves them exactly unchanged.
+    """
+
+    add: torch.Tensor
+    unit: torch.Tensor
+    coef: torch.Tensor
+    target: torch.Tensor
+    is_clamp: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    has_proj: bool
+
+    def select(self, idx: torch.Tensor) -> Slot:
+        t = {k: getattr(self, k).index_select(0, idx) for k in _SLOT_TENSORS}
+        return Slot(**t, has_proj=self.has_proj)
+
+    def to(self, device: torch.device) -> Slot:
+        t = {k: getattr(self, k).to(device) for k in _SLOT_TENSORS}
+        return Slot(**t, has_proj=self.has_proj)
+
+    def apply(self, h: torch.Tensor, rel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Return the steered residual. ``h`` (B, T, d); ``rel``/``valid`` (B, T)."""
+        mask = valid & (rel >= self.lo[:, None]) & (rel < self.hi[:, None])  # (B, T)
+        delta = self.add[:, None, :]  # (B, 1, d)
+        if self.has_proj:
+            unit = self.unit[:, None, :]  # (B, 1, d)
+            proj = (h.float() * unit).sum(-1)  # (B, T)
+            dproj = torch.where(
+                self.is_clamp[:, None], self.target[:, None] - proj, -self.coef[:, None] * proj
+            )
+            delta = delta + dproj[..., None] * unit  # (B, T, d)
+        return h + (mask[..., None] * delta).to(h.dtype)
+
+
+_SLOT_TENSORS = ("add", "unit", "coef", "target", "is_clamp", "lo", "hi")
+Site = tuple[int, str]  # (layer, hook_point)
+
+
+@dataclass(frozen=True)
+class SteeringPlan:
+    """Compiled per-row steering for a batch of ``batch_size`` rows (1 = broadcast to any batch)."""
+
+    sites: dict[Site, tuple[Slot, ...]]
+    batch_size: int
+
+    def select(self, idx: torch.Tensor) -> SteeringPlan:
+        """Keep rows ``idx`` (used when finished rows leave a decoding batch)."""
+        if self.batch_size == 1:
+            return self
+        sites = {k: tuple(s.select(idx) for s in v) for k, v in self.sites.items()}
+        return SteeringPlan(sites, int(idx.numel()))
+
+    def to(self, device: torch.device) -> SteeringPlan:
+        sites = {k: tuple(s.to(device) for s in v) for k, v in self.sites.items()}
+        return SteeringPlan(sites, self.batch_size)
+
+    @property
+    def empty(self) -> bool:
+        return not self.sites
+
+
+def compile_plan(
+    model: Model | None,
+    rows: Sequence[Sequence[Intervention]],
+    device: torch.device | None = None,
+) -> SteeringPlan:
+    """Compile one intervention list per row into per-site slot tensors on ``device``.
+
+    With ``model`` given, layers and d_model are checked against it (clear errors).
+    """
+    d_model = model.d_model if model is not None else None
+    dev = device or (model.device if model is not None else torch.device("cpu"))
+    per_site: dict[Site, list[list[Intervention | None]]] = {}
+    for r, ivs in enumerate(rows):
+        counts: dict[Site, int] = {}
+        for iv in ivs:
+            if model is not None:
+                model.check_layer(iv.layer)
+            if d_model is not None:
+                iv.vector.check_d_model(d_model)
+            site = (iv.layer, iv.point)
+            k = counts.get(site, 0)
+            counts[site] = k + 1
+            slots = per_site.setdefault(site, [])
+            while len(slots) <= k:
+                slots.append([None] * len(rows))
+            slots[k][r] = iv
+    sites = {
+        site: tuple(_build_slot(col, dev) for col in slots)
+        for site, slots in sorted(per_site.items())
+    }
+    return SteeringPlan(sites, len(rows))
+
+
+def _build_slot(col: Sequence[Intervention | None], device: torch.device) -> Slot:
+    b = len(col)
+    d = next(iv.vector.d_model for iv in col if iv is not None)
+    add = torch.zeros(b, d)
+    unit = torch.zeros(b, d)
+    coef = torch.zeros(b)
+    target = torch.zeros(b)
+    is_clamp = torch.zeros(b, dtype=torch.bool)
+    lo = torch.zeros(b, dtype=torch.long)
+    hi = torch.zeros(b, dtype=torch.long)  # empty window: rows without an intervention
+    for r, iv in enumerate(col):
+        if iv is None:
+            continue
+        lo[r], hi[r] = iv.window.bounds
+        if iv.kind == "add":
+            if iv.alpha != 0:
+                add[r] = iv.alpha * iv.scale_factor() * iv.vector.unit(iv.src)
+        else:
+            unit[r] = iv.vector.unit(iv.src)
+            if iv.kind == "ablate":
+                coef[r] = iv.alpha
+            else:
+                is_clamp[r] = True
+                target[r] = iv.alpha * iv.scale_factor()
+    return Slot(
+        add=add.to(device),
+        unit=unit.to(device),
+        coef=coef.to(device),
+        target=target.to(device),
+        is_clamp=is_clamp.to(device),
+        lo=lo.to(device),
+        hi=hi.to(device),
+        has_proj=bool(unit.abs().sum() > 0),
+    )

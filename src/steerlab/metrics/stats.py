@@ -1,0 +1,93 @@
+"""Percentile-bootstrap confidence intervals for rates and means, vectorized with numpy.
+
+Rates in the reliability report (refusal rate on ``harm_test``, helpful rate on ``benign``) come
+from a few hundred prompts; an interval shows which differences between layers or coefficients
+are larger than resampling noise.
+
+NaN values are dropped before resampling, matching the confound metrics' convention that NaN
+means "undefined for this completion" (e.g. mean entropy of an empty completion).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+# Resample in chunks of at most this many drawn indices, so memory stays bounded for large n.
+_MAX_DRAWS_PER_CHUNK = 4_000_000
+
+
+def _clean(values: Sequence[float] | npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    return x[~np.isnan(x)]
+
+
+def _boot_means(
+    x: npt.NDArray[np.float64], n_boot: int, rng: np.random.Generator
+) -> npt.NDArray[np.float64]:
+    """Means of ``n_boot`` resamples (with replacement) of ``x``: ``(n,) -> (n_boot,)``."""
+    n = x.size
+    per_chunk = max(1, _MAX_DRAWS_PER_CHUNK // n)
+    out = np.empty(n_boot, dtype=np.float64)
+    for start in range(0, n_boot, per_chunk):
+        stop = min(n_boot, start + per_chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))  # (chunk, n)
+        out[start:stop] = x[idx].mean(axis=1)
+    return out
+
+
+def _check(n_boot: int, alpha: float) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+
+
+def bootstrap_ci(
+    values: Sequence[float] | npt.NDArray[np.generic],
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: the sample mean and a ``1 - alpha`` percentile-bootstrap interval.
+
+    Booleans work (a refusal rate is the mean of 0/1 flags). No values gives ``(nan, nan, nan)``;
+    a single value gives ``(v, v, v)``. Deterministic in ``seed``.
+    """
+    _check(n_boot, alpha)
+    x = _clean(values)
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if x.size == 1:
+        return mean, mean, mean
+    means = _boot_means(x, n_boot, np.random.default_rng(seed))
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return mean, float(lo), float(hi)
+
+
+def bootstrap_diff_ci(
+    a: Sequence[float] | npt.NDArray[np.generic],
+    b: Sequence[float] | npt.NDArray[np.generic],
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(mean(a) - mean(b), lo, hi)`` with ``a`` and ``b`` resampled independently.
+
+    For unpaired gaps such as ``refusal_rate(harm_train) - refusal_rate(harm_test)``. NaN
+    everywhere when either side is empty; a side with one value contributes no spread.
+    """
+    _check(n_boot, alpha)
+    x, y = _clean(a), _clean(b)
+    if x.size == 0 or y.size == 0:
+        return math.nan, math.nan, math.nan
+    diff = float(x.mean() - y.mean())
+    rng = np.random.default_rng(seed)
+    mx = _boot_means(x, n_boot, rng) if x.size > 1 else np.full(n_boot, x[0])
+    my = _boot_means(y, n_boot, rng) if y.size > 1 else np.full(n_boot, y[0])
+    lo, hi = np.quantile(mx - my, [alpha / 2, 1 - alpha / 2])
+    return diff, float(lo), float(hi)

