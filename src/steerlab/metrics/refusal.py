@@ -207,7 +207,7 @@ def refusal_score(
     comp = _matches(norm, config.compliance_markers)
     r = sum(w * _position_weight(s, config) for s, _, _, w in ref)
     c = sum(w * _position_weight(s, config) for s, _, _, w in comp)
-    score = r / (r + c + config.prior)
+    score = r / (r + c + config.prior) if r > 0 else 0.0
     return RefusalResult(
         score=score,
         is_refusal=bool(r > 0 and score >= threshold),
