@@ -270,6 +270,21 @@ def _looks_like_hub_id(spec: str) -> bool:
     return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Quick check before a hub download, so offline use fails at once instead of retrying."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host or "huggingface.co", 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _load_pretrained(source: str, dtype: torch.dtype, local_only: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -309,6 +324,11 @@ def load_model(
         hf, tok = _load_pretrained(spec, dt, True)
         name = Path(spec).resolve().name
     elif _looks_like_hub_id(spec):
+        if not _hub_reachable():
+            raise ModelLoadError(
+                f"cannot load {spec!r}: the Hugging Face hub is unreachable (offline?) and it is "
+                "not a local directory; use 'embedded', a tiny-* model, a local dir or a .gguf"
+            )
         try:
             hf, tok = _load_pretrained(spec, dt, False)
         except OSError as e:

@@ -1,0 +1,218 @@
+"""The ``steerlab`` command: parse, validate, call a job. Bad input -> one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer with click
+    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
+
+from steerlab.errors import SteerlabError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Activation steering for open language models: build vectors, steer generation, measure.",
+)
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="embedded | tiny-* | model dir | .gguf | hub id")
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if any)")]
+DtypeOpt = Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16 (default: auto)")]
+
+
+def _load(model: str, device: str | None, dtype: str | None, chat: bool = True):  # type: ignore[no-untyped-def]
+    from steerlab.models import load_model
+
+    return load_model(model, device=device, dtype=dtype, chat=chat)
+
+
+@app.command("build-vector")
+def build_vector_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="output .safetensors")],
+    layer: Annotated[list[int], typer.Option("--layer", "-l", help="layer(s) to build at")],
+    method: Annotated[str, typer.Option(help="contrast|single|forced-prefix|labeled|pca")] = (
+        "contrast"
+    ),
+    model: ModelOpt = "embedded",
+    positive: Annotated[list[str] | None, typer.Option(help="positive text (repeatable)")] = None,
+    negative: Annotated[list[str] | None, typer.Option(help="negative text (repeatable)")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="JSONL input (see docs per method)")] = None,
+    label_a: Annotated[str | None, typer.Option(help="labeled: the +direction class")] = None,
+    label_b: Annotated[str | None, typer.Option(help="labeled: the other class")] = None,
+    refusal_prefix: Annotated[str | None, typer.Option(help="forced-prefix: refusal")] = None,
+    compliance_prefix: Annotated[str | None, typer.Option(help="forced-prefix")] = None,
+    hook_point: Annotated[str, typer.Option(help="resid_pre | resid_post")] = "resid_post",
+    position: Annotated[str | None, typer.Option(help="last|mean or *_prefix")] = None,
+    chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="chat-format")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+) -> None:
+    """Build a steering vector and save it (with a .stats.json beside it)."""
+    from steerlab.interventions import parse_hook_name
+    from steerlab.pipelines.jobs import BuildSpec, build_vector, save_build
+
+    _, point = parse_hook_name(hook_point)
+    spec = BuildSpec(
+        method=method,
+        layers=tuple(layer),
+        hook_point=point,
+        position=position,
+        positives=tuple(positive or ()),
+        negatives=tuple(negative or ()),
+        prompts_file=prompts,
+        label_a=label_a,
+        label_b=label_b,
+        refusal_prefix=refusal_prefix,
+        compliance_prefix=compliance_prefix,
+        chat=chat,
+        batch_size=batch_size,
+    )
+    m = _load(model, device, dtype)
+    result = build_vector(m, spec)
+    stats_path = save_build(result, out)
+    for layer_idx, s in result.stats.items():
+        typer.echo(
+            f"layer {layer_idx}: raw norm {s.raw_norm:.3f}, mean resid norm "
+            f"{s.mean_resid_norm:.3f}, n={s.n}"
+        )
+    typer.echo(f"wrote {out} and {stats_path}")
+
+
+@app.command("generate")
+def generate_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="output .jsonl")],
+    model: ModelOpt = "embedded",
+    prompt: Annotated[list[str] | None, typer.Option(help="prompt text (repeatable)")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="JSONL with a 'prompt' field")] = None,
+    vector: Annotated[Path | None, typer.Option(help="steering vector .safetensors")] = None,
+    layer: Annotated[list[int] | None, typer.Option(help="layer(s); default: vector's")] = None,
+    alpha: Annotated[list[float] | None, typer.Option(help="coefficient(s) (repeatable)")] = None,
+    intervention: Annotated[str, typer.Option(help="add | ablate | clamp")] = "add",
+    position: Annotated[str, typer.Option(help="all|prompt|last-prompt|generated|window:S:E")] = (
+        "all"
+    ),
+    scale: Annotated[str, typer.Option(help="absolute | diff | resid")] = "absolute",
+    hook_point: Annotated[str | None, typer.Option(help="resid_pre | resid_post")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    seed: int = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    chat: Annotated[bool, typer.Option("--chat/--no-chat", help="apply chat template")] = True,
+    system: Annotated[str | None, typer.Option(help="system message")] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+) -> None:
+    """Generate (optionally steered; several --layer/--alpha values make a grid) to JSONL."""
+    from steerlab.generation import GenerationConfig
+    from steerlab.interventions import parse_hook_name
+    from steerlab.pipelines.jobs import SteerSpec, read_prompts_for_generate, run_generate
+
+    if (prompt is None) == (prompts is None):
+        raise SteerlabError("give exactly one of --prompt TEXT or --prompts FILE.jsonl")
+    items = (
+        read_prompts_for_generate(prompts)
+        if prompts is not None
+        else [(f"prompt{i}", p) for i, p in enumerate(prompt or [])]
+    )
+    point = None
+    if hook_point is not None:
+        hook_layer, point = parse_hook_name(hook_point)
+        if hook_layer is not None:
+            layer = [*(layer or []), hook_layer]
+    steer = SteerSpec(
+        vector=vector,
+        layers=tuple(layer or ()),
+        alphas=tuple(alpha or (1.0,)),
+        kind=intervention,
+        positions=position,
+        scale=scale,
+        hook_point=point,
+    )
+    if vector is None and alpha:
+        raise SteerlabError("--alpha needs --vector")
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
+    )
+    m = _load(model, device, dtype, chat=chat)
+    n = run_generate(m, items, steer, config, seed, out, chat=chat, system=system)
+    typer.echo(f"wrote {n} rows to {out}")
+
+
+@app.command("info")
+def info_cmd(
+    path: Annotated[Path, typer.Argument(help="a steering vector .safetensors")],
+    as_json: Annotated[bool, typer.Option("--json", help="print raw JSON metadata")] = False,
+) -> None:
+    """Print a steering vector's metadata."""
+    from steerlab.vectors import SteeringVector
+
+    vec = SteeringVector.load(path)
+    meta = vec.metadata()
+    if as_json:
+        typer.echo(json.dumps(meta, indent=2))
+        return
+    typer.echo(f"{path}: steerlab vector ({meta['method']}) built on {meta['model_id']}")
+    typer.echo(f"  hook point : {meta['hook_point']}    d_model: {meta['d_model']}")
+    for layer in vec.layers:
+        typer.echo(
+            f"  layer {layer:>3}: norm {vec.norm(layer):.4g}  raw norm "
+            f"{vec.raw_norm.get(layer, float('nan')):.4g}  mean resid norm "
+            f"{vec.mean_resid_norm.get(layer, float('nan')):.4g}"
+        )
+    typer.echo(f"  created    : {meta['created']} (steerlab {meta['steerlab_version']})")
+    typer.echo(f"  prompts    : sha256 {meta['prompts_hash'][:16]}")
+    extra = {k: v for k, v in meta["extra"].items() if k != "stats"}
+    if extra:
+        typer.echo(f"  details    : {json.dumps(extra)}")
+
+
+@app.command("demo")
+def demo_cmd(
+    model: ModelOpt = "embedded",
+    layer: Annotated[int | None, typer.Option(help="layer (default: middle)")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 40,
+) -> None:
+    """Short steered-generation demo: build a refusal direction, steer a few prompts."""
+    from steerlab.pipelines.demo import run_demo
+
+    run_demo(_load(model, None, None), layer=layer, max_new_tokens=max_new_tokens)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every expected failure becomes one line on stderr and exit code 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="steerlab", standalone_mode=False)
+    except NoArgsIsHelpError as e:
+        typer.echo(e.format_message() if hasattr(e, "format_message") else str(e), err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except ClickException as e:
+        typer.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except (SteerlabError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

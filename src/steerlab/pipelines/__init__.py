@@ -1,0 +1,1 @@
+"""Workflows built on the core: jobs behind the CLI, the demo, the reliability sweep."""
