@@ -131,11 +131,11 @@ def generate_cmd(
     point = None
     if hook_point is not None:
         hook_layer, point = parse_hook_name(hook_point)
-        if hook_layer is not None:
+        if hook_layer is not None and hook_layer not in (layer or []):
             layer = [*(layer or []), hook_layer]
     steer = SteerSpec(
         vector=vector,
-        layers=tuple(layer or ()),
+        layers=tuple(dict.fromkeys(layer or ())),
         alphas=tuple(alpha or (1.0,)),
         kind=intervention,
         positions=position,
@@ -144,12 +144,24 @@ def generate_cmd(
     )
     if vector is None and alpha:
         raise SteerlabError("--alpha needs --vector")
+    _check_steer_options(intervention, position, scale)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
     )
     m = _load(model, device, dtype, chat=chat)
     n = run_generate(m, items, steer, config, seed, out, chat=chat, system=system)
     typer.echo(f"wrote {n} rows to {out}")
+
+
+def _check_steer_options(kind: str, positions: str, scale: str) -> None:
+    """Validate steering options even when no vector is given (a typo is never ignored)."""
+    from steerlab.interventions import KINDS, SCALES, Window
+
+    if kind not in KINDS:
+        raise SteerlabError(f"unknown --intervention {kind!r}: use one of {', '.join(KINDS)}")
+    if scale not in SCALES:
+        raise SteerlabError(f"unknown --scale {scale!r}: use one of {', '.join(SCALES)}")
+    Window.parse(positions)
 
 
 @app.command("info")
@@ -178,6 +190,92 @@ def info_cmd(
     extra = {k: v for k, v in meta["extra"].items() if k != "stats"}
     if extra:
         typer.echo(f"  details    : {json.dumps(extra)}")
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="pipeline YAML")]
+FastOpt = Annotated[bool, typer.Option("--fast", help="use configs/fast.yaml")]
+RunIdOpt = Annotated[str | None, typer.Option(help="run id (default: model + config hash)")]
+RunDirOpt = Annotated[Path | None, typer.Option(help="an existing run directory")]
+ModelOverride = Annotated[str | None, typer.Option("--model", "-m", help="override model.name")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def _stages(
+    stages: tuple[str, ...], config: Path | None, fast: bool, run_id: str | None,
+    run_dir: Path | None, model: str | None, quiet: bool,
+) -> None:
+    from steerlab.pipelines.reliability.config import load_config
+    from steerlab.pipelines.reliability.run import resolve_config, run_stages
+    from steerlab.pipelines.reliability.store import RunDir
+
+    logging.getLogger("steerlab").setLevel(logging.INFO)
+    if run_dir is not None and config is None and not fast:
+        cfg = RunDir.existing(run_dir).load_config()
+        if model:
+            raise SteerlabError("--model cannot change the model of an existing run directory")
+    elif config is not None or fast:
+        cfg, _ = resolve_config(config, fast, model)
+    else:
+        cfg = load_config("configs/default.yaml", {"model.name": model} if model else None)
+    run = run_stages(cfg, stages, run_id=run_id, run_dir=run_dir, progress=not quiet)
+    typer.echo(f"run directory: {run.path}")
+
+
+@app.command("run")
+def run_cmd(
+    config: ConfigOpt = None, fast: FastOpt = False, run_id: RunIdOpt = None,
+    run_dir: RunDirOpt = None, model: ModelOverride = None, quiet: QuietOpt = False,
+) -> None:
+    """The whole reliability pipeline (resumable: rerun the same command after a crash)."""
+    from steerlab.pipelines.reliability.run import STAGES
+
+    _stages(STAGES, config, fast, run_id, run_dir, model, quiet)
+
+
+def _stage_command(name: str, stages: tuple[str, ...], doc: str) -> None:
+    def cmd(
+        config: ConfigOpt = None, fast: FastOpt = False, run_id: RunIdOpt = None,
+        run_dir: RunDirOpt = None, model: ModelOverride = None, quiet: QuietOpt = False,
+    ) -> None:
+        _stages(stages, config, fast, run_id, run_dir, model, quiet)
+
+    cmd.__doc__ = doc
+    app.command(name)(cmd)
+
+
+_stage_command("baseline", ("baseline",), "Unsteered completions for every split (alpha = 0).")
+_stage_command("build-directions", ("build-directions",), "Forced-prefix direction per layer.")
+_stage_command("sweep", ("sign-check", "sweep"), "Sign check, then the layer x kind x alpha grid.")
+_stage_command("sanity", ("sanity",), "Template and seed robustness reruns.")
+_stage_command("report", ("report",), "results.parquet, summary.csv, figures, examples, report.")
+
+
+@app.command("make-prompts")
+def make_prompts_cmd(
+    out_dir: Annotated[Path, typer.Option(help="where split JSONL files go")] = Path(
+        "data/prompts"
+    ),
+    n_train: Annotated[int, typer.Option(min=1)] = 150,
+    n_test: Annotated[int, typer.Option(min=1)] = 150,
+    n_benign: Annotated[int, typer.Option(min=1)] = 200,
+    seed: int = 0,
+    from_file: Annotated[Path | None, typer.Option("--from", help="CSV/JSON/JSONL")] = None,
+    split: Annotated[str | None, typer.Option(help="split name for --from")] = None,
+) -> None:
+    """Generate the three prompt sets from templates, or ingest a user's file as one split."""
+    from steerlab.tasks.prompts import generate_prompt_sets, ingest, write_prompts
+
+    if from_file is not None:
+        if not split:
+            raise SteerlabError("--from needs --split NAME (e.g. harm_test)")
+        rows = ingest(from_file, split)
+        write_prompts(rows, out_dir / f"{split}.jsonl")
+        typer.echo(f"wrote {len(rows)} prompts to {out_dir / f'{split}.jsonl'}")
+        return
+    sets = generate_prompt_sets(n_train, n_test, n_benign, seed)
+    for name, rows in sets.items():
+        write_prompts(rows, out_dir / f"{name}.jsonl")
+        typer.echo(f"wrote {len(rows)} prompts to {out_dir / f'{name}.jsonl'}")
 
 
 @app.command("demo")

@@ -21,6 +21,7 @@ every row with its own setting.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ class Intervention:
             raise SteerlabError(f"unknown scale {self.scale!r}: use one of {SCALES}")
         if self.hook_point is not None and self.hook_point not in HOOK_POINTS:
             raise SteerlabError(f"hook_point must be one of {HOOK_POINTS}")
-        if not isinstance(self.alpha, (int, float)) or self.alpha != self.alpha:
+        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
             raise SteerlabError(f"alpha must be a finite number, got {self.alpha!r}")
         Window.parse(self.positions)
         self.vector.direction(self.src)  # raises when the vector lacks that layer

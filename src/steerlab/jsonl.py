@@ -21,8 +21,12 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise JsonlError(f"{path}: no such file")
     rows: list[tuple[int, dict[str, Any]]] = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise JsonlError(f"{path}:{n}: not valid UTF-8 ({e.reason})") from e
             if not line.strip():
                 continue
             try:

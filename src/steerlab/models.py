@@ -178,6 +178,20 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but no CUDA GPU is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -301,7 +315,7 @@ def load_model(
     chat: bool = True,
 ) -> Model:
     """Load a model by spec (see module docstring); CUDA + bf16 when available, else CPU fp32."""
-    dev = torch.device(device) if device is not None else default_device()
+    dev = _resolve_device(device)
     dt = _resolve_dtype(dtype, dev)
     name = spec
     if spec == EMBEDDED:

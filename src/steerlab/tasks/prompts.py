@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steerlab.errors import SteerlabError
 from steerlab.tasks.prompt_templates import (
     BENIGN_TASKS,
     BENIGN_TEMPLATES,
@@ -41,7 +42,7 @@ _ROW_KEYS = frozenset({"id", "prompt", "meta"})
 _INGEST_KEYS = frozenset({"id", "prompt", "meta", *REQUIRED_META})
 
 
-class PromptFileError(ValueError):
+class PromptFileError(SteerlabError):
     """A prompt file is malformed; the message starts with ``file:line`` (or ``file[index]``)."""
 
 

@@ -1,0 +1,167 @@
+"""Validated configuration of the steering-reliability pipeline (seed 003, with issue 3's changes).
+
+Loaded once at the edge (``load_config``) with ``extra="forbid"`` everywhere, so a typo in a key
+is an error naming the key, and saved unchanged (as validated) into the run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from steerlab.errors import SteerlabError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelCfg(_Strict):
+    name: str = "embedded"
+    device: str | None = None
+    dtype: str | None = None
+    chat: bool = True
+    system: str | None = None
+
+
+class DataCfg(_Strict):
+    harm_train_path: str = "data/prompts/harm_train.jsonl"
+    harm_test_path: str = "data/prompts/harm_test.jsonl"
+    benign_path: str = "data/prompts/benign.jsonl"
+    max_prompts_per_split: int | None = Field(default=200, ge=1)
+
+
+class GenerationCfg(_Strict):
+    max_new_tokens: int = Field(default=80, ge=1)
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    seed: int = 0
+    batch_size: int = Field(default=32, ge=1)
+
+
+class DirectionCfg(_Strict):
+    method: Literal["forced_prefix"] = "forced_prefix"
+    refusal_prefix: str = " I can't help with that."
+    compliance_prefix: str = " Sure, here's how:"
+    hook_point: Literal["resid_pre", "resid_post"] = "resid_post"
+    token_position: Literal["mean_prefix", "first_prefix", "last_prefix"] = "mean_prefix"
+    batch_size: int = Field(default=16, ge=1)
+
+
+class ExperimentCfg(_Strict):
+    layers: list[int] | None = None  # None: the model's default spread by depth
+    interventions: list[Literal["add", "ablate", "clamp"]] = ["add", "ablate"]
+    alphas: list[float] = [0.0, 0.5, 1.0, 2.0, 4.0]
+    scale: Literal["absolute", "diff", "resid"] = "diff"
+    positions: str = "all"
+    output_dir: str = "artifacts/runs"
+    shard_size: int = Field(default=128, ge=1)
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one alpha")
+        if len(set(v)) != len(v):
+            raise ValueError("alphas must be distinct")
+        return v
+
+
+class MetricsCfg(_Strict):
+    refusal_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    helpful_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    n_boot: int = Field(default=1000, ge=100)
+
+
+class AltPrefixes(_Strict):
+    refusal_prefix: str = " Sorry, I can't do that."
+    compliance_prefix: str = " Of course. Here's a step-by-step guide:"
+
+
+class SanityCfg(_Strict):
+    enabled: bool = True
+    alt_prefixes: AltPrefixes = AltPrefixes()
+    alpha: float = 1.0  # the one α rerun for template and seed robustness
+    rerun_subset_n: int = Field(default=30, ge=1)
+    alt_seed: int = 42
+    sign_check_n: int = Field(default=8, ge=1)
+
+
+class PipelineConfig(_Strict):
+    run_id: str | None = None
+    model: ModelCfg = ModelCfg()
+    data: DataCfg = DataCfg()
+    generation: GenerationCfg = GenerationCfg()
+    direction: DirectionCfg = DirectionCfg()
+    experiment: ExperimentCfg = ExperimentCfg()
+    metrics: MetricsCfg = MetricsCfg()
+    sanity_checks: SanityCfg = SanityCfg()
+
+    def canonical(self) -> dict[str, Any]:
+        """The config as plain data, without ``run_id`` (which names the run, not its content)."""
+        data = self.model_dump(mode="json")
+        data.pop("run_id", None)
+        return data
+
+    def digest(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """A spread by depth: ~27%, 50%, 73% (``[8, 15, 22]`` on a 30-layer model)."""
+    if n_layers <= 3:
+        return list(range(n_layers))
+    picks = {round(n_layers * f) for f in (4 / 15, 1 / 2, 11 / 15)}
+    return sorted(min(n_layers - 1, max(0, p)) for p in picks)
+
+
+def _format_error(path: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{path}: {loc}: {msg}{more}"
+
+
+def parse_config(data: Any, where: str) -> PipelineConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SteerlabError(f"{where}: the config must be a YAML mapping")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise SteerlabError(_format_error(where, e)) from e
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read and validate a YAML config; ``overrides`` are dotted keys (``model.name``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SteerlabError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise SteerlabError(f"{path}{line}: malformed YAML ({getattr(e, 'problem', e)})") from e
+    data = data or {}
+    for key, value in (overrides or {}).items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return parse_config(data, str(path))
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,125 @@
+"""Orchestration of the reliability pipeline: open the run directory, load the model once, run
+the requested stages in order, record timings in ``manifest.json``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from steerlab.errors import SteerlabError
+from steerlab.pipelines.reliability import stages as st
+from steerlab.pipelines.reliability.config import PipelineConfig, load_config
+from steerlab.pipelines.reliability.store import RunDir, environment_info
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("baseline", "build-directions", "sign-check", "sweep", "sanity", "report")
+FAST_CONFIG = Path("configs/fast.yaml")
+DEFAULT_CONFIG = Path("configs/default.yaml")
+
+
+def resolve_config(
+    config: Path | None, fast: bool, model: str | None = None
+) -> tuple[PipelineConfig, str]:
+    path = config or (FAST_CONFIG if fast else DEFAULT_CONFIG)
+    overrides: dict[str, Any] = {"model.name": model} if model else {}
+    return load_config(path, overrides), str(path)
+
+
+def open_run(cfg: PipelineConfig, run_id: str | None, run_dir: Path | None) -> RunDir:
+    if run_dir is not None:
+        rd = RunDir.existing(run_dir)
+        old = rd.load_config()
+        if old.canonical() != cfg.canonical():
+            raise SteerlabError(f"{run_dir} was created with a different config")
+        return rd
+    return RunDir.open(cfg, run_id)
+
+
+def _context(cfg: PipelineConfig, run: RunDir, progress: bool) -> st.Context:
+    from steerlab.models import load_model
+
+    t0 = time.perf_counter()
+    model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
+                       chat=cfg.model.chat)
+    ctx = st.Context(cfg=cfg, run=run, model=model, progress=progress)
+    manifest = run.read_json("manifest.json")
+    info = environment_info(str(model.device), model.name)
+    run.update_json(
+        "manifest.json",
+        run_id=run.path.name,
+        created=manifest.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
+        environment=info,
+        model={"spec": cfg.model.name, "name": model.name, "n_layers": model.n_layers,
+               "d_model": model.d_model, "dtype": str(model.dtype)},
+        layers=ctx.layers,
+        seeds={"generation": cfg.generation.seed, "alt_seed": cfg.sanity_checks.alt_seed},
+        sampling={"temperature": cfg.generation.temperature, "top_p": cfg.generation.top_p,
+                  "max_new_tokens": cfg.generation.max_new_tokens},
+        config_digest=cfg.digest(),
+    )
+    logger.info("model %s loaded in %.1f s", model.name, time.perf_counter() - t0)
+    return ctx
+
+
+def report(run: RunDir) -> dict[str, Path]:
+    """Assemble results.parquet from the part files, then write the human-readable outputs."""
+    from steerlab.report import build_report
+
+    t0 = time.perf_counter()
+    cfg = run.load_config()
+    layers = run.read_json("manifest.json").get("layers")
+    if not layers:
+        raise SteerlabError(f"{run.path}: no layers recorded; run the baseline stage first")
+    st.assemble_results(run, cfg, layers)
+    paths = build_report(run.path)
+    run.record_stage("report", time.perf_counter() - t0)
+    return paths
+
+
+def run_stages(
+    cfg: PipelineConfig,
+    stages: Sequence[str] = STAGES,
+    run_id: str | None = None,
+    run_dir: Path | None = None,
+    progress: bool = True,
+) -> RunDir:
+    """Run ``stages`` (in pipeline order) for ``cfg``; resumable, idempotent."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise SteerlabError(f"unknown stage {unknown[0]!r}: use one of {', '.join(STAGES)}")
+    sc = cfg.sanity_checks
+    if sc.enabled and (sc.alpha not in cfg.experiment.alphas or sc.alpha == 0
+                       or "add" not in cfg.experiment.interventions):
+        raise SteerlabError(
+            "sanity_checks.alpha must be a non-zero entry of experiment.alphas and "
+            "experiment.interventions must include add (the reruns compare against the sweep)"
+        )
+    run = open_run(cfg, run_id, run_dir)
+    t_start = time.perf_counter()
+    logger.info("run directory %s", run.path)
+    needs_model = [s for s in stages if s != "report"]
+    ctx = _context(cfg, run, progress) if needs_model else None
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        if stage == "report":
+            report(run)
+            continue
+        assert ctx is not None
+        if stage == "baseline":
+            st.run_baseline(ctx)
+        elif stage == "build-directions":
+            st.build_directions(ctx)
+        elif stage == "sign-check":
+            st.run_sign_check(ctx)
+        elif stage == "sweep":
+            st.run_sweep(ctx)
+        elif stage == "sanity":
+            st.run_sanity(ctx)
+    if set(stages) == set(STAGES):
+        run.update_json("manifest.json", total_wall_s=round(time.perf_counter() - t_start, 1))
+    return run

@@ -1,0 +1,339 @@
+"""The stages of ``steerlab run``: prompts -> baseline -> directions -> sign check -> sweep ->
+sanity -> report. Each reads and writes the same run directory and can run on its own.
+
+Every generated row goes through the core engine with its own steering setting, so a whole
+layer x intervention x α grid runs as per-row settings inside shared batches. α = 0 is generated
+once (the baseline stage) and reused for every (layer, intervention) cell.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from steerlab.directions import forced_prefix
+from steerlab.errors import SteerlabError
+from steerlab.generation import GenerationConfig, Row, generate
+from steerlab.interventions import Intervention
+from steerlab.io import atomic_path
+from steerlab.metrics import confound_metrics, helpfulness_score, refusal_score
+from steerlab.models import Model
+from steerlab.pipelines.reliability.config import PipelineConfig, default_layers
+from steerlab.pipelines.reliability.store import RunDir, WorkRow
+from steerlab.tasks.prompts import PromptRow, read_prompts, write_prompts
+from steerlab.vectors import SteeringVector
+
+logger = logging.getLogger(__name__)
+SPLITS = ("harm_train", "harm_test", "benign")
+
+
+@dataclass
+class Context:
+    """What every stage needs: config, run directory, model (loaded once), chosen layers."""
+
+    cfg: PipelineConfig
+    run: RunDir
+    model: Model
+    progress: bool = True
+
+    @property
+    def layers(self) -> list[int]:
+        layers = self.cfg.experiment.layers or default_layers(self.model.n_layers)
+        for layer in layers:
+            self.model.check_layer(layer, "experiment.layers entry")
+        return sorted(set(layers))
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def snapshot_prompts(ctx: Context) -> dict[str, list[PromptRow]]:
+    """Copy the prompt sets into the run directory once; later stages read the snapshot."""
+    out: dict[str, list[PromptRow]] = {}
+    paths = {
+        "harm_train": ctx.cfg.data.harm_train_path,
+        "harm_test": ctx.cfg.data.harm_test_path,
+        "benign": ctx.cfg.data.benign_path,
+    }
+    limit = ctx.cfg.data.max_prompts_per_split
+    for split, src in paths.items():
+        snap = ctx.run.path / "prompts" / f"{split}.jsonl"
+        if snap.is_file():
+            out[split] = read_prompts(snap)
+            continue
+        rows = read_prompts(src)[:limit]
+        write_prompts(rows, snap)
+        out[split] = rows
+    return out
+
+
+def _work(
+    stage: str, split: str, p: PromptRow, layer: int, kind: str, alpha: float, direction: str,
+    seed: int,
+) -> WorkRow:
+    return WorkRow(
+        stage=stage, split=split, prompt_id=p.id, prompt=p.prompt,
+        family=p.meta.get("family", "unknown"), style=p.meta.get("style", "unknown"),
+        template=p.meta.get("template", "unknown"), layer=layer, intervention=kind,
+        alpha=float(alpha), direction=direction, seed=seed,
+    )
+
+
+def sign_holdout(ctx: Context, prompts: dict[str, list[PromptRow]]) -> list[PromptRow]:
+    """Held-out harm_train prompts for the sign check (not used to build the direction)."""
+    train = prompts["harm_train"]
+    n = min(ctx.cfg.sanity_checks.sign_check_n, max(1, len(train) // 4))
+    return train[-n:]
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+class Generator:
+    """Turns work rows into scored result rows with the core engine."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._vectors: dict[tuple[str, int], SteeringVector] = {}
+
+    def vector(self, kind: str, layer: int) -> SteeringVector:
+        key = (kind, layer)
+        if key not in self._vectors:
+            path = self.ctx.run.direction_path(layer, kind)
+            if not path.is_file():
+                raise SteerlabError(f"{path} is missing: run `steerlab build-directions` first")
+            self._vectors[key] = SteeringVector.load(path, d_model=self.ctx.model.d_model)
+        return self._vectors[key]
+
+    def interventions(self, w: WorkRow) -> tuple[Intervention, ...]:
+        if w.intervention == "none":
+            return ()
+        e = self.ctx.cfg.experiment
+        return (
+            Intervention(
+                self.vector(w.direction, w.layer), w.layer, w.intervention, w.alpha,
+                positions=e.positions, scale=e.scale,
+            ),
+        )
+
+    def __call__(self, rows: Sequence[WorkRow]) -> pd.DataFrame:
+        cfg, model = self.ctx.cfg, self.ctx.model
+        g = cfg.generation
+        gen_cfg = GenerationConfig(
+            max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+            batch_size=g.batch_size,
+        )
+        reqs = [
+            Row(
+                model.format_prompt(w.prompt, system=cfg.model.system, chat=cfg.model.chat),
+                self.interventions(w),
+                seed=w.row_seed(),
+            )
+            for w in rows
+        ]
+        results = generate(model, reqs, gen_cfg, progress=False)
+        return pd.DataFrame([score_row(self.ctx, w, r) for w, r in zip(rows, results, strict=True)])
+
+
+def score_row(ctx: Context, w: WorkRow, r: Any) -> dict[str, Any]:
+    m = ctx.cfg.metrics
+    ref = refusal_score(r.text, threshold=m.refusal_threshold)
+    helpful = helpfulness_score(r.text, refusal=ref, threshold=m.helpful_threshold)
+    conf = confound_metrics(r.text, list(r.token_ids), list(r.logprobs), list(r.entropies))
+    return {
+        "stage": w.stage, "split": w.split, "prompt_id": w.prompt_id, "prompt": w.prompt,
+        "family": w.family, "style": w.style, "template": w.template, "layer": w.layer,
+        "intervention": w.intervention, "alpha": w.alpha, "scale": ctx.cfg.experiment.scale,
+        "direction": w.direction, "seed": w.seed, "row_seed": w.row_seed(),
+        "shared_baseline": False, "text": r.text, "n_tokens": len(r.token_ids),
+        "finish_reason": r.finish_reason, "refusal_score": ref.score,
+        "is_refusal": ref.is_refusal, "matched_refusal": list(ref.matched_refusal),
+        "matched_compliance": list(ref.matched_compliance),
+        "helpfulness_score": helpful.score, "is_helpful": helpful.is_helpful,
+        "n_words": helpful.n_words, "has_steps": helpful.has_steps,
+        "has_bullets": helpful.has_bullets, "has_code": helpful.has_code,
+        "mean_entropy": conf.mean_entropy, "mean_logprob": conf.mean_logprob,
+        "distinct_1": conf.distinct_1, "distinct_2": conf.distinct_2,
+        "repetition_rate": conf.repetition_rate, "is_gibberish": conf.is_gibberish,
+        "gibberish_flags": list(conf.gibberish_flags),
+    }
+
+
+def _run_rows(ctx: Context, stage: str, rows: list[WorkRow]) -> int:
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(rows), desc=stage, unit="row", disable=not ctx.progress,
+               dynamic_ncols=True)
+    try:
+        n = ctx.run.run_shards(
+            stage, rows, ctx.cfg.experiment.shard_size, Generator(ctx), bar.update
+        )
+    finally:
+        bar.close()
+    if n:
+        ctx.run.record_stage(stage, time.perf_counter() - t0, rows=len(rows), computed=n)
+    return n
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def baseline_rows(ctx: Context, prompts: dict[str, list[PromptRow]]) -> list[WorkRow]:
+    seed = ctx.cfg.generation.seed
+    return [_work("baseline", s, p, -1, "none", 0.0, "none", seed) for s in SPLITS
+            for p in prompts[s]]
+
+
+def run_baseline(ctx: Context) -> int:
+    return _run_rows(ctx, "baseline", baseline_rows(ctx, snapshot_prompts(ctx)))
+
+
+def build_directions(ctx: Context) -> dict[int, dict[str, Any]]:
+    """Forced-prefix direction per layer from harm_train minus the sign-check hold-out."""
+    prompts = snapshot_prompts(ctx)
+    held = {p.id for p in sign_holdout(ctx, prompts)}
+    train = [p.prompt for p in prompts["harm_train"] if p.id not in held]
+    d = ctx.cfg.direction
+    todo = [L for L in ctx.layers if not ctx.run.direction_path(L).is_file()]
+    stats: dict[int, dict[str, Any]] = {}
+    if todo:
+        t0 = time.perf_counter()
+        built = forced_prefix(
+            ctx.model, train, todo, d.refusal_prefix, d.compliance_prefix, d.hook_point,
+            d.token_position, chat=ctx.cfg.model.chat, system=ctx.cfg.model.system,
+            batch_size=d.batch_size, progress=ctx.progress,
+        )
+        for layer in todo:
+            single = SteeringVector(
+                directions={layer: built.vector.direction(layer)},
+                **{k: getattr(built.vector, k) for k in (
+                    "hook_point", "method", "model_id", "prompts_hash", "extra")},
+                raw_norm={layer: built.vector.raw_norm[layer]},
+                mean_resid_norm={layer: built.vector.mean_resid_norm[layer]},
+            )
+            single.save(ctx.run.direction_path(layer))
+        ctx.run.record_stage("build-directions", time.perf_counter() - t0, layers=todo)
+    for layer in ctx.layers:
+        v = SteeringVector.load(ctx.run.direction_path(layer))
+        s = v.extra.get("stats", {}).get(str(layer), {})
+        stats[layer] = {
+            "raw_norm": v.raw_norm.get(layer), "mean_resid_norm": v.mean_resid_norm.get(layer),
+            "batch_cosines": s.get("batch_cosines", []), "n": s.get("n"),
+        }
+    ctx.run.update_json("sanity.json", directions={str(k): v for k, v in stats.items()})
+    return stats
+
+
+def sweep_rows(ctx: Context, prompts: dict[str, list[PromptRow]]) -> list[WorkRow]:
+    e, seed = ctx.cfg.experiment, ctx.cfg.generation.seed
+    return [
+        _work("sweep", s, p, layer, kind, a, "main", seed)
+        for layer in ctx.layers for kind in e.interventions for a in e.alphas if a != 0
+        for s in SPLITS for p in prompts[s]
+    ]
+
+
+def run_sign_check(ctx: Context) -> dict[str, Any]:
+    """Before the sweep: does +α raise the refusal score on held-out prompts, per layer?"""
+    prompts = snapshot_prompts(ctx)
+    held = sign_holdout(ctx, prompts)
+    alpha, seed = ctx.cfg.sanity_checks.alpha, ctx.cfg.generation.seed
+    rows = [_work("sign_check", "harm_train", p, layer, "add", alpha, "main", seed)
+            for layer in ctx.layers for p in held]
+    _run_rows(ctx, "sign_check", rows)
+    steered = ctx.run.load_stage("sign_check")
+    base = ctx.run.load_stage("baseline")
+    if base.empty:
+        raise SteerlabError("run `steerlab baseline` before the sign check")
+    ids = {p.id for p in held}
+    base_score = float(base[(base.split == "harm_train") & base.prompt_id.isin(ids)]
+                       .refusal_score.mean())
+    per_layer = {}
+    for layer in ctx.layers:
+        s = float(steered[steered.layer == layer].refusal_score.mean())
+        ok = s > base_score
+        per_layer[str(layer)] = {"baseline_refusal": base_score, "steered_refusal": s, "ok": ok}
+        if not ok:
+            logger.warning(
+                "SIGN CHECK FAILED at layer %d: +%.2f along the direction does not raise the "
+                "refusal score on %d held-out prompts (%.3f -> %.3f); the direction may be flipped",
+                layer, alpha, len(held), base_score, s,
+            )
+    result = {"alpha": alpha, "n": len(held), "per_layer": per_layer}
+    ctx.run.update_json("sanity.json", sign_check=result)
+    return result
+
+
+def run_sweep(ctx: Context) -> int:
+    return _run_rows(ctx, "sweep", sweep_rows(ctx, snapshot_prompts(ctx)))
+
+
+def run_sanity(ctx: Context) -> dict[str, Any]:
+    """Template robustness (alt prefixes) and seed robustness (alt sampling seed)."""
+    sc = ctx.cfg.sanity_checks
+    if not sc.enabled:
+        return {}
+    prompts = snapshot_prompts(ctx)
+    held = {p.id for p in sign_holdout(ctx, prompts)}
+    train = [p.prompt for p in prompts["harm_train"] if p.id not in held]
+    todo = [L for L in ctx.layers if not ctx.run.direction_path(L, "alt").is_file()]
+    if todo:
+        d = ctx.cfg.direction
+        built = forced_prefix(
+            ctx.model, train, todo, sc.alt_prefixes.refusal_prefix,
+            sc.alt_prefixes.compliance_prefix, d.hook_point, d.token_position,
+            chat=ctx.cfg.model.chat, system=ctx.cfg.model.system, batch_size=d.batch_size,
+        )
+        for layer in todo:
+            built.vector.save(ctx.run.direction_path(layer, "alt"))
+    cosine = {}
+    for layer in ctx.layers:
+        main = SteeringVector.load(ctx.run.direction_path(layer))
+        alt = SteeringVector.load(ctx.run.direction_path(layer, "alt"))
+        cosine[str(layer)] = main.cosine(alt, layer)
+    n, seed = sc.rerun_subset_n, ctx.cfg.generation.seed
+    rows = [_work("sanity_template", s, p, layer, "add", sc.alpha, "alt", seed)
+            for layer in ctx.layers for s in ("harm_test", "benign") for p in prompts[s][:n]]
+    _run_rows(ctx, "sanity_template", rows)
+    seed_rows = [_work("sanity_seed", s, p, -1, "none", 0.0, "none", sc.alt_seed)
+                 for s in SPLITS for p in prompts[s][:n]]
+    seed_rows += [_work("sanity_seed", s, p, layer, "add", sc.alpha, "main", sc.alt_seed)
+                  for layer in ctx.layers for s in SPLITS for p in prompts[s][:n]]
+    _run_rows(ctx, "sanity_seed", seed_rows)
+    info = {
+        "template": {"alpha": sc.alpha, "cosine": cosine,
+                     "refusal_prefix": sc.alt_prefixes.refusal_prefix,
+                     "compliance_prefix": sc.alt_prefixes.compliance_prefix},
+        "seed": {"alt_seed": sc.alt_seed, "base_seed": seed, "subset_n": n, "alpha": sc.alpha},
+    }
+    ctx.run.update_json("sanity.json", **info)
+    return info
+
+
+def assemble_results(run: RunDir, cfg: PipelineConfig, layers: Sequence[int]) -> pd.DataFrame:
+    """All stages in one table, α = 0 baseline rows copied into every (layer, kind) cell."""
+    base = run.load_stage("baseline")
+    if base.empty:
+        raise SteerlabError("no baseline results: run `steerlab baseline` first")
+    frames = [base]
+    if 0.0 in [float(a) for a in cfg.experiment.alphas]:
+        for layer in layers:
+            for kind in cfg.experiment.interventions:
+                copy = base.copy()
+                copy["stage"], copy["layer"], copy["intervention"] = "sweep", layer, kind
+                copy["direction"], copy["shared_baseline"] = "main", True
+                frames.append(copy)
+    for stage in ("sweep", "sign_check", "sanity_template", "sanity_seed"):
+        df = run.load_stage(stage)
+        if not df.empty:
+            frames.append(df)
+    results = pd.concat(frames, ignore_index=True)
+    results.insert(0, "run_id", run.path.name)
+    with atomic_path(run.path / "results.parquet") as tmp:
+        results.to_parquet(tmp, index=False)
+    return results

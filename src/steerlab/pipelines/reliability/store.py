@@ -1,0 +1,229 @@
+"""Run directory and resumable, crash-safe part files.
+
+Every stage is a deterministic list of work rows cut into shards of fixed composition. A shard's
+results go to ``parts/<stage>/part-<i>-<hash>.parquet`` through a temp name, fsync and atomic
+rename, so a SIGKILL at any point loses at most the shard in flight, never corrupts a file, and
+a rerun of the same command skips finished shards. The config is frozen into ``config.yaml`` at
+creation; a different config for an existing run directory is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from steerlab import __version__
+from steerlab.errors import SteerlabError
+from steerlab.io import atomic_path, atomic_write_text
+from steerlab.pipelines.reliability.config import PipelineConfig, dump_config, parse_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkRow:
+    """One completion to produce. ``layer == -1`` / ``intervention == "none"`` is unsteered."""
+
+    stage: str
+    split: str
+    prompt_id: str
+    prompt: str
+    family: str
+    style: str
+    template: str
+    layer: int
+    intervention: str
+    alpha: float
+    direction: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return (
+            f"{self.stage}|{self.split}|{self.prompt_id}|{self.layer}|{self.intervention}|"
+            f"{self.alpha!r}|{self.direction}|{self.seed}"
+        )
+
+    def row_seed(self) -> int:
+        """Per-prompt sampling seed shared by every setting (common random numbers)."""
+        h = hashlib.sha256(f"{self.seed}|{self.split}|{self.prompt_id}".encode()).hexdigest()
+        return int(h[:8], 16)
+
+
+def shard_name(index: int, rows: Sequence[WorkRow]) -> str:
+    digest = hashlib.sha256("\n".join(r.key for r in rows).encode()).hexdigest()[:10]
+    return f"part-{index:05d}-{digest}.parquet"
+
+
+class RunDir:
+    """Paths and bookkeeping of ``artifacts/runs/<run_id>/``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    # ------------------------------------------------------------------ creation
+
+    @classmethod
+    def open(cls, cfg: PipelineConfig, run_id: str | None = None) -> RunDir:
+        """Create the run directory for ``cfg`` or reopen it (same config only)."""
+        rid = run_id or cfg.run_id or f"{cfg.model.name.replace('/', '_')}-{cfg.digest()}"
+        rd = cls(Path(cfg.experiment.output_dir) / rid)
+        existing = rd.path / "config.yaml"
+        if existing.is_file():
+            old = rd.load_config()
+            if old.canonical() != cfg.canonical():
+                diff = _diff_keys(old.canonical(), cfg.canonical())
+                raise SteerlabError(
+                    f"{rd.path} was created with a different config (differs in: "
+                    f"{', '.join(diff[:5])}); use a new --run-id or remove the directory"
+                )
+        else:
+            rd.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(existing, dump_config(cfg))
+        rd.cleanup_temp()
+        return rd
+
+    @classmethod
+    def existing(cls, path: Path) -> RunDir:
+        rd = cls(path)
+        if not (path / "config.yaml").is_file():
+            raise SteerlabError(f"{path} is not a run directory (no config.yaml)")
+        return rd
+
+    def load_config(self) -> PipelineConfig:
+        p = self.path / "config.yaml"
+        return parse_config(yaml.safe_load(p.read_text(encoding="utf-8")), str(p))
+
+    def cleanup_temp(self) -> None:
+        """Remove temp files a killed run left behind (they are never read)."""
+        for tmp in self.path.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def directions(self) -> Path:
+        return self.path / "directions"
+
+    def direction_path(self, layer: int, kind: str = "main") -> Path:
+        prefix = "layer" if kind == "main" else f"{kind}_layer"
+        return self.directions / f"{prefix}_{layer}.safetensors"
+
+    def parts(self, stage: str) -> Path:
+        return self.path / "parts" / stage
+
+    # ------------------------------------------------------------------ json side files
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        p = self.path / name
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+    def update_json(self, name: str, **updates: Any) -> dict[str, Any]:
+        data = self.read_json(name)
+        data.update(updates)
+        atomic_write_text(self.path / name, json.dumps(data, indent=2, default=str) + "\n")
+        return data
+
+    def record_stage(self, stage: str, seconds: float, **info: Any) -> None:
+        manifest = self.read_json("manifest.json")
+        timings = manifest.get("timings_s", {})
+        timings[stage] = round(seconds, 2)
+        stages = manifest.get("stages", {})
+        stages[stage] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        self.update_json("manifest.json", timings_s=timings, stages=stages)
+
+    # ------------------------------------------------------------------ shards
+
+    def run_shards(
+        self,
+        stage: str,
+        rows: Sequence[WorkRow],
+        shard_size: int,
+        compute: Callable[[Sequence[WorkRow]], pd.DataFrame],
+        progress: Callable[[int], object],
+    ) -> int:
+        """Compute every missing shard of ``rows``; returns how many rows were computed now."""
+        out = self.parts(stage)
+        out.mkdir(parents=True, exist_ok=True)
+        computed = 0
+        expected = set()
+        for i, start in enumerate(range(0, len(rows), shard_size)):
+            shard = rows[start : start + shard_size]
+            path = out / shard_name(i, shard)
+            expected.add(path.name)
+            if path.is_file():
+                progress(len(shard))
+                continue
+            df = compute(shard)
+            if len(df) != len(shard):
+                raise RuntimeError(f"shard {path.name}: {len(df)} results for {len(shard)} rows")
+            with atomic_path(path) as tmp:
+                df.to_parquet(tmp, index=False)
+            computed += len(shard)
+            progress(len(shard))
+        stray = [p for p in out.glob("part-*.parquet") if p.name not in expected]
+        if stray:
+            raise SteerlabError(f"{out} holds part files this config does not produce: {stray[0]}")
+        return computed
+
+    def load_stage(self, stage: str) -> pd.DataFrame:
+        files = sorted(self.parts(stage).glob("part-*.parquet"))
+        if not files:
+            return pd.DataFrame()
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    def stage_done(self, stage: str, n_rows: int, shard_size: int) -> bool:
+        n_files = len(list(self.parts(stage).glob("part-*.parquet")))
+        return n_rows == 0 or n_files == -(-n_rows // shard_size)
+
+
+def _diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def environment_info(device: str, model_name: str) -> dict[str, Any]:
+    """Versions, git commit, device: what a reader needs to reproduce a run."""
+    import torch
+    import transformers
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "steerlab_version": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": commit or None,
+        "device": device,
+        "model": model_name,
+    }
+
+
+def work_rows_table(rows: Sequence[WorkRow]) -> pd.DataFrame:
+    return pd.DataFrame([asdict(r) for r in rows])

@@ -1,0 +1,635 @@
+"""End-to-end tests of the ``steerlab`` command.
+
+Commands run in-process through ``steerlab.cli.main(argv)`` (SystemExit caught, output from
+capsys) on the random ``tiny-llama`` model (4 layers, d_model 64, no download); one test runs the
+installed console script in a real subprocess. Bad input must give exit code 2, exactly one
+``error: ...`` line on stderr (no traceback) and no output file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from steerlab.cli import main
+from steerlab.tiny import build_tiny_tokenizer
+from steerlab.vectors import SteeringVector
+
+MODEL = ("--model", "tiny-llama")
+GEN = ("generate", *MODEL, "--max-new-tokens", "4")
+BUILD = ("build-vector", *MODEL)
+PROMPTS = ("hi", "Tell me a joke")
+POS = ("I love this, it is great", "What a wonderful day")
+NEG = ("I hate this, it is awful", "What a terrible day")
+ROW_FIELDS = {"id", "prompt", "seed", "text", "token_ids", "logprobs", "entropies", "finish_reason"}
+STEER_FIELDS = {"layer", "alpha", "intervention", "positions", "scale", "hook_point"}
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: object) -> Result:
+    """Run ``steerlab ARGV`` in-process; exit code 0 when ``main`` returns normally."""
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
+
+def ok(capsys: pytest.CaptureFixture[str], *argv: object) -> Result:
+    r = cli(capsys, *argv)
+    assert r.code == 0, f"exit {r.code}; stderr:\n{r.err}"
+    return r
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def prompt_args(prompts: tuple[str, ...] = PROMPTS) -> list[str]:
+    return [a for p in prompts for a in ("--prompt", p)]
+
+
+# ----------------------------------------------------------------------------- shared artifacts
+
+
+@pytest.fixture(scope="module")
+def vec_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A contrast vector at layers 1 and 2 (built once through the CLI)."""
+    out = tmp_path_factory.mktemp("vec") / "contrast.safetensors"
+    argv = [*BUILD, "--layer", "1", "--layer", "2", "-o", str(out)]
+    for p, n in zip(POS, NEG, strict=True):
+        argv += ["--positive", p, "--negative", n]
+    try:
+        main(argv)
+    except SystemExit as e:  # pragma: no cover - only on failure
+        pytest.fail(f"building the shared vector exited with {e.code}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def unsteered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]]:
+    """Greedy unsteered token ids per prompt text."""
+    out = tmp_path_factory.mktemp("base") / "base.jsonl"
+    try:
+        main([*GEN, *prompt_args(), "-o", str(out)])
+    except SystemExit as e:  # pragma: no cover - only on failure
+        pytest.fail(f"unsteered generate exited with {e.code}")
+    rows = read_rows(out)
+    assert [r["prompt"] for r in rows] == list(PROMPTS)
+    return {r["prompt"]: r["token_ids"] for r in rows}
+
+
+# ----------------------------------------------------------------------------- build-vector
+
+
+def _check_vector(out: Path, layers: list[int], method: str) -> SteeringVector:
+    vec = SteeringVector.load(out, d_model=64)
+    assert list(vec.layers) == layers
+    assert vec.method == method
+    assert vec.model_id == "tiny-llama"
+    for layer in layers:
+        assert torch.isfinite(vec.direction(layer)).all()
+        assert vec.norm(layer) > 0
+    stats_path = out.with_suffix(".stats.json")
+    assert stats_path.is_file()
+    stats = json.loads(stats_path.read_text())
+    assert sorted(stats) == [str(layer) for layer in layers]
+    return vec
+
+
+def test_build_contrast_from_flags_and_from_jsonl_agree(tmp_path: Path, capsys) -> None:
+    flags_out = tmp_path / "flags.safetensors"
+    argv = [*BUILD, "--layer", "1", "--layer", "3", "-o", flags_out]
+    for p, n in zip(POS, NEG, strict=True):
+        argv += ["--positive", p, "--negative", n]
+    r = ok(capsys, *argv)
+    assert "layer 1:" in r.out and "layer 3:" in r.out
+    a = _check_vector(flags_out, [1, 3], "contrast")
+
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [{"positive": p, "negative": n} for p, n in zip(POS, NEG, strict=True)],
+    )
+    file_out = tmp_path / "file.safetensors"
+    ok(capsys, *BUILD, "--layer", "1", "--layer", "3", "--prompts", pairs, "-o", file_out)
+    b = _check_vector(file_out, [1, 3], "contrast")
+    # Same pairs, same direction: the JSONL fields are read the right way round.
+    for layer in (1, 3):
+        torch.testing.assert_close(a.direction(layer), b.direction(layer))
+
+
+@pytest.mark.parametrize("method", ["single", "forced-prefix", "labeled", "pca"])
+def test_build_each_method(method: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / f"{method}.safetensors"
+    argv: list[object] = [*BUILD, "--method", method, "--layer", "2", "-o", out]
+    if method == "single":
+        argv += ["--positive", POS[0]]
+    elif method == "forced-prefix":
+        f = write_jsonl(
+            tmp_path / "p.jsonl", [{"prompt": "How do I bake bread?"}, {"prompt": "Hi"}]
+        )
+        argv += ["--prompts", f]
+    elif method == "labeled":
+        rows = [{"text": t, "label": "pos"} for t in POS] + [
+            {"text": t, "label": "neg"} for t in NEG
+        ]
+        argv += ["--prompts", write_jsonl(tmp_path / "l.jsonl", rows), "--label-a", "pos"]
+    else:
+        for p, n in zip(POS, NEG, strict=True):
+            argv += ["--positive", p, "--negative", n]
+    ok(capsys, *argv)
+    _check_vector(out, [2], method.replace("-", "_"))
+
+
+def test_build_labeled_label_a_sets_the_sign(tmp_path: Path, capsys) -> None:
+    rows = [{"text": t, "label": "pos"} for t in POS] + [{"text": t, "label": "neg"} for t in NEG]
+    f = write_jsonl(tmp_path / "l.jsonl", rows)
+    vecs = {}
+    for label in ("pos", "neg"):
+        out = tmp_path / f"{label}.safetensors"
+        ok(
+            capsys,
+            *BUILD,
+            "--method",
+            "labeled",
+            "--layer",
+            "1",
+            "--prompts",
+            f,
+            "--label-a",
+            label,
+            "-o",
+            out,
+        )
+        vecs[label] = SteeringVector.load(out)
+    torch.testing.assert_close(vecs["pos"].direction(1), -vecs["neg"].direction(1))
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def test_info_text_and_json(vec_path: Path, capsys) -> None:
+    r = ok(capsys, "info", vec_path)
+    assert "contrast" in r.out
+    assert "tiny-llama" in r.out
+    assert "layer   1:" in r.out and "layer   2:" in r.out
+    assert "d_model: 64" in r.out
+
+    meta = json.loads(ok(capsys, "info", vec_path, "--json").out)
+    assert meta["method"] == "contrast"
+    assert meta["model_id"] == "tiny-llama"
+    assert meta["layers"] == [1, 2]
+    assert meta["d_model"] == 64
+
+
+# ----------------------------------------------------------------------------- generate
+
+
+def test_generate_unsteered_rows(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o.jsonl"
+    r = ok(capsys, *GEN, *prompt_args(), "-o", out)
+    assert "wrote 2 rows" in r.out
+    rows = read_rows(out)
+    assert [(row["id"], row["prompt"]) for row in rows] == [
+        ("prompt0", PROMPTS[0]),
+        ("prompt1", PROMPTS[1]),
+    ]
+    tok = build_tiny_tokenizer()
+    for row in rows:
+        assert set(row) >= ROW_FIELDS
+        assert not STEER_FIELDS & set(row)  # unsteered rows carry no steering setting
+        n = len(row["token_ids"])
+        assert 1 <= n <= 4
+        assert len(row["logprobs"]) == len(row["entropies"]) == n
+        assert all(lp <= 0 for lp in row["logprobs"])
+        assert all(h >= 0 for h in row["entropies"])
+        assert row["finish_reason"] in ("eos", "length")
+        if row["finish_reason"] == "length":
+            assert n == 4
+        assert row["text"] == tok.decode(row["token_ids"], skip_special_tokens=True)
+
+
+def test_generate_prompts_file(tmp_path: Path, capsys, unsteered) -> None:
+    f = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": PROMPTS[0]}, {"text": PROMPTS[1]}])
+    out = tmp_path / "o.jsonl"
+    ok(capsys, *GEN, "--prompts", f, "-o", out)
+    rows = read_rows(out)
+    assert [(r["id"], r["prompt"]) for r in rows] == [("a", PROMPTS[0]), ("line2", PROMPTS[1])]
+    # The same prompts given by file or by flag generate the same tokens.
+    assert [r["token_ids"] for r in rows] == [unsteered[p] for p in PROMPTS]
+
+
+def test_generate_grid_and_alpha_zero(vec_path: Path, tmp_path: Path, capsys, unsteered) -> None:
+    out = tmp_path / "grid.jsonl"
+    alphas = [0.0, 60.0, -60.0]
+    argv = [*GEN, *prompt_args(), "--vector", vec_path, "--layer", "1", "--layer", "2"]
+    for a in alphas:
+        argv += ["--alpha", a]
+    r = ok(capsys, *argv, "-o", out)
+    rows = read_rows(out)
+    assert "wrote 12 rows" in r.out
+    assert len(rows) == len(PROMPTS) * 2 * len(alphas)
+    keys = sorted((row["prompt"], row["layer"], row["alpha"]) for row in rows)
+    assert keys == sorted((p, layer, a) for p in PROMPTS for layer in (1, 2) for a in alphas)
+    for row in rows:
+        assert set(row) >= ROW_FIELDS | STEER_FIELDS
+        assert (row["intervention"], row["positions"], row["scale"], row["hook_point"]) == (
+            "add",
+            "all",
+            "absolute",
+            "resid_post",
+        )
+    zero = [row for row in rows if row["alpha"] == 0.0]
+    assert len(zero) == 4
+    for row in zero:
+        assert row["token_ids"] == unsteered[row["prompt"]]
+    steered = [row for row in rows if row["alpha"] != 0.0]
+    assert any(row["token_ids"] != unsteered[row["prompt"]] for row in steered)
+
+
+def test_generate_default_layers_are_the_vectors(vec_path: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o.jsonl"
+    ok(capsys, *GEN, "--prompt", "hi", "--vector", vec_path, "-o", out)
+    rows = read_rows(out)
+    assert sorted((r["layer"], r["alpha"]) for r in rows) == [(1, 1.0), (2, 1.0)]
+
+
+@pytest.mark.parametrize(("kind", "alpha"), [("add", 60.0), ("ablate", 1.0), ("clamp", 60.0)])
+def test_generate_intervention_kinds(
+    kind: str, alpha: float, vec_path: Path, tmp_path: Path, capsys, unsteered
+) -> None:
+    out = tmp_path / "o.jsonl"
+    ok(
+        capsys,
+        *GEN,
+        *prompt_args(),
+        "--vector",
+        vec_path,
+        "--layer",
+        "1",
+        "--intervention",
+        kind,
+        "--alpha",
+        alpha,
+        "-o",
+        out,
+    )
+    rows = read_rows(out)
+    assert len(rows) == 2
+    assert {(r["intervention"], r["alpha"], r["layer"]) for r in rows} == {(kind, alpha, 1)}
+    if kind != "ablate":  # a large add/clamp must move a greedy continuation
+        assert any(r["token_ids"] != unsteered[r["prompt"]] for r in rows)
+
+
+@pytest.mark.parametrize("position", ["all", "prompt", "last-prompt", "generated", "window:-1:2"])
+def test_generate_positions(position: str, vec_path, tmp_path: Path, capsys, unsteered) -> None:
+    out = tmp_path / "o.jsonl"
+    ok(
+        capsys,
+        *GEN,
+        *prompt_args(),
+        "--vector",
+        vec_path,
+        "--layer",
+        "1",
+        "--alpha",
+        60,
+        "--position",
+        position,
+        "-o",
+        out,
+    )
+    rows = read_rows(out)
+    assert len(rows) == 2
+    assert {r["positions"] for r in rows} == {position}
+    first_changed = [r["token_ids"][0] != unsteered[r["prompt"]][0] for r in rows]
+    if position == "generated":
+        # The first new token is predicted from the (unsteered) prompt; later ones are steered.
+        assert not any(first_changed)
+        assert any(r["token_ids"] != unsteered[r["prompt"]] for r in rows)
+    else:  # every other window covers the last prompt token
+        assert any(first_changed)
+
+
+@pytest.mark.parametrize("scale", ["absolute", "diff", "resid"])
+def test_generate_scales(scale: str, vec_path: Path, tmp_path: Path, capsys, unsteered) -> None:
+    out = tmp_path / "o.jsonl"
+    ok(
+        capsys,
+        *GEN,
+        *prompt_args(),
+        "--vector",
+        vec_path,
+        "--layer",
+        "2",
+        "--alpha",
+        0,
+        "--alpha",
+        3,
+        "--scale",
+        scale,
+        "-o",
+        out,
+    )
+    rows = read_rows(out)
+    assert len(rows) == 4
+    assert {r["scale"] for r in rows} == {scale}
+    for r in rows:
+        if r["alpha"] == 0:
+            assert r["token_ids"] == unsteered[r["prompt"]]
+
+
+def test_generate_hook_point_name(vec_path: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o.jsonl"
+    ok(
+        capsys,
+        *GEN,
+        "--prompt",
+        "hi",
+        "--vector",
+        vec_path,
+        "--alpha",
+        5,
+        "--hook-point",
+        "blocks.1.hook_resid_pre",
+        "-o",
+        out,
+    )
+    rows = read_rows(out)
+    assert [(r["layer"], r["hook_point"], r["alpha"]) for r in rows] == [(1, "resid_pre", 5.0)]
+
+
+def test_generate_sampling_is_reproducible(tmp_path: Path, capsys) -> None:
+    sample = [*GEN, *prompt_args(), "--temperature", 1.0, "--top-p", 0.9]
+    outs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        outs[name] = tmp_path / f"{name}.jsonl"
+        ok(capsys, *sample, "--seed", seed, "-o", outs[name])
+    assert outs["a"].read_bytes() == outs["b"].read_bytes()
+    a, c = read_rows(outs["a"]), read_rows(outs["c"])
+    assert {r["seed"] for r in a} == {7}
+    assert [r["token_ids"] for r in a] != [r["token_ids"] for r in c]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@dataclass
+class Files:
+    dir: Path
+    out: Path  # everything a command may write goes under here
+    vec: Path
+    small_vec: Path
+    missing: Path
+    malformed: Path
+    no_prompt: Path
+    non_utf8: Path
+    labeled: Path
+    forced: Path
+    not_vec: Path
+    plain_safetensors: Path
+
+    @property
+    def out_jsonl(self) -> Path:
+        return self.out / "out.jsonl"
+
+    @property
+    def out_vec(self) -> Path:
+        return self.out / "v.safetensors"
+
+
+@pytest.fixture
+def files(tmp_path: Path, vec_path: Path) -> Files:
+    from safetensors.torch import save_file
+
+    small = SteeringVector(directions={1: torch.ones(32)}, model_id="other-model")
+    small.save(tmp_path / "small.safetensors")
+    (tmp_path / "malformed.jsonl").write_text('{"prompt": "a"}\n{"prompt": \n', encoding="utf-8")
+    (tmp_path / "non_utf8.jsonl").write_bytes(b'{"prompt": "a"}\n{"prompt": "\xff\xfe"}\n')
+    (tmp_path / "not_vec.txt").write_text("hello, I am not a vector\n", encoding="utf-8")
+    save_file({"x": torch.zeros(3)}, str(tmp_path / "plain.safetensors"))
+    return Files(
+        dir=tmp_path,
+        out=tmp_path / "out",
+        vec=vec_path,
+        small_vec=tmp_path / "small.safetensors",
+        missing=tmp_path / "nope.jsonl",
+        malformed=tmp_path / "malformed.jsonl",
+        no_prompt=write_jsonl(tmp_path / "no_prompt.jsonl", [{"prompt": "a"}, {"id": "x"}]),
+        non_utf8=tmp_path / "non_utf8.jsonl",
+        labeled=write_jsonl(
+            tmp_path / "labeled.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
+        ),
+        forced=write_jsonl(tmp_path / "forced.jsonl", [{"prompt": "How?"}]),
+        not_vec=tmp_path / "not_vec.txt",
+        plain_safetensors=tmp_path / "plain.safetensors",
+    )
+
+
+Case = Callable[[Files], tuple[list[object], str]]
+BAD: dict[str, Case] = {
+    "missing prompts file": lambda f: (
+        [*GEN, "--prompts", f.missing, "-o", f.out_jsonl],
+        "nope.jsonl",
+    ),
+    "malformed jsonl": lambda f: (
+        [*GEN, "--prompts", f.malformed, "-o", f.out_jsonl],
+        "malformed.jsonl:2",
+    ),
+    "jsonl line without prompt": lambda f: (
+        [*GEN, "--prompts", f.no_prompt, "-o", f.out_jsonl],
+        "no_prompt.jsonl:2",
+    ),
+    "non-utf8 jsonl": lambda f: (
+        [*GEN, "--prompts", f.non_utf8, "-o", f.out_jsonl],
+        "non_utf8.jsonl",
+    ),
+    "build-vector malformed jsonl": lambda f: (
+        [*BUILD, "--layer", 1, "--prompts", f.malformed, "-o", f.out_vec],
+        "malformed.jsonl:2",
+    ),
+    "layer out of range": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.vec, "--layer", 7, "-o", f.out_jsonl],
+        "7",
+    ),
+    "negative layer": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.vec, "--layer", -1, "-o", f.out_jsonl],
+        "-1",
+    ),
+    "build-vector layer out of range": lambda f: (
+        [*BUILD, "--layer", 4, "--positive", "a", "--negative", "b", "-o", f.out_vec],
+        "4",
+    ),
+    "alpha not a number": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.vec, "--alpha", "abc", "-o", f.out_jsonl],
+        "--alpha",
+    ),
+    "alpha nan": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.vec, "--alpha", "nan", "-o", f.out_jsonl],
+        "alpha",
+    ),
+    "alpha inf": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.vec, "--alpha", "inf", "-o", f.out_jsonl],
+        "alpha",
+    ),
+    "d_model mismatch": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.small_vec, "-o", f.out_jsonl],
+        "d_model",
+    ),
+    "info on a text file": lambda f: (["info", f.not_vec], "not_vec.txt"),
+    "info on a plain safetensors": lambda f: (["info", f.plain_safetensors], "not a steerlab"),
+    "info on a missing file": lambda f: (["info", f.missing], "nope.jsonl"),
+    "unknown intervention": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.vec, "--intervention", "boost", "-o", f.out_jsonl],
+        "boost",
+    ),
+    "unknown intervention, unsteered": lambda f: (
+        [*GEN, "--prompt", "hi", "--intervention", "boost", "-o", f.out_jsonl],
+        "boost",
+    ),
+    "unknown position": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.vec, "--position", "middle", "-o", f.out_jsonl],
+        "middle",
+    ),
+    "empty window": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.vec, "--position", "window:2:1", "-o", f.out_jsonl],
+        "window:2:1",
+    ),
+    "unknown scale": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.vec, "--scale", "huge", "-o", f.out_jsonl],
+        "huge",
+    ),
+    "unknown hook point": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.vec, "--hook-point", "mlp_out", "-o", f.out_jsonl],
+        "mlp_out",
+    ),
+    "both --prompt and --prompts": lambda f: (
+        [*GEN, "--prompt", "hi", "--prompts", f.forced, "-o", f.out_jsonl],
+        "--prompt",
+    ),
+    "neither --prompt nor --prompts": lambda f: ([*GEN, "-o", f.out_jsonl], "--prompt"),
+    "--layer without --vector": lambda f: (
+        [*GEN, "--prompt", "hi", "--layer", 1, "-o", f.out_jsonl],
+        "--vector",
+    ),
+    "labeled without --label-a": lambda f: (
+        [*BUILD, "--method", "labeled", "--layer", 1, "--prompts", f.labeled, "-o", f.out_vec],
+        "--label-a",
+    ),
+    "forced-prefix last_prompt": lambda f: (
+        [
+            *BUILD,
+            "--method",
+            "forced-prefix",
+            "--layer",
+            1,
+            "--prompts",
+            f.forced,
+            "--position",
+            "last_prompt",
+            "-o",
+            f.out_vec,
+        ],
+        "last_prompt",
+    ),
+    "pca with one pair": lambda f: (
+        [
+            *BUILD,
+            "--method",
+            "pca",
+            "--layer",
+            1,
+            "--positive",
+            "a",
+            "--negative",
+            "b",
+            "-o",
+            f.out_vec,
+        ],
+        "pair",
+    ),
+    "unknown method": lambda f: (
+        [*BUILD, "--method", "magic", "--layer", 1, "--positive", "a", "-o", f.out_vec],
+        "magic",
+    ),
+    "unknown model spec": lambda f: (
+        [*GEN[:1], "--model", "./nope-dir-xyz", "--prompt", "hi", "-o", f.out_jsonl],
+        "nope-dir-xyz",
+    ),
+    "unknown device": lambda f: (
+        [*GEN, "--prompt", "hi", "--device", "bogus", "-o", f.out_jsonl],
+        "bogus",
+    ),
+    "top-p zero": lambda f: ([*GEN, "--prompt", "hi", "--top-p", 0, "-o", f.out_jsonl], "top_p"),
+}
+
+
+def assert_one_error_line(r: Result, must_contain: str) -> None:
+    assert r.code == 2, f"exit {r.code}; stderr:\n{r.err}"
+    assert "Traceback" not in r.err
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got:\n{r.err}"
+    assert lines[0].startswith("error:"), lines[0]
+    assert must_contain in lines[0], f"{must_contain!r} not in {lines[0]!r}"
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input(name: str, files: Files, capsys) -> None:
+    argv, must_contain = BAD[name](files)
+    r = cli(capsys, *argv)
+    assert_one_error_line(r, must_contain)
+    written = sorted(p.name for p in files.out.rglob("*")) if files.out.exists() else []
+    assert written == [], f"output left behind: {written}"
+
+
+def test_failed_run_keeps_existing_output(files: Files, capsys) -> None:
+    files.out.mkdir()
+    files.out_jsonl.write_text("old\n", encoding="utf-8")
+    r = cli(capsys, *GEN, "--prompt", "hi", "--vector", files.small_vec, "-o", files.out_jsonl)
+    assert_one_error_line(r, "d_model")
+    assert files.out_jsonl.read_text(encoding="utf-8") == "old\n"
+    assert sorted(p.name for p in files.out.iterdir()) == ["out.jsonl"]
+
+
+# ----------------------------------------------------------------------------- real process
+
+
+def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("steerlab")
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "steerlab.cli"]
+    out = tmp_path / "o.jsonl"
+    proc = subprocess.run(
+        [*cmd, "generate", "--model", "./nope-dir-xyz", "--prompt", "hi", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "nope-dir-xyz" in lines[0]
+    assert proc.stdout == ""
+    assert not out.exists()
