@@ -76,13 +76,21 @@ class SteeringHandle:
             prefill = full.shape[1] == t
             n_real = full.sum(-1)
         else:
+            # No 2-D mask (HF generate omits it when nothing is padded): positions come from
+            # position_ids, cache_position or the cache length, never from the chunk index.
+            pos_ids = kwargs.get("position_ids")
             cache_pos = kwargs.get("cache_position")
-            if cache_pos is None:
-                cache_pos = torch.arange(t, device=x.device)
-            pos = cache_pos.to(torch.long)[None, :].expand(b, t)
+            if isinstance(pos_ids, torch.Tensor):
+                pos = pos_ids.to(torch.long).expand(b, t)
+            elif isinstance(cache_pos, torch.Tensor):
+                pos = cache_pos.to(torch.long)[None, :].expand(b, t)
+            else:
+                cache = kwargs.get("past_key_values")
+                past = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
+                pos = torch.arange(past, past + t, device=x.device)[None, :].expand(b, t)
             valid = torch.ones(b, t, dtype=torch.bool, device=x.device)
-            prefill = int(cache_pos[0]) == 0
-            n_real = torch.full((b,), int(cache_pos[-1]) + 1, device=x.device)
+            prefill = int(pos[0, 0]) == 0
+            n_real = pos[:, -1] + 1
         if self.prompt_lens is not None:
             plen = self.prompt_lens
         else:

@@ -106,7 +106,7 @@ class SteeringVector:
             raise SteerlabError(
                 f"the vector has no direction for layer {layer} (it has layers {list(self.layers)})"
             )
-        return self.directions[layer]
+        return self.directions[layer].clone()
 
     def norm(self, layer: int) -> float:
         return float(self.direction(layer).norm())

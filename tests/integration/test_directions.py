@@ -78,7 +78,8 @@ def test_prompts_hash_depends_on_inputs(tiny_llama: Model) -> None:
 def test_contrast_is_the_mean_paired_difference(tiny_llama: Model) -> None:
     res = contrast(tiny_llama, POS, NEG, [2])
     diffs = [
-        single(tiny_llama, p, [2]).vector.direction(2) - single(tiny_llama, n, [2]).vector.direction(2)
+        single(tiny_llama, p, [2]).vector.direction(2)
+        - single(tiny_llama, n, [2]).vector.direction(2)
         for p, n in zip(POS, NEG, strict=True)
     ]
     assert torch.allclose(res.vector.direction(2), torch.stack(diffs).mean(0), atol=1e-5)
@@ -161,12 +162,16 @@ def test_pca_points_along_the_mean_difference(tiny_llama: Model) -> None:
 def test_first_component_sign_is_aligned(center: bool) -> None:
     """SVD's sign is arbitrary; both X and -X must give a component along their own mean."""
     gen = torch.Generator().manual_seed(0)
-    base = torch.randn(6, 16, generator=gen) + 2.0 * torch.randn(16, generator=gen)  # (N, d)
-    for diffs in (base, -base):
-        pc, ev = first_component(diffs, center)
-        assert float(pc @ diffs.mean(0)) > 0
-        assert float(pc.norm()) == pytest.approx(1.0, abs=1e-5)
-        assert 0 < ev <= 1
+    for _ in range(20):
+        # one dominant axis w, per-example coefficients with a positive mean, a little noise
+        w = torch.randn(16, generator=gen)  # (d,)
+        coef = torch.randn(8, generator=gen) + 0.5  # (N,)
+        base = coef[:, None] * w + 0.05 * torch.randn(8, 16, generator=gen)  # (N, d)
+        for diffs in (base, -base):
+            pc, ev = first_component(diffs, center)
+            assert float(pc @ diffs.mean(0)) > 0
+            assert float(pc.norm()) == pytest.approx(1.0, abs=1e-5)
+            assert 0 < ev <= 1
 
 
 def test_pca_needs_two_pairs(tiny_llama: Model) -> None:
@@ -229,9 +234,11 @@ def test_resid_pre_of_next_layer_is_resid_post(tiny_llama: Model, layer: int) ->
     post = record(tiny_llama, seqs, positions, [layer], "resid_post")
     pre = record(tiny_llama, seqs, positions, [layer + 1], "resid_pre")
     assert torch.allclose(pre.acts[layer + 1], post.acts[layer], atol=1e-5)
-    assert not torch.allclose(pre.acts[layer + 1], record(
-        tiny_llama, seqs, positions, [layer], "resid_pre"
-    ).acts[layer], atol=1e-3)
+    assert not torch.allclose(
+        pre.acts[layer + 1],
+        record(tiny_llama, seqs, positions, [layer], "resid_pre").acts[layer],
+        atol=1e-3,
+    )
 
 
 def test_record_errors(tiny_llama: Model) -> None:
@@ -247,7 +254,10 @@ def test_record_errors(tiny_llama: Model) -> None:
     ]
     for override, match in cases:
         args: dict[str, Any] = {
-            "sequences": seqs, "positions": ok_pos, "layers": [1], "hook_point": "resid_post",
+            "sequences": seqs,
+            "positions": ok_pos,
+            "layers": [1],
+            "hook_point": "resid_post",
             **override,
         }
         with pytest.raises(SteerlabError, match=match):

@@ -225,7 +225,11 @@ def test_hook_change_propagates_only_forward_in_time(
     and pads' logits too, while the steered position's logits change."""
     model = tiny_llama
     iv = Intervention(
-        make_vector(model, seed=3), layer=1, alpha=1.0, scale="resid", positions="last-prompt",
+        make_vector(model, seed=3),
+        layer=1,
+        alpha=1.0,
+        scale="resid",
+        positions="last-prompt",
         hook_point=point,
     )
     ids, mask = left_pad(model, PROMPTS)
@@ -259,7 +263,7 @@ def test_cached_equals_uncached(
     cached = gen(model, rows, GREEDY)
     uncached = gen(model, rows, GenerationConfig(max_new_tokens=N_NEW, use_cache=False))
     base = gen(model, [Row(p) for p in PROMPTS])
-    for c, n, b in zip(cached, uncached, base, strict=True):
+    for c, n in zip(cached, uncached, strict=True):
         assert_same_result(c, n)
     assert any(differs(c, b) for c, b in zip(cached, base, strict=True))
 
@@ -303,8 +307,11 @@ def test_batch_size_smaller_than_rows_equals_alone(
 ) -> None:
     rows = _varied_rows(tiny_llama, make_vector)
     one_batch = gen(tiny_llama, rows, SAMPLING)
-    split = gen(tiny_llama, rows, GenerationConfig(max_new_tokens=N_NEW, temperature=0.8,
-                                                   top_p=0.9, batch_size=2))
+    split = gen(
+        tiny_llama,
+        rows,
+        GenerationConfig(max_new_tokens=N_NEW, temperature=0.8, top_p=0.9, batch_size=2),
+    )
     for a, b in zip(one_batch, split, strict=True):
         assert_same_result(a, b)
 
@@ -404,9 +411,7 @@ def test_no_hooks_left_after_exception_in_block(tiny_llama: Model, make_vector: 
     assert torch.equal(forward_logits(model, ids, mask), base)
 
 
-def test_no_hooks_left_when_generate_fails_midway(
-    tiny_llama: Model, make_vector: Callable
-) -> None:
+def test_no_hooks_left_when_generate_fails_midway(tiny_llama: Model, make_vector: Callable) -> None:
     model = tiny_llama
     iv = Intervention(make_vector(model, seed=9), layer=1, alpha=5.0, scale="resid")
     ids, mask = left_pad(model, PROMPTS)
@@ -437,8 +442,9 @@ def test_rejected_plan_registers_nothing(tiny_llama: Model, make_vector: Callabl
     model = tiny_llama
     before = count_hooks(model.hf)
     v = make_vector(model, layers=[0])
-    with pytest.raises(ValueError, match="out of range"), steering(
-        model, [Intervention(v, layer=7, source_layer=0)]
+    with (
+        pytest.raises(ValueError, match="out of range"),
+        steering(model, [Intervention(v, layer=7, source_layer=0)]),
     ):
         pass
     assert count_hooks(model.hf) == before
@@ -473,8 +479,13 @@ def test_generated_positions_spare_the_first_token(
     """Only the last prompt token decides the first generated token, so steering "generated"
     positions leaves it alone; later tokens are steered although the cache feeds one at a time."""
     model = tiny_model
-    iv = Intervention(make_vector(model, seed=11), layer=model.n_layers - 1, alpha=4.0,
-                      scale="resid", positions="generated")
+    iv = Intervention(
+        make_vector(model, seed=11),
+        layer=model.n_layers - 1,
+        alpha=4.0,
+        scale="resid",
+        positions="generated",
+    )
     base = gen(model, [Row(p) for p in PROMPTS])
     steered = gen(model, [Row(p, (iv,)) for p in PROMPTS])
     for b, s in zip(base, steered, strict=True):
@@ -487,15 +498,22 @@ def test_last_prompt_position_changes_the_first_token(
     tiny_model: Model, make_vector: Callable
 ) -> None:
     model = tiny_model
-    iv = Intervention(make_vector(model, seed=11), layer=model.n_layers - 1, alpha=4.0,
-                      scale="resid", positions="last-prompt")
+    iv = Intervention(
+        make_vector(model, seed=11),
+        layer=model.n_layers - 1,
+        alpha=4.0,
+        scale="resid",
+        positions="last-prompt",
+    )
     base = gen(model, [Row(p) for p in PROMPTS])
     steered = gen(model, [Row(p, (iv,)) for p in PROMPTS])
     for b, s in zip(base, steered, strict=True):
         assert s.token_ids[0] != b.token_ids[0]
 
 
-def _hf_generate(model: Model, ivs: Sequence[Intervention], texts: Sequence[str]) -> list[list[int]]:
+def _hf_generate(
+    model: Model, ivs: Sequence[Intervention], texts: Sequence[str]
+) -> list[list[int]]:
     ids, mask = left_pad(model, texts)
     with torch.inference_mode(), steering(model, list(ivs)):
         out = model.hf.generate(
@@ -509,8 +527,13 @@ def test_hf_generate_left_padded_batch_equals_steerlab(
     tiny_model: Model, make_vector: Callable, mode: str
 ) -> None:
     model = tiny_model
-    iv = Intervention(make_vector(model, seed=12), layer=model.n_layers // 2, alpha=1.0,
-                      scale="resid", positions=mode)
+    iv = Intervention(
+        make_vector(model, seed=12),
+        layer=model.n_layers // 2,
+        alpha=1.0,
+        scale="resid",
+        positions=mode,
+    )
     hf = _hf_generate(model, [iv], PROMPTS)
     ours = gen(model, [Row(p, (iv,)) for p in PROMPTS])
     assert [list(r.token_ids) for r in ours] == hf
@@ -525,8 +548,9 @@ def test_hf_generate_unpadded_prompt_equals_steerlab(
     """One prompt, so nothing is padded: HF generate then calls the model without an
     attention mask (and transformers 5 passes no cache_position), yet positions must hold."""
     model = tiny_llama
-    iv = Intervention(make_vector(model, seed=12), layer=2, alpha=1.0, scale="resid",
-                      positions=mode)
+    iv = Intervention(
+        make_vector(model, seed=12), layer=2, alpha=1.0, scale="resid", positions=mode
+    )
     prompt = PROMPTS[1]
     (hf,) = _hf_generate(model, [iv], [prompt])
     (ours,) = gen(model, [Row(prompt, (iv,))])

@@ -52,9 +52,7 @@ def test_embedded_chat_template(embedded: Model) -> None:
 
 def test_embedded_greedy_answer_is_coherent(embedded: Model) -> None:
     prompt = embedded.format_prompt("What is the capital of France?")
-    (res,) = generate(
-        embedded, [Row(prompt)], GenerationConfig(max_new_tokens=20), progress=False
-    )
+    (res,) = generate(embedded, [Row(prompt)], GenerationConfig(max_new_tokens=20), progress=False)
     assert "Paris" in res.text, res.text
     assert res.finish_reason in ("eos", "length")
     assert 1 <= len(res.token_ids) <= 20

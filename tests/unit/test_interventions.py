@@ -177,9 +177,7 @@ def test_scale_factor_semantics() -> None:
     assert Intervention(v, layer=2, scale="resid").scale_factor() == 22.0
     assert Intervention(v, layer=0, scale="resid").scale_factor() == 20.0
     # diff uses the direction's own norm: scaling the vector scales the factor
-    assert Intervention(3 * v, layer=2, scale="diff").scale_factor() == pytest.approx(
-        3 * v.norm(2)
-    )
+    assert Intervention(3 * v, layer=2, scale="diff").scale_factor() == pytest.approx(3 * v.norm(2))
 
 
 # ----------------------------------------------------------------------------- compile_plan

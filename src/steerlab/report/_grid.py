@@ -9,7 +9,7 @@ changes the model (intervention other than ``"none"`` and α ≠ 0).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -34,11 +34,11 @@ class Setting(NamedTuple):
             return "baseline"
         return f"L{self.layer} {self.intervention} α={self.alpha:g}"
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return {"layer": self.layer, "intervention": self.intervention, "alpha": self.alpha}
 
 
-def setting_of(row: pd.Series | dict[str, object]) -> Setting:
+def setting_of(row: pd.Series | dict[str, Any]) -> Setting:
     return Setting(int(row["layer"]), str(row["intervention"]), float(row["alpha"]))
 
 

@@ -58,7 +58,7 @@ def _bin_stats(y: Floats, b: Ints, k: int, idx: Ints | None) -> tuple[Floats, Fl
     size = idx.shape[0] * k
     counts = np.bincount(flat, minlength=size).reshape(-1, k).astype(np.float64)
     sums = np.bincount(flat, weights=y[idx].ravel(), minlength=size).reshape(-1, k)
-    return counts, sums
+    return counts, sums.astype(np.float64)
 
 
 def _stratified(cs: Floats, ss: Floats, cb: Floats, sb: Floats) -> Floats:
@@ -121,7 +121,8 @@ def _confound_verdict(entry: dict[str, Any] | None) -> tuple[str, bool | None]:
             None,
         )
     sign = 1.0 if raw["diff"] > 0 else -1.0
-    held, failed = [], []
+    held: list[str] = []
+    failed: list[str] = []
     for var in CONFOUND_VARS:
         e = entry.get(var)
         if e is None:
@@ -129,8 +130,12 @@ def _confound_verdict(entry: dict[str, Any] | None) -> tuple[str, bool | None]:
         ok = sign * e["lo"] > 0 and sign * e["hi"] > 0
         text = f"{var} bins {e['diff']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]"
         (held if ok else failed).append(text)
+    missing = [var for var in CONFOUND_VARS if entry.get(var) is None]
     if not held and not failed:
         return f"no length or entropy values to condition on at {entry['label']}", None
+    if missing:
+        failed_or_held = failed if failed else held
+        failed_or_held[-1] += f" ({', '.join(missing)} not available)"
     if failed:
         return (
             f"at {entry['label']} the refusal effect (raw {raw['diff']:+.3f}) is NOT "
@@ -138,9 +143,16 @@ def _confound_verdict(entry: dict[str, Any] | None) -> tuple[str, bool | None]:
             "(CI includes 0 or flips sign)",
             False,
         )
+    weakest = min(abs(entry[v]["diff"]) for v in CONFOUND_VARS if entry.get(v) is not None)
+    kept = weakest / abs(raw["diff"])
+    note = (
+        f"; it shrinks to {100 * kept:.0f}% of the raw effect, so length/entropy explain part of it"
+        if kept < 0.5
+        else ""
+    )
     return (
         f"at {entry['label']} the refusal effect (raw {raw['diff']:+.3f}) persists within "
-        f"{'; '.join(held)}",
+        f"{'; '.join(held)}{note}",
         True,
     )
 
@@ -291,9 +303,10 @@ def template_check(
     if "direction" in sweep.columns:
         sweep = sweep[sweep["direction"] == "main"]
     rows = _compare(alt, sweep, n_boot, seed) if not alt.empty else []
+    alphas = sorted({float(a) for a in alt["alpha"].unique()}) if not alt.empty else []
     return {
         "available": bool(rows) or bool(cosine),
-        "alpha": tpl.get("alpha"),
+        "alpha": tpl.get("alpha", alphas[0] if len(alphas) == 1 else alphas or None),
         "refusal_prefix": tpl.get("refusal_prefix"),
         "compliance_prefix": tpl.get("compliance_prefix"),
         "cosine": cosine,

@@ -8,6 +8,7 @@ Figures are built on :class:`~matplotlib.figure.Figure` with an Agg canvas, neve
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ DPI = 120
 
 
 def _figure(w: float, h: float) -> Figure:
-    fig = Figure(figsize=(w, h))
+    fig = Figure(figsize=(w, h), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -79,6 +80,8 @@ def plot_gap_vs_alpha(summary: pd.DataFrame, path: Path) -> Path:
             ax.plot(d["alpha"], d["gap"], marker="o", color=colors[layer], label=f"layer {layer}")
             ax.fill_between(d["alpha"], d["gap_lo"], d["gap_hi"], color=colors[layer], alpha=0.2)
         ax.axhline(0, color="grey", lw=0.8, ls="--")
+        alphas = sorted(settings[settings["intervention"] == intervention]["alpha"].unique())
+        ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
         ax.set_title(f"{intervention}")
         ax.set_xlabel("α (steering coefficient)")
         ax.grid(alpha=0.3)
@@ -114,7 +117,11 @@ def plot_tradeoff(summary: pd.DataFrame, path: Path) -> Path:
             alpha=0.9,
         )
         ax.annotate(
-            f"α={r['alpha']:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7
+            f"L{int(r['layer'])} α={r['alpha']:g}",
+            (x, y),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=7,
         )
     front = steered[steered["pareto"].astype(bool)].sort_values("harm_test_refusal")
     if not front.empty:
@@ -182,7 +189,7 @@ def plot_heatmap(
                     ha="center",
                     va="center",
                     fontsize=9,
-                    color="white" if v < 0.5 else "black",
+                    color="white" if v > 0.6 else "black",
                 )
         ax.set_title(intervention)
         ax.set_xlabel("α")
@@ -206,15 +213,16 @@ def _bin_panel(ax: Any, entry: dict[str, Any] | None, var: str, name: str) -> No
     ax.bar(x - 0.2, rb, 0.4, color="grey", label="baseline")
     ax.bar(x + 0.2, rs, 0.4, color="crimson", label=entry["label"])
     fmt = "{:.0f}" if var == "n_tokens" else "{:.2f}"
-    ticks = [f"{fmt.format(b['lo'])}–{fmt.format(b['hi'])}" for b in bins]
+    ticks = [
+        f"{fmt.format(b['lo'])}–{fmt.format(b['hi'])}\nn={b['n_baseline']}/{b['n_steered']}"
+        for b in bins
+    ]
     ax.set_xticks(x, ticks, fontsize=8)
-    for i, b in enumerate(bins):
-        ax.text(i, 1.02, f"n={b['n_baseline']}/{b['n_steered']}", ha="center", fontsize=7)
-    ax.set_ylim(0, 1.12)
-    ax.set_xlabel(f"{name} bin")
+    ax.set_ylim(0, 1.25)
+    ax.set_xlabel(f"{name} bin (n = baseline/steered completions)")
     ax.set_ylabel("refusal rate on harm_test")
     ax.set_title(f"within {name} bins: Δ={e['diff']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
 
 
 def plot_confounds(confound: dict[str, Any], path: Path) -> Path:
@@ -254,7 +262,8 @@ def plot_confounds(confound: dict[str, Any], path: Path) -> Path:
     ax.set_title("effect per setting: raw vs stratified")
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=8)
-    fig.suptitle(f"{title}  Verdict: {confound.get('verdict', '')}", fontsize=9, wrap=True)
+    verdict = textwrap.fill(f"Verdict: {confound.get('verdict', '')}", 160)
+    fig.suptitle(f"{title}\n{verdict}", fontsize=10)
     return _save(fig, path)
 
 

@@ -15,25 +15,9 @@ import pandas as pd
 
 from steerlab.io import atomic_write_text
 from steerlab.report import _fmt as f
-from steerlab.report._grid import (
-    ACCEPTABLE_DROP,
-    KEY,
-    SPLITS,
-    Setting,
-    main_grid,
-    pick_best,
-    select,
-    setting_of,
-    setting_points,
-)
+from steerlab.report._grid import SPLITS, Setting, main_grid, pick_best, select, setting_points
 from steerlab.report.aggregate import settings_table
-from steerlab.report.checks import (
-    confound_check,
-    excludes_zero,
-    seed_check,
-    sign_check,
-    template_check,
-)
+from steerlab.report.checks import confound_check, seed_check, sign_check, template_check
 from steerlab.report.sections import (
     best_section,
     findings_section,
@@ -228,6 +212,3 @@ def write_report(
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
-
-
-__all__ = ["KEY", "excludes_zero", "setting_of", "write_examples", "write_report"]
