@@ -180,6 +180,7 @@ def _generate_batch(
     gens = [torch.Generator().manual_seed(int(r.seed)) for r in rows]
     tracks = [_Track() for _ in rows]
     active = torch.arange(b, device=dev)  # batch row -> index in ``rows``
+    finished = torch.zeros(b, dtype=torch.bool, device=dev)  # per live batch row
     any_steer = any(r.interventions for r in rows)
     plan = compile_plan(model, [list(r.interventions) for r in rows]) if any_steer else None
     extra = _forward_kwargs(model)
@@ -209,11 +210,14 @@ def _generate_batch(
             tok = _choose(logits, cfg, [gens[int(i)] for i in active])  # (b,)
             tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
             is_eos = torch.isin(tok, eos) if cfg.stop_at_eos else torch.zeros_like(tok, dtype=torch.bool)
-            done = is_eos | (step + 1 >= budgets[active])
-            for r, t, lp, en, e in zip(
+            # rows already finished but not yet dropped keep decoding; their output is ignored
+            newly = ~finished & (is_eos | (step + 1 >= budgets[active]))
+            for r, t, lp, en, e, live in zip(
                 active.tolist(), tok.tolist(), tok_lp.tolist(), ent.tolist(), is_eos.tolist(),
-                strict=True,
+                (~finished).tolist(), strict=True,
             ):
+                if not live:
+                    continue
                 tr = tracks[r]
                 if e:
                     tr.reason = "eos"
@@ -221,22 +225,23 @@ def _generate_batch(
                     tr.ids.append(t)
                     tr.logprobs.append(lp)
                     tr.entropies.append(en)
-            n_done = int(done.sum())
+            finished |= newly
+            advance(int(newly.sum()))
+            n_done = int(finished.sum())
             if n_done == len(active):
-                advance(n_done)
                 break
             ids = torch.cat([ids, tok[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             feed = tok[:, None]
-            if n_done:
-                keep = (~done).nonzero().squeeze(-1)  # (b',)
-                active = active.index_select(0, keep)
+            # Dropping rows copies the whole KV cache, so do it once a few rows have finished.
+            if n_done >= max(1, len(active) // 8):
+                keep = (~finished).nonzero().squeeze(-1)  # (b',)
+                active, finished = active.index_select(0, keep), finished[keep]
                 ids, mask, feed = ids[keep], mask[keep], feed[keep]
                 if cache is not None:
                     cache.batch_select_indices(keep)
                 if handle is not None:
                     handle.select(keep)
-                advance(n_done)
     return [
         RowResult(
             text=model.decode(tr.ids),

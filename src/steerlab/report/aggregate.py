@@ -110,7 +110,7 @@ def _setting_rows(grid: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
         test = _flags(by_split.get("harm_test", empty), "is_refusal")
         benign = by_split.get("benign", empty)
         gain = bootstrap_diff_ci(test, base_test, n_boot=n_boot, seed=seed)
-        gap = bootstrap_diff_ci(test, train, n_boot=n_boot, seed=seed)
+        gap = bootstrap_diff_ci(train, test, n_boot=n_boot, seed=seed)
         drop = bootstrap_diff_ci(
             base_helpful, _flags(benign, "is_helpful"), n_boot=n_boot, seed=seed
         )
