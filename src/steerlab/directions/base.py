@@ -79,7 +79,10 @@ def batch_cosines(diffs: torch.Tensor, final: torch.Tensor, batch_size: int) -> 
 
 
 def diff_stats(
-    diffs: torch.Tensor, final: torch.Tensor, resid_norm: float, batch_size: int,
+    diffs: torch.Tensor,
+    final: torch.Tensor,
+    resid_norm: float,
+    batch_size: int,
     explained_variance: float | None = None,
 ) -> LayerStats:
     norms = diffs.norm(dim=-1)

@@ -50,8 +50,9 @@ def labeled(
         dirs[layer] = a.mean(0) - b.mean(0)
         # pseudo-pairs (each A against B's mean) give per-example spread and batch stability
         diffs = a - b.mean(0, keepdim=True)
-        stats[layer] = diff_stats(diffs, dirs[layer], mean_resid(rec_a, rec_b, layer=layer),
-                                  batch_size)
+        stats[layer] = diff_stats(
+            diffs, dirs[layer], mean_resid(rec_a, rec_b, layer=layer), batch_size
+        )
     phash = prompts_hash("labeled", list(class_a), list(class_b), position, chat)
     extra = {"position": position, "chat": chat, "n_a": len(class_a), "n_b": len(class_b)}
     return make_vector(model, dirs, stats, hook_point, "labeled", phash, extra)

@@ -103,7 +103,9 @@ def record(
             # (B, W) selection weights: 1/k at each row's k chosen positions
             weights = torch.zeros(len(batch), width)
             offsets = width - mask.sum(-1)  # left pads per row, read from the mask
-            for r, (s, pos) in enumerate(zip(batch, positions[start : start + batch_size], strict=True)):
+            for r, (s, pos) in enumerate(
+                zip(batch, positions[start : start + batch_size], strict=True)
+            ):
                 idx = [p if p >= 0 else len(s) + p for p in pos]
                 if not idx or any(not 0 <= p < len(s) for p in idx):
                     raise SteerlabError(f"sequence {start + r}: positions {list(pos)} out of range")

@@ -44,7 +44,8 @@ class BuildSpec:
 
 
 def _pairs_from_file(path: Path) -> tuple[list[str], list[str]]:
-    pos, neg = [], []
+    pos: list[str] = []
+    neg: list[str] = []
     for n, obj in read_jsonl(path):
         for key, out in (("positive", pos), ("negative", neg)):
             value = obj.get(key)
@@ -106,7 +107,7 @@ def build_vector(model: Model, spec: BuildSpec) -> BuildResult:
         if spec.prompts_file is None:
             raise SteerlabError("--method forced-prefix needs --prompts FILE.jsonl")
         prompts = read_field(spec.prompts_file, "prompt", "text")
-        extra = {
+        extra: dict[str, Any] = {
             k: v
             for k, v in (
                 ("refusal_prefix", spec.refusal_prefix),
@@ -183,13 +184,25 @@ def run_generate(
                     f"the vector has no direction for layer {layer} (it has {list(vec.layers)})"
                 )
             iv = Intervention(
-                vec, layer, steer.kind, alpha, steer.hook_point, steer.positions, steer.scale,
+                vec,
+                layer,
+                steer.kind,
+                alpha,
+                steer.hook_point,
+                steer.positions,
+                steer.scale,
                 source_layer=None if src is not None else vec.layers[0],
             )
             ivs.append((iv,))
             settings.append(
-                {"layer": layer, "alpha": alpha, "intervention": steer.kind,
-                 "positions": steer.positions, "scale": steer.scale, "hook_point": iv.point}
+                {
+                    "layer": layer,
+                    "alpha": alpha,
+                    "intervention": steer.kind,
+                    "positions": steer.positions,
+                    "scale": steer.scale,
+                    "hook_point": iv.point,
+                }
             )
     elif steer.layers:
         raise SteerlabError("--layer needs --vector")

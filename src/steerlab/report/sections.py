@@ -47,7 +47,7 @@ def setup_section(results: pd.DataFrame, config: dict[str, Any], manifest: dict[
     lines = [
         "## Setup",
         "",
-        f"- Model: `{(config.get('model') or {}).get('name', manifest.get('model', 'unknown'))}`"
+        f"- Model: `{model_label(config, manifest)}`"
         + (f" on {manifest['device']}" if manifest.get("device") else ""),
         f"- Layers {', '.join(str(x) for x in layers)}; interventions "
         f"{', '.join(str(x) for x in interventions)}; α grid "
@@ -340,3 +340,11 @@ def _robust_text(check: dict[str, Any]) -> str:
         if excludes_zero((d := r[m + "_diff"])["lo"], d["hi"])
     ]
     return text + " Differing: " + "; ".join(flagged) + "."
+
+
+def model_label(config: dict[str, Any], manifest: dict[str, Any]) -> str:
+    """The resolved model name (embedded -> SmolLM2-135M-Instruct), plus the spec if different."""
+    spec = str((config.get("model") or {}).get("name", "unknown"))
+    info = manifest.get("model")
+    name = str(info.get("name", spec)) if isinstance(info, dict) else spec
+    return name if name == spec else f"{name} ({spec})"

@@ -22,6 +22,7 @@ from steerlab.report.sections import (
     best_section,
     findings_section,
     layer_section,
+    model_label,
     sanity_section,
     setup_section,
 )
@@ -189,7 +190,7 @@ def write_report(
     if "template" not in checks:
         checks["template"] = template_check(results, sanity, n_boot=n_boot, seed=seed)
     sign = sign_check(sanity)
-    model = (config.get("model") or {}).get("name") or manifest.get("model") or "unknown model"
+    model = model_label(config, manifest)
 
     lines = [f"# Steering reliability report: {model}", ""]
     lines += _sign_warning(sign)

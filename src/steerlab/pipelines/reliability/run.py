@@ -43,8 +43,9 @@ def _context(cfg: PipelineConfig, run: RunDir, progress: bool) -> st.Context:
     from steerlab.models import load_model
 
     t0 = time.perf_counter()
-    model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
-                       chat=cfg.model.chat)
+    model = load_model(
+        cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype, chat=cfg.model.chat
+    )
     ctx = st.Context(cfg=cfg, run=run, model=model, progress=progress)
     manifest = run.read_json("manifest.json")
     info = environment_info(str(model.device), model.name)
@@ -53,12 +54,20 @@ def _context(cfg: PipelineConfig, run: RunDir, progress: bool) -> st.Context:
         run_id=run.path.name,
         created=manifest.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
         environment=info,
-        model={"spec": cfg.model.name, "name": model.name, "n_layers": model.n_layers,
-               "d_model": model.d_model, "dtype": str(model.dtype)},
+        model={
+            "spec": cfg.model.name,
+            "name": model.name,
+            "n_layers": model.n_layers,
+            "d_model": model.d_model,
+            "dtype": str(model.dtype),
+        },
         layers=ctx.layers,
         seeds={"generation": cfg.generation.seed, "alt_seed": cfg.sanity_checks.alt_seed},
-        sampling={"temperature": cfg.generation.temperature, "top_p": cfg.generation.top_p,
-                  "max_new_tokens": cfg.generation.max_new_tokens},
+        sampling={
+            "temperature": cfg.generation.temperature,
+            "top_p": cfg.generation.top_p,
+            "max_new_tokens": cfg.generation.max_new_tokens,
+        },
         config_digest=cfg.digest(),
     )
     logger.info("model %s loaded in %.1f s", model.name, time.perf_counter() - t0)
@@ -92,8 +101,11 @@ def run_stages(
     if unknown:
         raise SteerlabError(f"unknown stage {unknown[0]!r}: use one of {', '.join(STAGES)}")
     sc = cfg.sanity_checks
-    if sc.enabled and (sc.alpha not in cfg.experiment.alphas or sc.alpha == 0
-                       or "add" not in cfg.experiment.interventions):
+    if sc.enabled and (
+        sc.alpha not in cfg.experiment.alphas
+        or sc.alpha == 0
+        or "add" not in cfg.experiment.interventions
+    ):
         raise SteerlabError(
             "sanity_checks.alpha must be a non-zero entry of experiment.alphas and "
             "experiment.interventions must include add (the reruns compare against the sweep)"

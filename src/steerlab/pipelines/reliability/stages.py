@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,14 +74,28 @@ def snapshot_prompts(ctx: Context) -> dict[str, list[PromptRow]]:
 
 
 def _work(
-    stage: str, split: str, p: PromptRow, layer: int, kind: str, alpha: float, direction: str,
+    stage: str,
+    split: str,
+    p: PromptRow,
+    layer: int,
+    kind: str,
+    alpha: float,
+    direction: str,
     seed: int,
 ) -> WorkRow:
     return WorkRow(
-        stage=stage, split=split, prompt_id=p.id, prompt=p.prompt,
-        family=p.meta.get("family", "unknown"), style=p.meta.get("style", "unknown"),
-        template=p.meta.get("template", "unknown"), layer=layer, intervention=kind,
-        alpha=float(alpha), direction=direction, seed=seed,
+        stage=stage,
+        split=split,
+        prompt_id=p.id,
+        prompt=p.prompt,
+        family=p.meta.get("family", "unknown"),
+        style=p.meta.get("style", "unknown"),
+        template=p.meta.get("template", "unknown"),
+        layer=layer,
+        intervention=kind,
+        alpha=float(alpha),
+        direction=direction,
+        seed=seed,
     )
 
 
@@ -117,16 +131,24 @@ class Generator:
         e = self.ctx.cfg.experiment
         return (
             Intervention(
-                self.vector(w.direction, w.layer), w.layer, w.intervention, w.alpha,
-                positions=e.positions, scale=e.scale,
+                self.vector(w.direction, w.layer),
+                w.layer,
+                w.intervention,
+                w.alpha,
+                positions=e.positions,
+                scale=e.scale,
             ),
         )
 
-    def __call__(self, rows: Sequence[WorkRow]) -> pd.DataFrame:
+    def __call__(
+        self, rows: Sequence[WorkRow], progress: Callable[[int], object] | None = None
+    ) -> pd.DataFrame:
         cfg, model = self.ctx.cfg, self.ctx.model
         g = cfg.generation
         gen_cfg = GenerationConfig(
-            max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+            max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
             batch_size=g.batch_size,
         )
         reqs = [
@@ -137,7 +159,7 @@ class Generator:
             )
             for w in rows
         ]
-        results = generate(model, reqs, gen_cfg, progress=False)
+        results = generate(model, reqs, gen_cfg, progress=False, on_rows=progress)
         return pd.DataFrame([score_row(self.ctx, w, r) for w, r in zip(rows, results, strict=True)])
 
 
@@ -147,28 +169,49 @@ def score_row(ctx: Context, w: WorkRow, r: Any) -> dict[str, Any]:
     helpful = helpfulness_score(r.text, refusal=ref, threshold=m.helpful_threshold)
     conf = confound_metrics(r.text, list(r.token_ids), list(r.logprobs), list(r.entropies))
     return {
-        "stage": w.stage, "split": w.split, "prompt_id": w.prompt_id, "prompt": w.prompt,
-        "family": w.family, "style": w.style, "template": w.template, "layer": w.layer,
-        "intervention": w.intervention, "alpha": w.alpha, "scale": ctx.cfg.experiment.scale,
-        "direction": w.direction, "seed": w.seed, "row_seed": w.row_seed(),
-        "shared_baseline": False, "text": r.text, "n_tokens": len(r.token_ids),
-        "finish_reason": r.finish_reason, "refusal_score": ref.score,
-        "is_refusal": ref.is_refusal, "matched_refusal": list(ref.matched_refusal),
+        "stage": w.stage,
+        "split": w.split,
+        "prompt_id": w.prompt_id,
+        "prompt": w.prompt,
+        "family": w.family,
+        "style": w.style,
+        "template": w.template,
+        "layer": w.layer,
+        "intervention": w.intervention,
+        "alpha": w.alpha,
+        "scale": ctx.cfg.experiment.scale,
+        "direction": w.direction,
+        "seed": w.seed,
+        "row_seed": w.row_seed(),
+        "shared_baseline": False,
+        "text": r.text,
+        "n_tokens": len(r.token_ids),
+        "finish_reason": r.finish_reason,
+        "refusal_score": ref.score,
+        "is_refusal": ref.is_refusal,
+        "matched_refusal": list(ref.matched_refusal),
         "matched_compliance": list(ref.matched_compliance),
-        "helpfulness_score": helpful.score, "is_helpful": helpful.is_helpful,
-        "n_words": helpful.n_words, "has_steps": helpful.has_steps,
-        "has_bullets": helpful.has_bullets, "has_code": helpful.has_code,
-        "mean_entropy": conf.mean_entropy, "mean_logprob": conf.mean_logprob,
-        "distinct_1": conf.distinct_1, "distinct_2": conf.distinct_2,
-        "repetition_rate": conf.repetition_rate, "is_gibberish": conf.is_gibberish,
+        "helpfulness_score": helpful.score,
+        "is_helpful": helpful.is_helpful,
+        "n_words": helpful.n_words,
+        "has_steps": helpful.has_steps,
+        "has_bullets": helpful.has_bullets,
+        "has_code": helpful.has_code,
+        "mean_entropy": conf.mean_entropy,
+        "mean_logprob": conf.mean_logprob,
+        "distinct_1": conf.distinct_1,
+        "distinct_2": conf.distinct_2,
+        "repetition_rate": conf.repetition_rate,
+        "is_gibberish": conf.is_gibberish,
         "gibberish_flags": list(conf.gibberish_flags),
     }
 
 
 def _run_rows(ctx: Context, stage: str, rows: list[WorkRow]) -> int:
     t0 = time.perf_counter()
-    bar = tqdm(total=len(rows), desc=stage, unit="row", disable=not ctx.progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(rows), desc=stage, unit="row", disable=not ctx.progress, dynamic_ncols=True
+    )
     try:
         n = ctx.run.run_shards(
             stage, rows, ctx.cfg.experiment.shard_size, Generator(ctx), bar.update
@@ -185,8 +228,9 @@ def _run_rows(ctx: Context, stage: str, rows: list[WorkRow]) -> int:
 
 def baseline_rows(ctx: Context, prompts: dict[str, list[PromptRow]]) -> list[WorkRow]:
     seed = ctx.cfg.generation.seed
-    return [_work("baseline", s, p, -1, "none", 0.0, "none", seed) for s in SPLITS
-            for p in prompts[s]]
+    return [
+        _work("baseline", s, p, -1, "none", 0.0, "none", seed) for s in SPLITS for p in prompts[s]
+    ]
 
 
 def run_baseline(ctx: Context) -> int:
@@ -204,15 +248,25 @@ def build_directions(ctx: Context) -> dict[int, dict[str, Any]]:
     if todo:
         t0 = time.perf_counter()
         built = forced_prefix(
-            ctx.model, train, todo, d.refusal_prefix, d.compliance_prefix, d.hook_point,
-            d.token_position, chat=ctx.cfg.model.chat, system=ctx.cfg.model.system,
-            batch_size=d.batch_size, progress=ctx.progress,
+            ctx.model,
+            train,
+            todo,
+            d.refusal_prefix,
+            d.compliance_prefix,
+            d.hook_point,
+            d.token_position,
+            chat=ctx.cfg.model.chat,
+            system=ctx.cfg.model.system,
+            batch_size=d.batch_size,
+            progress=ctx.progress,
         )
         for layer in todo:
             single = SteeringVector(
                 directions={layer: built.vector.direction(layer)},
-                **{k: getattr(built.vector, k) for k in (
-                    "hook_point", "method", "model_id", "prompts_hash", "extra")},
+                **{
+                    k: getattr(built.vector, k)
+                    for k in ("hook_point", "method", "model_id", "prompts_hash", "extra")
+                },
                 raw_norm={layer: built.vector.raw_norm[layer]},
                 mean_resid_norm={layer: built.vector.mean_resid_norm[layer]},
             )
@@ -222,8 +276,10 @@ def build_directions(ctx: Context) -> dict[int, dict[str, Any]]:
         v = SteeringVector.load(ctx.run.direction_path(layer))
         s = v.extra.get("stats", {}).get(str(layer), {})
         stats[layer] = {
-            "raw_norm": v.raw_norm.get(layer), "mean_resid_norm": v.mean_resid_norm.get(layer),
-            "batch_cosines": s.get("batch_cosines", []), "n": s.get("n"),
+            "raw_norm": v.raw_norm.get(layer),
+            "mean_resid_norm": v.mean_resid_norm.get(layer),
+            "batch_cosines": s.get("batch_cosines", []),
+            "n": s.get("n"),
         }
     ctx.run.update_json("sanity.json", directions={str(k): v for k, v in stats.items()})
     return stats
@@ -233,8 +289,12 @@ def sweep_rows(ctx: Context, prompts: dict[str, list[PromptRow]]) -> list[WorkRo
     e, seed = ctx.cfg.experiment, ctx.cfg.generation.seed
     return [
         _work("sweep", s, p, layer, kind, a, "main", seed)
-        for layer in ctx.layers for kind in e.interventions for a in e.alphas if a != 0
-        for s in SPLITS for p in prompts[s]
+        for layer in ctx.layers
+        for kind in e.interventions
+        for a in e.alphas
+        if a != 0
+        for s in SPLITS
+        for p in prompts[s]
     ]
 
 
@@ -243,16 +303,20 @@ def run_sign_check(ctx: Context) -> dict[str, Any]:
     prompts = snapshot_prompts(ctx)
     held = sign_holdout(ctx, prompts)
     alpha, seed = ctx.cfg.sanity_checks.alpha, ctx.cfg.generation.seed
-    rows = [_work("sign_check", "harm_train", p, layer, "add", alpha, "main", seed)
-            for layer in ctx.layers for p in held]
+    rows = [
+        _work("sign_check", "harm_train", p, layer, "add", alpha, "main", seed)
+        for layer in ctx.layers
+        for p in held
+    ]
     _run_rows(ctx, "sign_check", rows)
     steered = ctx.run.load_stage("sign_check")
     base = ctx.run.load_stage("baseline")
     if base.empty:
         raise SteerlabError("run `steerlab baseline` before the sign check")
     ids = {p.id for p in held}
-    base_score = float(base[(base.split == "harm_train") & base.prompt_id.isin(ids)]
-                       .refusal_score.mean())
+    base_score = float(
+        base[(base.split == "harm_train") & base.prompt_id.isin(ids)].refusal_score.mean()
+    )
     per_layer = {}
     for layer in ctx.layers:
         s = float(steered[steered.layer == layer].refusal_score.mean())
@@ -262,7 +326,11 @@ def run_sign_check(ctx: Context) -> dict[str, Any]:
             logger.warning(
                 "SIGN CHECK FAILED at layer %d: +%.2f along the direction does not raise the "
                 "refusal score on %d held-out prompts (%.3f -> %.3f); the direction may be flipped",
-                layer, alpha, len(held), base_score, s,
+                layer,
+                alpha,
+                len(held),
+                base_score,
+                s,
             )
     result = {"alpha": alpha, "n": len(held), "per_layer": per_layer}
     ctx.run.update_json("sanity.json", sign_check=result)
@@ -285,9 +353,16 @@ def run_sanity(ctx: Context) -> dict[str, Any]:
     if todo:
         d = ctx.cfg.direction
         built = forced_prefix(
-            ctx.model, train, todo, sc.alt_prefixes.refusal_prefix,
-            sc.alt_prefixes.compliance_prefix, d.hook_point, d.token_position,
-            chat=ctx.cfg.model.chat, system=ctx.cfg.model.system, batch_size=d.batch_size,
+            ctx.model,
+            train,
+            todo,
+            sc.alt_prefixes.refusal_prefix,
+            sc.alt_prefixes.compliance_prefix,
+            d.hook_point,
+            d.token_position,
+            chat=ctx.cfg.model.chat,
+            system=ctx.cfg.model.system,
+            batch_size=d.batch_size,
         )
         for layer in todo:
             built.vector.save(ctx.run.direction_path(layer, "alt"))
@@ -297,18 +372,32 @@ def run_sanity(ctx: Context) -> dict[str, Any]:
         alt = SteeringVector.load(ctx.run.direction_path(layer, "alt"))
         cosine[str(layer)] = main.cosine(alt, layer)
     n, seed = sc.rerun_subset_n, ctx.cfg.generation.seed
-    rows = [_work("sanity_template", s, p, layer, "add", sc.alpha, "alt", seed)
-            for layer in ctx.layers for s in ("harm_test", "benign") for p in prompts[s][:n]]
+    rows = [
+        _work("sanity_template", s, p, layer, "add", sc.alpha, "alt", seed)
+        for layer in ctx.layers
+        for s in ("harm_test", "benign")
+        for p in prompts[s][:n]
+    ]
     _run_rows(ctx, "sanity_template", rows)
-    seed_rows = [_work("sanity_seed", s, p, -1, "none", 0.0, "none", sc.alt_seed)
-                 for s in SPLITS for p in prompts[s][:n]]
-    seed_rows += [_work("sanity_seed", s, p, layer, "add", sc.alpha, "main", sc.alt_seed)
-                  for layer in ctx.layers for s in SPLITS for p in prompts[s][:n]]
+    seed_rows = [
+        _work("sanity_seed", s, p, -1, "none", 0.0, "none", sc.alt_seed)
+        for s in SPLITS
+        for p in prompts[s][:n]
+    ]
+    seed_rows += [
+        _work("sanity_seed", s, p, layer, "add", sc.alpha, "main", sc.alt_seed)
+        for layer in ctx.layers
+        for s in SPLITS
+        for p in prompts[s][:n]
+    ]
     _run_rows(ctx, "sanity_seed", seed_rows)
     info = {
-        "template": {"alpha": sc.alpha, "cosine": cosine,
-                     "refusal_prefix": sc.alt_prefixes.refusal_prefix,
-                     "compliance_prefix": sc.alt_prefixes.compliance_prefix},
+        "template": {
+            "alpha": sc.alpha,
+            "cosine": cosine,
+            "refusal_prefix": sc.alt_prefixes.refusal_prefix,
+            "compliance_prefix": sc.alt_prefixes.compliance_prefix,
+        },
         "seed": {"alt_seed": sc.alt_seed, "base_seed": seed, "subset_n": n, "alpha": sc.alpha},
     }
     ctx.run.update_json("sanity.json", **info)

@@ -151,10 +151,13 @@ class RunDir:
         stage: str,
         rows: Sequence[WorkRow],
         shard_size: int,
-        compute: Callable[[Sequence[WorkRow]], pd.DataFrame],
+        compute: Callable[[Sequence[WorkRow], Callable[[int], object]], pd.DataFrame],
         progress: Callable[[int], object],
     ) -> int:
-        """Compute every missing shard of ``rows``; returns how many rows were computed now."""
+        """Compute every missing shard of ``rows``; returns how many rows were computed now.
+
+        ``compute(shard, progress)`` reports rows as they finish; finished shards count at once.
+        """
         out = self.parts(stage)
         out.mkdir(parents=True, exist_ok=True)
         computed = 0
@@ -166,13 +169,12 @@ class RunDir:
             if path.is_file():
                 progress(len(shard))
                 continue
-            df = compute(shard)
+            df = compute(shard, progress)
             if len(df) != len(shard):
                 raise RuntimeError(f"shard {path.name}: {len(df)} results for {len(shard)} rows")
             with atomic_path(path) as tmp:
                 df.to_parquet(tmp, index=False)
             computed += len(shard)
-            progress(len(shard))
         stray = [p for p in out.glob("part-*.parquet") if p.name not in expected]
         if stray:
             raise SteerlabError(f"{out} holds part files this config does not produce: {stray[0]}")
