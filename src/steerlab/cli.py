@@ -202,6 +202,9 @@ RunIdOpt = Annotated[str | None, typer.Option(help="run id (default: model + con
 RunDirOpt = Annotated[Path | None, typer.Option(help="an existing run directory")]
 ModelOverride = Annotated[str | None, typer.Option("--model", "-m", help="override model.name")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+OutDirOpt = Annotated[
+    str | None, typer.Option("--output-dir", help="override experiment.output_dir")
+]
 
 
 def _stages(
@@ -212,20 +215,21 @@ def _stages(
     run_dir: Path | None,
     model: str | None,
     quiet: bool,
+    output_dir: str | None,
 ) -> None:
-    from steerlab.pipelines.reliability.config import load_config
     from steerlab.pipelines.reliability.run import resolve_config, run_stages
     from steerlab.pipelines.reliability.store import RunDir
 
     logging.getLogger("steerlab").setLevel(logging.INFO)
+    overrides = {
+        k: v for k, v in (("model.name", model), ("experiment.output_dir", output_dir)) if v
+    }
     if run_dir is not None and config is None and not fast:
         cfg = RunDir.existing(run_dir).load_config()
-        if model:
-            raise SteerlabError("--model cannot change the model of an existing run directory")
-    elif config is not None or fast:
-        cfg, _ = resolve_config(config, fast, model)
+        if overrides:
+            raise SteerlabError("--model/--output-dir cannot change an existing run directory")
     else:
-        cfg = load_config("configs/default.yaml", {"model.name": model} if model else None)
+        cfg, _ = resolve_config(config, fast, overrides)
     run = run_stages(cfg, stages, run_id=run_id, run_dir=run_dir, progress=not quiet)
     typer.echo(f"run directory: {run.path}")
 
@@ -238,11 +242,12 @@ def run_cmd(
     run_dir: RunDirOpt = None,
     model: ModelOverride = None,
     quiet: QuietOpt = False,
+    output_dir: OutDirOpt = None,
 ) -> None:
     """The whole reliability pipeline (resumable: rerun the same command after a crash)."""
     from steerlab.pipelines.reliability.run import STAGES
 
-    _stages(STAGES, config, fast, run_id, run_dir, model, quiet)
+    _stages(STAGES, config, fast, run_id, run_dir, model, quiet, output_dir)
 
 
 def _stage_command(name: str, stages: tuple[str, ...], doc: str) -> None:
@@ -253,8 +258,9 @@ def _stage_command(name: str, stages: tuple[str, ...], doc: str) -> None:
         run_dir: RunDirOpt = None,
         model: ModelOverride = None,
         quiet: QuietOpt = False,
+        output_dir: OutDirOpt = None,
     ) -> None:
-        _stages(stages, config, fast, run_id, run_dir, model, quiet)
+        _stages(stages, config, fast, run_id, run_dir, model, quiet, output_dir)
 
     cmd.__doc__ = doc
     app.command(name)(cmd)

@@ -22,10 +22,10 @@ DEFAULT_CONFIG = Path("configs/default.yaml")
 
 
 def resolve_config(
-    config: Path | None, fast: bool, model: str | None = None
+    config: Path | None, fast: bool, overrides: dict[str, Any] | None = None
 ) -> tuple[PipelineConfig, str]:
+    """The config file (``--config``, or fast/default) with dotted-key overrides applied."""
     path = config or (FAST_CONFIG if fast else DEFAULT_CONFIG)
-    overrides: dict[str, Any] = {"model.name": model} if model else {}
     return load_config(path, overrides), str(path)
 
 
