@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from steerlab.errors import SteerlabError
+from steerlab.pipelines.reliability.config import STAGES
 
 # recent typer vendors click as typer._click; older typer uses click itself
 _click_exc: Any = importlib.import_module(
@@ -234,22 +235,6 @@ def _stages(
     typer.echo(f"run directory: {run.path}")
 
 
-@app.command("run")
-def run_cmd(
-    config: ConfigOpt = None,
-    fast: FastOpt = False,
-    run_id: RunIdOpt = None,
-    run_dir: RunDirOpt = None,
-    model: ModelOverride = None,
-    quiet: QuietOpt = False,
-    output_dir: OutDirOpt = None,
-) -> None:
-    """The whole reliability pipeline (resumable: rerun the same command after a crash)."""
-    from steerlab.pipelines.reliability.run import STAGES
-
-    _stages(STAGES, config, fast, run_id, run_dir, model, quiet, output_dir)
-
-
 def _stage_command(name: str, stages: tuple[str, ...], doc: str) -> None:
     def cmd(
         config: ConfigOpt = None,
@@ -266,6 +251,11 @@ def _stage_command(name: str, stages: tuple[str, ...], doc: str) -> None:
     app.command(name)(cmd)
 
 
+_stage_command(
+    "run",
+    STAGES,
+    "The whole reliability pipeline (resumable: rerun the same command after a crash).",
+)
 _stage_command("baseline", ("baseline",), "Unsteered completions for every split (alpha = 0).")
 _stage_command("build-directions", ("build-directions",), "Forced-prefix direction per layer.")
 _stage_command("sweep", ("sign-check", "sweep"), "Sign check, then the layer x kind x alpha grid.")

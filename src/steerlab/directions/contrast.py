@@ -18,6 +18,23 @@ from steerlab.errors import SteerlabError
 from steerlab.models import Model
 
 
+def record_texts(
+    model: Model,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    hook_point: str,
+    position: str,
+    chat: bool,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> Recording:
+    """Activations of plain texts (chat-formatted when ``chat``) at ``last`` or ``mean``."""
+    seqs = [model.encode(model.format_prompt(t) if chat else t) for t in texts]
+    pos = [token_positions(position, len(s)) for s in seqs]
+    return record(model, seqs, pos, layers, hook_point, batch_size, progress, desc)
+
+
 def paired_activations(
     model: Model,
     positives: Sequence[str],
@@ -38,12 +55,10 @@ def paired_activations(
     if not positives:
         raise SteerlabError("contrast needs at least one pair")
 
-    def run(texts: Sequence[str], desc: str) -> Recording:
-        seqs = [model.encode(model.format_prompt(t) if chat else t) for t in texts]
-        pos = [token_positions(position, len(s)) for s in seqs]
-        return record(model, seqs, pos, layers, hook_point, batch_size, progress, desc)
-
-    return run(positives, "positive"), run(negatives, "negative")
+    args = (layers, hook_point, position, chat, batch_size, progress)
+    return record_texts(model, positives, *args, "positive"), record_texts(
+        model, negatives, *args, "negative"
+    )
 
 
 def contrast(

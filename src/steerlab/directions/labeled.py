@@ -11,9 +11,8 @@ from steerlab.directions.base import (
     make_vector,
     mean_resid,
     prompts_hash,
-    token_positions,
 )
-from steerlab.directions.record import record
+from steerlab.directions.contrast import record_texts
 from steerlab.errors import SteerlabError
 from steerlab.models import Model
 
@@ -38,12 +37,9 @@ def labeled(
     if not class_a or not class_b:
         raise SteerlabError("labeled mean-diff needs at least one text in each class")
 
-    def run(texts: Sequence[str], desc: str):  # type: ignore[no-untyped-def]
-        seqs = [model.encode(model.format_prompt(t) if chat else t) for t in texts]
-        pos = [token_positions(position, len(s)) for s in seqs]
-        return record(model, seqs, pos, layers, hook_point, batch_size, progress, desc)
-
-    rec_a, rec_b = run(class_a, "class A"), run(class_b, "class B")
+    args = (layers, hook_point, position, chat, batch_size, progress)
+    rec_a = record_texts(model, class_a, *args, "class A")
+    rec_b = record_texts(model, class_b, *args, "class B")
     dirs, stats = {}, {}
     for layer in layers:
         a, b = rec_a.acts[layer], rec_b.acts[layer]

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from steerlab.errors import SteerlabError
 
+STAGES = ("baseline", "build-directions", "sign-check", "sweep", "sanity", "report")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -11,12 +11,11 @@ from typing import Any
 
 from steerlab.errors import SteerlabError
 from steerlab.pipelines.reliability import stages as st
-from steerlab.pipelines.reliability.config import PipelineConfig, load_config
+from steerlab.pipelines.reliability.config import STAGES, PipelineConfig, load_config
 from steerlab.pipelines.reliability.store import RunDir, environment_info
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("baseline", "build-directions", "sign-check", "sweep", "sanity", "report")
 FAST_CONFIG = Path("configs/fast.yaml")
 DEFAULT_CONFIG = Path("configs/default.yaml")
 
