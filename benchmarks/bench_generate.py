@@ -114,6 +114,8 @@ def main() -> None:
     ap.add_argument("--grid-tokens", type=int, default=16, help="new tokens for part 3")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-hf", action="store_true", help="parts 2 (and 3) only")
+    ap.add_argument("--skip-grid", action="store_true", help="parts 1-2 only")
     args = ap.parse_args()
 
     model = load_model(args.model)
@@ -141,12 +143,17 @@ def main() -> None:
         "hf_eos": lambda: hf_run(model, prompts, args.tokens, eos=True),
         "engine_eos": lambda: engine_run(model, plain, args.tokens, args.batch, eos=True),
     }
+    if args.skip_hf:
+        contenders = {k: v for k, v in contenders.items() if not k.startswith("hf")}
     tps: dict[str, list[float]] = {k: [] for k in contenders}
     for _ in range(args.repeats):
         for name, fn in contenders.items():
             t, n = _timed(fn)
             tps[name].append(n / t)
     med = {k: statistics.median(v) for k, v in tps.items()}
+    med.update({k: float("nan") for k in ("hf_forced", "hf_eos", "engine_eos") if k not in med})
+    for k, v in tps.items():
+        print(f"    {k:15s} rounds: " + " ".join(f"{x:7.1f}" for x in v))
     print(
         f"[1] batch {args.batch}, {args.tokens} new tokens, medians of {args.repeats} "
         "interleaved rounds (tok/s):"
@@ -165,6 +172,13 @@ def main() -> None:
     )
     en_tps, st_tps = med["engine_forced"], med["steered_forced"]
 
+    if args.skip_grid:
+        print(
+            f"RATIOS steered/unsteered={st_tps / en_tps:.3f} "
+            f"engine/hf={med['engine_eos'] / med['hf_eos']:.3f} batched/loop=skipped "
+            f"engine/hf_eos_off={med['engine_forced'] / med['hf_forced']:.3f}"
+        )
+        return
     # [3] grid: 3 layers x {add, ablate} x 4 alphas x 16 prompts, EOS on (what a sweep does).
     alphas = (0.25, 0.5, 1.0, 2.0)
     grid = [(L, k, a) for L in layers for k in ("add", "ablate") for a in alphas]

@@ -347,6 +347,9 @@ def test_report_states_the_constructed_findings(built: dict[str, Path]) -> None:
     assert "tiny-test" in report and "SIGN CHECK FAILED" not in report
     assert "**Generalization failure detected**" in report
     assert "Largest at L8 add α=2" in report  # the largest constructed gap is the one named
+    # harm_test refusal 0.2 at baseline -> 0.95 at L12 add α=2: the largest measured raise
+    assert "**Measured steering effect**" in report
+    assert "(largest: L12 add α=2, +75.0 pp" in report
     assert "**Side-effect tradeoff detected**" in report
     assert "## Best operating point" in report and "**L8 add α=1**" in report
     assert "](figures/tradeoff.png)" in report

@@ -261,12 +261,36 @@ def _side_effects(test: pd.DataFrame) -> tuple[Lines, bool]:
     return [*lines, ""], True
 
 
+def _steering_effect(test: pd.DataFrame) -> Lines:
+    """Does steering move harm_test refusal at all? (Change vs baseline, CI per setting.)"""
+    lines = ["### Effect of steering on harm_test refusal", ""]
+    steered = _steered(test).dropna(subset=["refusal_gain"])
+    if steered.empty:
+        return [*lines, "No steered harm_test results: not measured.", ""]
+    up = steered[steered["refusal_gain_lo"] > 0]
+    down = steered[steered["refusal_gain_hi"] < 0]
+    if up.empty and down.empty:
+        return [*lines, "No steered setting changes harm_test refusal with a CI excluding 0.", ""]
+    parts = []
+    for name, rows, pick in (("raise", up, "idxmax"), ("lower", down, "idxmin")):
+        if rows.empty:
+            continue
+        r = rows.loc[getattr(rows["refusal_gain"], pick)()]
+        parts.append(
+            f"{len(rows)} of {len(steered)} steered settings {name} it with a CI excluding 0 "
+            f"(largest: {setting_of(r).label}, "
+            f"{f.pp_ci(r['refusal_gain'], r['refusal_gain_lo'], r['refusal_gain_hi'])}, "
+            f"to {f.pct_ci(r['refusal_rate'], r['refusal_lo'], r['refusal_hi'])})"
+        )
+    return [*lines, "**Measured steering effect**: " + "; ".join(parts) + ".", ""]
+
+
 def findings_section(summary: pd.DataFrame, best: Setting | None) -> tuple[Lines, dict[str, bool]]:
     test = _test_rows(summary)
     base = test[test["intervention"] == "none"]
     gen_lines, gen = _generalization(test, None if base.empty else base.iloc[0], best)
     side_lines, side = _side_effects(test)
-    lines = ["## Findings", "", *gen_lines, *side_lines]
+    lines = ["## Findings", "", *_steering_effect(test), *gen_lines, *side_lines]
     return lines, {"generalization_failure": gen, "side_effect": side}
 
 
