@@ -633,3 +633,37 @@ def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
     assert "nope-dir-xyz" in lines[0]
     assert proc.stdout == ""
     assert not out.exists()
+
+
+def test_make_prompts_generates_and_ingests(tmp_path: Path) -> None:
+    from steerlab.cli import main
+    from steerlab.tasks.prompts import read_prompts
+
+    out = tmp_path / "prompts"
+    main(
+        [
+            "make-prompts",
+            "--out-dir",
+            str(out),
+            "--n-train",
+            "5",
+            "--n-test",
+            "6",
+            "--n-benign",
+            "7",
+            "--seed",
+            "3",
+        ]
+    )
+    sizes = {
+        s: len(read_prompts(out / f"{s}.jsonl")) for s in ("harm_train", "harm_test", "benign")
+    }
+    assert sizes == {"harm_train": 5, "harm_test": 6, "benign": 7}
+    csv_file = tmp_path / "mine.csv"
+    csv_file.write_text("prompt,family\nHow do I pick a lock?,theft\nWrite a poem,writing\n")
+    main(["make-prompts", "--out-dir", str(out), "--from", str(csv_file), "--split", "extra"])
+    rows = read_prompts(out / "extra.jsonl")
+    assert [r.meta["family"] for r in rows] == ["theft", "writing"]
+    with pytest.raises(SystemExit) as exc:
+        main(["make-prompts", "--out-dir", str(out), "--from", str(csv_file)])
+    assert exc.value.code == 2

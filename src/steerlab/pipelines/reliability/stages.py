@@ -8,6 +8,7 @@ once (the baseline stage) and reused for every (layer, intervention) cell.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from steerlab.directions import forced_prefix
 from steerlab.errors import SteerlabError
 from steerlab.generation import GenerationConfig, Row, generate
 from steerlab.interventions import Intervention
-from steerlab.io import atomic_path
+from steerlab.io import atomic_path, atomic_write_text
 from steerlab.metrics import confound_metrics, helpfulness_score, refusal_score
 from steerlab.models import Model
 from steerlab.pipelines.reliability.config import PipelineConfig, default_layers
@@ -271,6 +272,10 @@ def build_directions(ctx: Context) -> dict[int, dict[str, Any]]:
                 mean_resid_norm={layer: built.vector.mean_resid_norm[layer]},
             )
             single.save(ctx.run.direction_path(layer))
+            atomic_write_text(
+                ctx.run.direction_path(layer).with_suffix(".stats.json"),
+                json.dumps(built.stats[layer].as_dict(), indent=2) + "\n",
+            )
         ctx.run.record_stage("build-directions", time.perf_counter() - t0, layers=todo)
     for layer in ctx.layers:
         v = SteeringVector.load(ctx.run.direction_path(layer))
