@@ -17,7 +17,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,10 +186,6 @@ class RunDir:
             return pd.DataFrame()
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
-    def stage_done(self, stage: str, n_rows: int, shard_size: int) -> bool:
-        n_files = len(list(self.parts(stage).glob("part-*.parquet")))
-        return n_rows == 0 or n_files == -(-n_rows // shard_size)
-
 
 def _diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
     out = []
@@ -225,7 +221,3 @@ def environment_info(device: str, model_name: str) -> dict[str, Any]:
         "device": device,
         "model": model_name,
     }
-
-
-def work_rows_table(rows: Sequence[WorkRow]) -> pd.DataFrame:
-    return pd.DataFrame([asdict(r) for r in rows])
