@@ -19,7 +19,15 @@ from steerlab.vectors import SteeringVector
 # CI cores (the slow tests raise it for the embedded model and restore it).
 torch.set_num_threads(1)
 
-ALL_TINY = ("tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-qwen2", "tiny-gemma2")
+ALL_TINY = (
+    "tiny-llama",
+    "tiny-gpt2",
+    "tiny-neox",
+    "tiny-qwen2",
+    "tiny-gemma2",
+    "tiny-mistral",
+    "tiny-phi",
+)
 assert set(ALL_TINY) == set(TINY_MODELS)
 
 VectorFactory = Callable[..., SteeringVector]
@@ -38,7 +46,7 @@ def tiny_llama() -> Model:
 
 @pytest.fixture(scope="session", params=ALL_TINY)
 def tiny_model(request: pytest.FixtureRequest) -> Model:
-    """Each of the five tiny architectures (llama, gpt2, neox, qwen2, gemma2)."""
+    """Each tiny architecture (llama, gpt2, neox, qwen2, gemma2, mistral, phi)."""
     return _load_tiny(request.param)
 
 

@@ -35,12 +35,21 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if any)")]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16 (default: auto)")]
+BackendOpt = Annotated[
+    str, typer.Option(help="hf | transformer_lens | nnsight (who runs the model)")
+]
+SITE_HELP = (
+    "resid_pre | attn_out | resid_mid | mlp_out | resid_post, or blocks.L.hook_POINT "
+    "(TransformerLens names)"
+)
 
 
-def _load(model: str, device: str | None, dtype: str | None, chat: bool = True):  # type: ignore[no-untyped-def]
+def _load(  # type: ignore[no-untyped-def]
+    model: str, device: str | None, dtype: str | None, chat: bool = True, backend: str = "hf"
+):
     from steerlab.models import load_model
 
-    return load_model(model, device=device, dtype=dtype, chat=chat)
+    return load_model(model, device=device, dtype=dtype, chat=chat, backend=backend)
 
 
 @app.command("build-vector")
@@ -58,18 +67,24 @@ def build_vector_cmd(
     label_b: Annotated[str | None, typer.Option(help="labeled: the other class")] = None,
     refusal_prefix: Annotated[str | None, typer.Option(help="forced-prefix: refusal")] = None,
     compliance_prefix: Annotated[str | None, typer.Option(help="forced-prefix")] = None,
-    hook_point: Annotated[str, typer.Option(help="resid_pre | resid_post")] = "resid_post",
+    hook_point: Annotated[str, typer.Option(help=SITE_HELP)] = "resid_post",
     position: Annotated[str | None, typer.Option(help="last|mean or *_prefix")] = None,
     chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="chat-format")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    backend: BackendOpt = "hf",
 ) -> None:
     """Build a steering vector and save it (with a .stats.json beside it)."""
     from steerlab.interventions import parse_hook_name
     from steerlab.pipelines.jobs import BuildSpec, build_vector, save_build
 
-    _, point = parse_hook_name(hook_point)
+    hook_layer, point = parse_hook_name(hook_point)
+    if hook_layer is not None and hook_layer not in layer:
+        raise SteerlabError(
+            f"--hook-point {hook_point} names layer {hook_layer}, which is not among --layer "
+            f"{list(layer)}"
+        )
     spec = BuildSpec(
         method=method,
         layers=tuple(layer),
@@ -85,7 +100,7 @@ def build_vector_cmd(
         chat=chat,
         batch_size=batch_size,
     )
-    m = _load(model, device, dtype)
+    m = _load(model, device, dtype, backend=backend)
     result = build_vector(m, spec)
     stats_path = save_build(result, out)
     for layer_idx, s in result.stats.items():
@@ -110,7 +125,9 @@ def generate_cmd(
         "all"
     ),
     scale: Annotated[str, typer.Option(help="absolute | diff | resid")] = "absolute",
-    hook_point: Annotated[str | None, typer.Option(help="resid_pre | resid_post")] = None,
+    hook_point: Annotated[str | None, typer.Option(help=SITE_HELP + "; default: the vector's")] = (
+        None
+    ),
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
@@ -120,6 +137,7 @@ def generate_cmd(
     system: Annotated[str | None, typer.Option(help="system message")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    backend: BackendOpt = "hf",
 ) -> None:
     """Generate (optionally steered; several --layer/--alpha values make a grid) to JSONL."""
     from steerlab.generation import GenerationConfig
@@ -153,7 +171,7 @@ def generate_cmd(
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
     )
-    m = _load(model, device, dtype, chat=chat)
+    m = _load(model, device, dtype, chat=chat, backend=backend)
     n = run_generate(m, items, steer, config, seed, out, chat=chat, system=system)
     typer.echo(f"wrote {n} rows to {out}")
 

@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class SteerlabError(ValueError):
     """Bad input or an impossible request, explained in one sentence."""
+
+
+class ModelLoadError(SteerlabError):
+    """A model spec could not be resolved or loaded, or an object could not be wrapped."""

@@ -13,8 +13,6 @@ distribution, both from the model's untempered logits (confound metrics need the
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from steerlab.backends.base import call_info_from_mask
 from steerlab.errors import SteerlabError
-from steerlab.hooks import steering
+from steerlab.hooks import SteeringHandle
 from steerlab.interventions import Intervention, compile_plan
 from steerlab.models import Model
 
@@ -133,17 +132,6 @@ def _both(a: Callable[[int], object], b: Callable[[int], object] | None) -> Call
     return advance
 
 
-_ACCEPTS_LOGITS_TO_KEEP: dict[type, bool] = {}
-
-
-def _forward_kwargs(model: Model) -> dict[str, int]:
-    cls = type(model.hf)
-    if cls not in _ACCEPTS_LOGITS_TO_KEEP:
-        params = inspect.signature(model.hf.forward).parameters
-        _ACCEPTS_LOGITS_TO_KEEP[cls] = "logits_to_keep" in params
-    return {"logits_to_keep": 1} if _ACCEPTS_LOGITS_TO_KEEP[cls] else {}
-
-
 def _left_pad(
     batch: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,8 +173,7 @@ def _generate_batch(
     cfg: GenerationConfig,
     advance: Callable[[int], object],
 ) -> list[RowResult]:
-    from transformers import DynamicCache
-
+    backend = model.backend
     dev = model.device
     ids, mask = _left_pad(encoded, model.pad_token_id, dev)  # (B, L)
     b = ids.shape[0]
@@ -197,33 +184,23 @@ def _generate_batch(
     tracks = [_Track() for _ in rows]
     active = torch.arange(b, device=dev)  # batch row -> index in ``rows``
     finished = torch.zeros(b, dtype=torch.bool, device=dev)  # per live batch row
-    any_steer = any(r.interventions for r in rows)
-    plan = compile_plan(model, [list(r.interventions) for r in rows]) if any_steer else None
-    extra = _forward_kwargs(model)
-    ctx = steering(model, plan, prompt_lens) if plan is not None else contextlib.nullcontext()
-    cache = DynamicCache() if cfg.use_cache else None
+    handle: SteeringHandle | None = None
+    if any(r.interventions for r in rows):
+        plan = compile_plan(model, [list(r.interventions) for r in rows])
+        handle = SteeringHandle(plan.to(dev), prompt_lens)
+    edits = handle.edits() if handle is not None else None
+    cache = backend.new_cache() if cfg.use_cache else None
     feed = ids
-    with torch.inference_mode(), ctx as handle:
+    with torch.inference_mode():
         for step in range(int(budgets.max())):
             pos_ids = (mask.cumsum(-1) - 1).clamp_(min=0)  # (b, S) from the mask, not the chunk
-            if cache is not None:
-                out = model.hf(
-                    input_ids=feed,
-                    attention_mask=mask,
-                    position_ids=pos_ids[:, -feed.shape[1] :],
-                    past_key_values=cache,
-                    use_cache=True,
-                    **extra,
-                )
-            else:
-                out = model.hf(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=pos_ids,
-                    use_cache=False,
-                    **extra,
-                )
-            logits = out.logits[:, -1, :].float()  # (b, V)
+            if cache is None:
+                feed = ids
+            s = feed.shape[1]
+            if handle is not None:
+                handle.observe(call_info_from_mask(mask, s))
+            logits = backend.forward(feed, mask, pos_ids[:, -s:], cache, edits)
+            assert logits is not None  # (b, V) float32
             logp = torch.log_softmax(logits, dim=-1)
             ent = -(logp.exp() * logp).nan_to_num(0.0).sum(-1)  # (b,)
             tok = _choose(logits, cfg, [gens[int(i)] for i in active])  # (b,)
@@ -265,7 +242,7 @@ def _generate_batch(
                 active, finished = active.index_select(0, keep), finished[keep]
                 ids, mask, feed = ids[keep], mask[keep], feed[keep]
                 if cache is not None:
-                    cache.batch_select_indices(keep)
+                    cache = backend.select_cache(cache, keep)
                 if handle is not None:
                     handle.select(keep)
     return [

@@ -6,8 +6,11 @@ Algebra, with ``u`` the unit direction, ``s`` the scale factor, ``h`` the residu
 - ``ablate``: ``h - α·(h·u)·u``                 (α = 1 removes the projection; scale unused)
 - ``clamp``:  ``h + (α·s - h·u)·u``             (sets the projection on ``u`` to ``α·s``)
 
-Scale ``s``: ``absolute`` = 1 (α is in residual units), ``diff`` = the vector's own norm (α times
-the raw construction vector), ``resid`` = the mean residual norm recorded at construction.
+Scale ``s``: ``absolute`` = 1 (α is in residual units); ``diff`` = the norm of the vector's
+direction at that layer as it is now, so ``add`` with ``α`` adds exactly ``α`` times the stored
+vector (for a freshly built vector: α times the raw construction output; after arithmetic the
+arithmetic counts: ``2 * v`` at α = 1 equals ``v`` at α = 2, and ``v.normalized()`` makes ``diff``
+the same as ``absolute``); ``resid`` = the mean residual norm recorded at construction.
 
 Positions are windows relative to the end of the prompt: ``0`` is the first generated token and
 ``-1`` the last prompt token. ``all`` = (-inf, inf), ``prompt`` = (-inf, 0), ``last-prompt`` =
@@ -22,7 +25,7 @@ every row with its own setting.
 from __future__ import annotations
 
 import math
-import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,7 +33,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from steerlab.errors import SteerlabError
-from steerlab.vectors import HOOK_POINTS, SteeringVector
+from steerlab.sites import Site, parse_point
+from steerlab.vectors import SteeringVector
 
 if TYPE_CHECKING:
     from steerlab.models import Model
@@ -39,19 +43,11 @@ KINDS = ("add", "ablate", "clamp")
 SCALES = ("absolute", "diff", "resid")
 POSITION_MODES = ("all", "prompt", "last-prompt", "generated")
 _INF = 1 << 40
-_HOOK_NAME = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post)$")
 
 
 def parse_hook_name(name: str) -> tuple[int | None, str]:
-    """``resid_post`` -> (None, 'resid_post'); ``blocks.8.hook_resid_pre`` -> (8, 'resid_pre')."""
-    if name in HOOK_POINTS:
-        return None, name
-    m = _HOOK_NAME.match(name)
-    if m is None:
-        raise SteerlabError(
-            f"unknown hook point {name!r}: use resid_pre, resid_post or blocks.L.hook_resid_post"
-        )
-    return int(m.group(1)), m.group(2)
+    """``resid_post`` -> (None, 'resid_post'); ``blocks.8.hook_mlp_out`` -> (8, 'mlp_out')."""
+    return parse_point(name)
 
 
 @dataclass(frozen=True)
@@ -97,7 +93,9 @@ class Intervention:
     """One steering operation at one layer. Validated on construction; fields never rewritten.
 
     ``source_layer`` picks which layer of ``vector`` to use (default: ``layer``), so a direction
-    built at one layer can be applied at another.
+    built at one layer can be applied at another. ``hook_point`` is any site point
+    (``resid_pre``, ``attn_out``, ``resid_mid``, ``mlp_out``, ``resid_post``) or a full name
+    ``blocks.L.hook_POINT`` whose layer must equal ``layer``; default: the vector's own.
     """
 
     vector: SteeringVector
@@ -114,8 +112,12 @@ class Intervention:
             raise SteerlabError(f"unknown intervention {self.kind!r}: use one of {KINDS}")
         if self.scale not in SCALES:
             raise SteerlabError(f"unknown scale {self.scale!r}: use one of {SCALES}")
-        if self.hook_point is not None and self.hook_point not in HOOK_POINTS:
-            raise SteerlabError(f"hook_point must be one of {HOOK_POINTS}")
+        if self.hook_point is not None:
+            named, _ = parse_point(self.hook_point)
+            if named is not None and named != self.layer:
+                raise SteerlabError(
+                    f"hook_point {self.hook_point!r} names layer {named}, but layer is {self.layer}"
+                )
         if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
             raise SteerlabError(f"alpha must be a finite number, got {self.alpha!r}")
         Window.parse(self.positions)
@@ -132,7 +134,11 @@ class Intervention:
 
     @property
     def point(self) -> str:
-        return self.hook_point or self.vector.hook_point
+        return parse_point(self.hook_point or self.vector.hook_point)[1]
+
+    @property
+    def site(self) -> Site:
+        return Site(self.layer, self.point)
 
     @property
     def window(self) -> Window:
@@ -147,7 +153,7 @@ class Intervention:
 
     def describe(self) -> str:
         return (
-            f"{self.kind}@{self.point}[{self.layer}] α={self.alpha:g} ({self.scale}) "
+            f"{self.kind}@{self.site.name} α={self.alpha:g} ({self.scale}) "
             f"positions={self.positions}"
         )
 
@@ -194,9 +200,29 @@ class Slot:
             delta = delta + dproj[..., None] * unit  # (B, T, d)
         return h + (mask[..., None] * delta).to(h.dtype)
 
+    def apply_tokens(self, h: torch.Tensor, row: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+        """The same update on a flat token layout (continuous batching, vLLM).
+
+        ``h`` (N, d) activations of N tokens from many requests; ``row`` (N,) the plan row of each
+        token; ``rel`` (N,) its position relative to its row's prompt end. Equal to :meth:`apply`
+        on the padded (B, T, d) layout, token for token.
+        """
+        lo, hi = self.lo.index_select(0, row), self.hi.index_select(0, row)  # (N,)
+        mask = (rel >= lo) & (rel < hi)  # (N,)
+        delta = self.add.index_select(0, row)  # (N, d)
+        if self.has_proj:
+            unit = self.unit.index_select(0, row)  # (N, d)
+            proj = (h.float() * unit).sum(-1)  # (N,)
+            dproj = torch.where(
+                self.is_clamp.index_select(0, row),
+                self.target.index_select(0, row) - proj,
+                -self.coef.index_select(0, row) * proj,
+            )
+            delta = delta + dproj[:, None] * unit  # (N, d)
+        return h + (mask[:, None] * delta).to(h.dtype)
+
 
 _SLOT_TENSORS = ("add", "unit", "coef", "target", "is_clamp", "lo", "hi")
-Site = tuple[int, str]  # (layer, hook_point)
 
 
 @dataclass(frozen=True)
@@ -212,6 +238,16 @@ class SteeringPlan:
             return self
         sites = {k: tuple(s.select(idx) for s in v) for k, v in self.sites.items()}
         return SteeringPlan(sites, int(idx.numel()))
+
+    def apply_tokens(
+        self, site: Site, h: torch.Tensor, row: torch.Tensor, rel: torch.Tensor
+    ) -> torch.Tensor:
+        """Steer a flat (N, d) token layout at ``site`` (see :meth:`Slot.apply_tokens`)."""
+        if self.batch_size == 1:
+            row = torch.zeros_like(row)
+        for slot in self.sites.get(site, ()):
+            h = slot.apply_tokens(h, row, rel)
+        return h
 
     def to(self, device: torch.device) -> SteeringPlan:
         sites = {k: tuple(s.to(device) for s in v) for k, v in self.sites.items()}
@@ -229,7 +265,8 @@ def compile_plan(
 ) -> SteeringPlan:
     """Compile one intervention list per row into per-site slot tensors on ``device``.
 
-    With ``model`` given, layers and d_model are checked against it (clear errors).
+    With ``model`` given, sites and d_model are checked against it (clear errors), and a vector
+    built on another model of the same width triggers one warning.
     """
     d_model = model.d_model if model is not None else None
     dev = device or (model.device if model is not None else torch.device("cpu"))
@@ -239,9 +276,12 @@ def compile_plan(
         for iv in ivs:
             if model is not None:
                 model.check_layer(iv.layer)
+                model.backend.check_site(iv.site)
             if d_model is not None:
                 iv.vector.check_d_model(d_model)
-            site = (iv.layer, iv.point)
+            if model is not None:
+                _warn_foreign(iv.vector, model.name)
+            site = iv.site
             k = counts.get(site, 0)
             counts[site] = k + 1
             slots = per_site.setdefault(site, [])
@@ -250,9 +290,26 @@ def compile_plan(
             slots[k][r] = iv
     sites = {
         site: tuple(_build_slot(col, dev) for col in slots)
-        for site, slots in sorted(per_site.items())
+        for site, slots in sorted(per_site.items(), key=lambda kv: kv[0].order)
     }
     return SteeringPlan(sites, len(rows))
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_foreign(vector: SteeringVector, model_name: str) -> None:
+    """Warn once per (vector model, target model) when a vector crosses models."""
+    src = vector.model_id
+    if src in ("unknown", "", model_name) or (src, model_name) in _WARNED:
+        return
+    _WARNED.add((src, model_name))
+    warnings.warn(
+        f"applying a vector built on {src!r} to {model_name!r}: same width, but directions "
+        "rarely transfer between models",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _build_slot(col: Sequence[Intervention | None], device: torch.device) -> Slot:

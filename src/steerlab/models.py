@@ -6,7 +6,8 @@ Specs accepted by :func:`load_model`:
   The GGUF is dequantized once and cached as safetensors (``$STEERLAB_CACHE`` or
   ``~/.cache/steerlab``), so later loads take well under a second.
 - a local Hugging Face model directory, or a ``.gguf`` file path;
-- ``tiny-llama``, ``tiny-gpt2``, ``tiny-neox``, ``tiny-qwen2``, ``tiny-gemma2``: random models
+- ``tiny-llama``, ``tiny-gpt2``, ``tiny-neox``, ``tiny-qwen2``, ``tiny-gemma2``, ``tiny-mistral``,
+  ``tiny-phi``: random models
   built from configs (no download) with a byte-level tokenizer, for tests and demos;
 - a hub id such as ``EleutherAI/pythia-160m`` (needs network; offline it fails with one sentence).
 """
@@ -25,64 +26,73 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab.errors import SteerlabError
+from steerlab.backends import BACKENDS, Backend, make_backend
+from steerlab.backends.hf import find_layers
+
+__all__ = ["Model", "ModelLoadError", "find_layers", "load_model", "model_from_hf"]
+from steerlab.errors import ModelLoadError, SteerlabError
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY_MODELS = ("tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-qwen2", "tiny-gemma2")
-
-# Attribute paths of the decoder-layer list, tried in order (llama/qwen2/gemma2, gpt2, neox, ...).
-_LAYER_PATHS = (
-    "model.layers",
-    "transformer.h",
-    "gpt_neox.layers",
-    "model.decoder.layers",
-    "transformer.layers",
-    "layers",
+TINY_MODELS = (
+    "tiny-llama",
+    "tiny-gpt2",
+    "tiny-neox",
+    "tiny-qwen2",
+    "tiny-gemma2",
+    "tiny-mistral",
+    "tiny-phi",
 )
-
-
-class ModelLoadError(SteerlabError):
-    """A model spec could not be resolved or loaded."""
 
 
 @dataclass(eq=False)
 class Model:
-    """A loaded causal LM plus the facts steering needs.
+    """A causal LM behind a backend, plus the facts steering needs.
 
     Attributes:
-        hf: the Hugging Face ``PreTrainedModel`` (causal LM head included).
-        tokenizer: its tokenizer, with a pad token set (EOS when it had none).
-        layers: the decoder layers, in order; ``layers[L]`` is block ``L``.
+        backend: the :class:`~steerlab.backends.base.Backend` that runs it (``hf``,
+            ``transformer_lens`` or ``nnsight``); the engine, recording and steering only use it.
+        tokenizer: its tokenizer, with a pad token set (EOS when it had none), left padding.
         name: a stable id for metadata (``embedded`` -> ``SmolLM2-135M-Instruct``).
         chat: whether :meth:`format_prompt` applies the chat template by default.
+        eos_token_ids: tokens that end a row (EOS and end-of-turn tokens).
+        hf: the underlying Hugging Face ``PreTrainedModel`` when there is one (None for a
+            TransformerLens ``HookedTransformer``).
     """
 
-    hf: Any
+    backend: Backend
     tokenizer: Any
-    layers: list[nn.Module]
     name: str
     chat: bool = True
     eos_token_ids: tuple[int, ...] = field(default=())
+    hf: Any = None
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        """Decoder-layer modules (backends built on a Hugging Face model only)."""
+        layers = getattr(self.backend, "layers", None)
+        if layers is None:
+            raise SteerlabError(f"the {self.backend.name} backend has no Hugging Face layer list")
+        return list(layers)
 
     @property
     def d_model(self) -> int:
-        return int(self.hf.config.get_text_config().hidden_size)
+        return self.backend.d_model
 
     @property
     def n_layers(self) -> int:
-        return len(self.layers)
+        return self.backend.n_layers
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        return self.backend.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.hf.parameters()).dtype
+        return self.backend.dtype
 
     @property
     def has_chat_template(self) -> bool:
@@ -126,55 +136,6 @@ class Model:
                 f"{what} {layer} is out of range: {self.name} has {self.n_layers} layers "
                 f"(valid: 0..{self.n_layers - 1})"
             )
-
-
-# ----------------------------------------------------------------------------- discovery
-
-
-def _get_attr_path(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def find_layers(hf_model: nn.Module, layers_path: str | None = None) -> list[nn.Module]:
-    """Return the decoder layers of ``hf_model``.
-
-    ``layers_path`` (e.g. ``"model.layers"``) overrides discovery. Otherwise known attribute
-    paths are tried, then the longest ``nn.ModuleList`` whose length equals the config's
-    ``num_hidden_layers``.
-    """
-    if layers_path is not None:
-        try:
-            mods = _get_attr_path(hf_model, layers_path)
-        except AttributeError as e:
-            raise ModelLoadError(f"layers path {layers_path!r} not found on the model") from e
-        if not isinstance(mods, nn.ModuleList):
-            raise ModelLoadError(f"layers path {layers_path!r} is not an nn.ModuleList")
-        return list(mods)
-    for path in _LAYER_PATHS:
-        try:
-            mods = _get_attr_path(hf_model, path)
-        except AttributeError:
-            continue
-        if isinstance(mods, nn.ModuleList) and len(mods) > 0:
-            return list(mods)
-    config = getattr(hf_model, "config", None)
-    n = getattr(config.get_text_config(), "num_hidden_layers", None) if config else None
-    candidates: list[nn.ModuleList] = [
-        m for m in hf_model.modules() if isinstance(m, nn.ModuleList)
-    ]
-    if n is not None:
-        candidates = [m for m in candidates if len(m) == n]
-    if not candidates:
-        raise ModelLoadError(
-            "could not find the decoder layers; pass layers_path='...' (e.g. 'model.layers')"
-        )
-    best = candidates[0]
-    for m in candidates[1:]:
-        if len(m) > len(best):
-            best = m
-    return list(best)
 
 
 # ----------------------------------------------------------------------------- devices
@@ -319,8 +280,16 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     layers_path: str | None = None,
     chat: bool = True,
+    backend: str = "hf",
 ) -> Model:
-    """Load a model by spec (see module docstring); CUDA + bf16 when available, else CPU fp32."""
+    """Load a model by spec (see module docstring); CUDA + bf16 when available, else CPU fp32.
+
+    ``backend`` picks who runs it: ``hf`` (default), ``transformer_lens`` (a ``HookedTransformer``
+    for models TransformerLens supports, else a ``TransformerBridge`` around the loaded model) or
+    ``nnsight`` (a ``LanguageModel`` around it). Weights are loaded once and never copied.
+    """
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     dev = _resolve_device(device)
     dt = _resolve_dtype(dtype, dev)
     name = spec
@@ -362,16 +331,35 @@ def load_model(
             "a local model directory, a .gguf file or a hub id"
         )
     hf = hf.to(dev).eval()
+    return model_from_hf(hf, tok, name, chat=chat, backend=backend, layers_path=layers_path)
+
+
+def prepare_tokenizer(tok: Any) -> Any:
+    """Pad token (EOS when missing) and left padding, as the decode engine expects."""
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
+    return tok
+
+
+def model_from_hf(
+    hf: Any,
+    tok: Any,
+    name: str,
+    chat: bool = True,
+    backend: str = "hf",
+    layers_path: str | None = None,
+) -> Model:
+    """A :class:`Model` around an already loaded Hugging Face model (no weights copied)."""
+    tok = prepare_tokenizer(tok)
+    be = make_backend(backend, hf, tok, name, layers_path=layers_path)
     return Model(
-        hf=hf,
+        backend=be,
         tokenizer=tok,
-        layers=find_layers(hf, layers_path),
         name=name,
         chat=chat,
         eos_token_ids=_eos_ids(hf, tok),
+        hf=hf,
     )
 
 

@@ -82,6 +82,26 @@ def _config(kind: str) -> Any:
             sliding_window=64,
             **common,
         )
+    if kind == "tiny-mistral":
+        return tf.MistralConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            sliding_window=None,
+            **common,
+        )
+    if kind == "tiny-phi":
+        return tf.PhiConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            **common,
+        )
     if kind == "tiny-gpt2":
         return tf.GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=512, **common)
     if kind == "tiny-neox":

@@ -2,9 +2,10 @@
 
 A vector is a value (repeng style): ``2 * v``, ``-v``, ``v1 + v2`` and ``v.normalized()`` return
 new vectors. Stored directions are the *raw* construction output (e.g. a mean difference), so
-``scale="diff"`` interventions mean "α times what the method measured"; ``raw_norm`` and
-``mean_resid_norm`` record the construction-time norms per layer so coefficients can be expressed
-relative to them (see FACTS.md: unit directions need α ≈ 50-100 on the embedded model).
+``scale="diff"`` interventions mean "α times the stored vector" (for a freshly built vector, α
+times what the method measured; after arithmetic, α times the result, so ``2 * v`` steers twice as
+hard). ``raw_norm`` and ``mean_resid_norm`` record the construction-time norms per layer and are
+kept through arithmetic (unit directions need α ≈ 50-100 on the embedded model to matter).
 
 Saved as ``.safetensors``: tensors ``layer.<L>`` (d_model,) and a JSON metadata blob under the
 ``steerlab`` key.
@@ -24,8 +25,9 @@ import torch
 
 from steerlab import __version__
 from steerlab.errors import SteerlabError
+from steerlab.sites import POINTS, parse_point
 
-HOOK_POINTS = ("resid_pre", "resid_post")
+HOOK_POINTS = POINTS
 _META_KEY = "steerlab"
 
 
@@ -43,7 +45,9 @@ class SteeringVector:
 
     Attributes:
         directions: layer index -> raw direction ``(d_model,)``.
-        hook_point: ``resid_pre`` (input of block L) or ``resid_post`` (output of block L).
+        hook_point: the site point it was read at (``resid_pre``, ``attn_out``, ``resid_mid``,
+            ``mlp_out``, ``resid_post``; a full ``blocks.L.hook_POINT`` name is reduced to its
+            point); each layer's direction lives at ``blocks.L.hook_<point>``.
         method: how it was built (``contrast``, ``forced_prefix``, ``labeled``, ``pca``, ...).
         model_id: the model it was built on.
         raw_norm: layer -> norm of the construction output (kept through arithmetic).
@@ -67,8 +71,11 @@ class SteeringVector:
     def __post_init__(self) -> None:
         if not self.directions:
             raise SteerlabError("a steering vector needs at least one layer")
-        if self.hook_point not in HOOK_POINTS:
-            raise SteerlabError(f"hook_point must be one of {HOOK_POINTS}, got {self.hook_point!r}")
+        try:
+            _, point = parse_point(self.hook_point)
+        except SteerlabError as e:
+            raise SteerlabError(f"hook_point must be one of {HOOK_POINTS}: {e}") from None
+        object.__setattr__(self, "hook_point", point)
         dims = {tuple(t.shape) for t in self.directions.values()}
         if len(dims) != 1 or len(next(iter(dims))) != 1:
             raise SteerlabError(f"every direction must be 1-D with the same size, got {dims}")

@@ -521,8 +521,8 @@ BAD: dict[str, Case] = {
         "huge",
     ),
     "unknown hook point": lambda f: (
-        [*GEN, "--prompt", "hi", "--vector", f.vec, "--hook-point", "mlp_out", "-o", f.out_jsonl],
-        "mlp_out",
+        [*GEN, "--prompt", "hi", "--vector", f.vec, "--hook-point", "mlp_in", "-o", f.out_jsonl],
+        "mlp_in",
     ),
     "both --prompt and --prompts": lambda f: (
         [*GEN, "--prompt", "hi", "--prompts", f.forced, "-o", f.out_jsonl],

@@ -245,7 +245,7 @@ def test_record_errors(tiny_llama: Model) -> None:
     seqs = _seqs(tiny_llama)
     ok_pos = [[0] for _ in seqs]
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"hook_point": "mlp"}, "hook_point"),
+        ({"hook_point": "mlp"}, "unknown hook site"),
         ({"sequences": []}, "no sequences"),
         ({"positions": ok_pos[:1]}, "differ in length"),
         ({"positions": [[0], [0], [99], [0]]}, "out of range"),

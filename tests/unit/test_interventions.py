@@ -13,6 +13,7 @@ from steerlab.interventions import (
     parse_hook_name,
 )
 from steerlab.models import Model
+from steerlab.sites import Site
 from steerlab.vectors import SteeringVector
 
 D = 8
@@ -97,6 +98,11 @@ def test_window_parse_rejects_empty(spec: str) -> None:
         ("blocks.8.hook_resid_pre", (8, "resid_pre")),
         ("blocks.0.hook_resid_post", (0, "resid_post")),
         ("blocks.12.hook_resid_post", (12, "resid_post")),
+        ("resid_mid", (None, "resid_mid")),
+        ("hook_mlp_out", (None, "mlp_out")),
+        ("blocks.1.hook_attn_out", (1, "attn_out")),
+        ("blocks.3.hook_mlp_out", (3, "mlp_out")),
+        ("blocks.2.hook_resid_mid", (2, "resid_mid")),
     ],
 )
 def test_parse_hook_name(name: str, expected: tuple[int | None, str]) -> None:
@@ -105,10 +111,17 @@ def test_parse_hook_name(name: str, expected: tuple[int | None, str]) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["resid_mid", "blocks.x.hook_resid_post", "blocks.1.hook_attn_out", "blocks.1.resid_post", ""],
+    [
+        "resid",
+        "blocks.x.hook_resid_post",
+        "blocks.1.hook_attn",
+        "blocks.1.resid_post",
+        "",
+        "hook_z",
+    ],
 )
 def test_parse_hook_name_rejects_unknown(name: str) -> None:
-    with pytest.raises(SteerlabError, match="unknown hook point"):
+    with pytest.raises(SteerlabError, match="unknown hook site"):
         parse_hook_name(name)
 
 
@@ -121,7 +134,7 @@ def test_valid_intervention_defaults() -> None:
     assert iv.point == "resid_post"  # the vector's hook point
     assert Intervention(_vec(), layer=2, hook_point="resid_pre").point == "resid_pre"
     assert iv.window == Window(None, None)
-    assert "add" in iv.describe() and "[2]" in iv.describe()
+    assert "add" in iv.describe() and "blocks.2.hook_resid_post" in iv.describe()
 
 
 @pytest.mark.parametrize(
@@ -131,7 +144,8 @@ def test_valid_intervention_defaults() -> None:
         ({"scale": "relative"}, "unknown scale"),
         ({"positions": "last"}, "unknown positions"),
         ({"positions": "window:4:4"}, "empty token window"),
-        ({"hook_point": "mlp_out"}, "hook_point"),
+        ({"hook_point": "mlp_in"}, "unknown hook site"),
+        ({"hook_point": "blocks.3.hook_mlp_out"}, "names layer 3"),
         ({"alpha": float("nan")}, "alpha"),
         ({"layer": 1}, "no direction for layer 1"),
         ({"source_layer": 5}, "no direction for layer 5"),
@@ -208,8 +222,8 @@ def test_compile_plan_slot_tensors(tiny_llama: Model) -> None:
     ]
     plan = compile_plan(tiny_llama, rows)
     assert plan.batch_size == 3
-    assert list(plan.sites) == [(0, "resid_post")]
-    first, second = plan.sites[(0, "resid_post")]
+    assert list(plan.sites) == [Site(0, "resid_post")]
+    first, second = plan.sites[Site(0, "resid_post")]
     u = v.unit(0)
     assert torch.allclose(first.add[0], 2.0 * 20.0 * u)
     assert torch.equal(first.add[1], torch.zeros(d))  # the unsteered row is all zeros
@@ -229,7 +243,7 @@ def test_compile_plan_keeps_sites_apart(tiny_llama: Model) -> None:
         tiny_llama,
         [[Intervention(v, layer=2, hook_point="resid_pre"), Intervention(v, layer=0)]],
     )
-    assert set(plan.sites) == {(2, "resid_pre"), (0, "resid_post")}
+    assert set(plan.sites) == {Site(2, "resid_pre"), Site(0, "resid_post")}
     assert all(len(slots) == 1 for slots in plan.sites.values())
 
 
@@ -238,5 +252,5 @@ def test_plan_select_keeps_rows(tiny_llama: Model) -> None:
     rows = [[Intervention(v, layer=0, alpha=float(a))] for a in (1, 2, 3)]
     plan = compile_plan(tiny_llama, rows).select(torch.tensor([2, 0]))
     assert plan.batch_size == 2
-    (slot,) = plan.sites[(0, "resid_post")]
+    (slot,) = plan.sites[Site(0, "resid_post")]
     assert torch.allclose(slot.add, torch.stack([3 * v.unit(0), 1 * v.unit(0)]))

@@ -201,7 +201,7 @@ def test_constructor_validation() -> None:
     with pytest.raises(SteerlabError, match="at least one layer"):
         SteeringVector(directions={})
     with pytest.raises(SteerlabError, match="hook_point"):
-        SteeringVector(directions={0: torch.ones(D)}, hook_point="mlp_out")
+        SteeringVector(directions={0: torch.ones(D)}, hook_point="mlp_in")
     with pytest.raises(SteerlabError, match="same size"):
         SteeringVector(directions={0: torch.ones(D), 1: torch.ones(D + 1)})
     with pytest.raises(SteerlabError, match="NaN or inf"):

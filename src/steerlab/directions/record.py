@@ -1,28 +1,24 @@
 """Record residual-stream activations at chosen token positions, batched and memory bounded.
 
 Each sequence comes with the token positions to read (indices into the *unpadded* sequence);
-the hook reduces them (mean) inside the forward pass, so memory is O(batch x d_model) per layer,
-not O(tokens). Padding offsets come from the attention mask. The forward pass stops after the
-deepest recorded layer.
+an edit function at each site (the backend protocol's currency, so every backend records the same
+way) reduces them (mean) inside the forward pass, so memory is O(batch x d_model) per layer, not
+O(tokens). Padding offsets come from the attention mask. The forward pass stops after the deepest
+recorded site.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
+from steerlab.backends.base import SiteFn
 from steerlab.errors import SteerlabError
 from steerlab.models import Model
-from steerlab.vectors import HOOK_POINTS
-
-
-class _StopForward(Exception):
-    """Raised by the deepest hook: later layers are not needed."""
+from steerlab.sites import Site, parse_point
 
 
 @dataclass(frozen=True)
@@ -32,36 +28,6 @@ class Recording:
 
     acts: dict[int, torch.Tensor]
     norms: dict[int, torch.Tensor]
-
-
-@contextlib.contextmanager
-def _capture(
-    model: Model, layers: Sequence[int], hook_point: str, sink: dict[int, torch.Tensor]
-) -> Iterator[None]:
-    deepest = max(layers)
-    with contextlib.ExitStack() as stack:
-        for layer in layers:
-            module = model.layers[layer]
-
-            def grab(h: torch.Tensor, layer: int = layer) -> None:
-                sink[layer] = h
-                if layer == deepest:
-                    raise _StopForward
-
-            if hook_point == "resid_pre":
-
-                def pre(_m: nn.Module, args: tuple, kwargs: dict, grab=grab) -> None:  # type: ignore[no-untyped-def]
-                    grab(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
-
-                handle = module.register_forward_pre_hook(pre, with_kwargs=True)
-            else:
-
-                def post(_m: nn.Module, _a: tuple, out: object, grab=grab) -> None:  # type: ignore[no-untyped-def]
-                    grab(out if isinstance(out, torch.Tensor) else out[0])  # type: ignore[index]
-
-                handle = module.register_forward_hook(post)
-            stack.callback(handle.remove)
-        yield
 
 
 def record(
@@ -77,16 +43,20 @@ def record(
     """Mean activation over ``positions[i]`` of ``sequences[i]`` at each layer.
 
     ``sequences`` are token ids; ``positions[i]`` are indices into ``sequences[i]`` (negative
-    indices count from its end).
+    indices count from its end). ``hook_point`` is any site point (``resid_post``, ``mlp_out``,
+    ...), read at ``blocks.L.hook_<point>`` for every layer L.
     """
-    if hook_point not in HOOK_POINTS:
-        raise SteerlabError(f"hook_point must be one of {HOOK_POINTS}")
+    _, point = parse_point(hook_point)
     if not sequences:
         raise SteerlabError("no sequences to record activations from")
     if len(sequences) != len(positions):
         raise SteerlabError("sequences and positions differ in length")
     for layer in layers:
         model.check_layer(layer)
+    sites = {layer: Site(layer, point) for layer in layers}
+    for site in sites.values():
+        model.backend.check_site(site)
+    deepest = max(sites.values(), key=lambda s: s.order)
     dev = model.device
     acts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     norms: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
@@ -114,8 +84,8 @@ def record(
             sink: dict[int, torch.Tensor] = {}
             ids, mask = ids.to(dev), mask.to(dev)
             pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            with _capture(model, layers, hook_point, sink), contextlib.suppress(_StopForward):
-                model.hf(input_ids=ids, attention_mask=mask, position_ids=pos_ids, use_cache=False)
+            edits = {site: [_grab(sink, layer)] for layer, site in sites.items()}
+            model.backend.forward(ids, mask, pos_ids, None, edits, stop_at=deepest)
             w = weights.to(dev)
             for layer in layers:
                 h = sink[layer].float()  # (B, W, d)
@@ -127,3 +97,11 @@ def record(
         acts={k: torch.cat(v) for k, v in acts.items()},
         norms={k: torch.cat(v) for k, v in norms.items()},
     )
+
+
+def _grab(sink: dict[int, torch.Tensor], layer: int) -> SiteFn:
+    def fn(h: torch.Tensor) -> torch.Tensor:
+        sink[layer] = h  # (B, W, d)
+        return h
+
+    return fn

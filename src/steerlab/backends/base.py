@@ -1,0 +1,157 @@
+"""The backend protocol: the only interface the decode engine, activation recording and the
+steering context are written against.
+
+A backend owns one framework's call conventions, KV cache and module layout (Hugging Face,
+TransformerLens, nnsight; later vLLM). Everything above it speaks in :class:`~steerlab.sites.Site`
+names and plain tensors:
+
+- :meth:`Backend.forward` runs the model on new tokens ``ids`` (B, S) given the *full* attention
+  mask (B, P + S) (P tokens already in ``cache``) and the position ids (B, S) of the new tokens,
+  applies ``edits`` at their sites, and returns the float32 logits of the last position (B, V).
+  An edit is a function ``(B, S, d_model) -> (B, S, d_model)`` that sees the activation at its
+  site (already including every upstream edit) and returns the value the model continues with
+  (it may return its input unchanged, e.g. to record it). Edits at one site run in order.
+- ``stop_at`` ends the pass right after the edits at that site ran (activation recording does not
+  need the later layers); ``forward`` then returns ``None``.
+- :meth:`Backend.new_cache` / :meth:`Backend.select_cache` create a KV cache and keep only some
+  of its rows (finished rows leave a decoding batch).
+- :meth:`Backend.attach` installs edits for calls the *user* makes on the wrapped object (e.g.
+  Hugging Face ``generate`` under ``steerlab.steering``); ``observe`` gets a :class:`CallInfo` at
+  the start of each such call so positions come from that call's mask and cache position.
+
+Positions are never computed here from the index inside the current chunk: the caller passes
+position ids derived from the attention mask, and :class:`CallInfo` is derived the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from steerlab.errors import SteerlabError
+from steerlab.sites import Site
+
+SiteFn = Callable[[torch.Tensor], torch.Tensor]  # (B, S, d) -> (B, S, d)
+Edits = Mapping[Site, Sequence[SiteFn]]
+
+
+class BackendUnavailable(SteerlabError):
+    """The framework a backend needs is not installed (the message says what to install)."""
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What the steering context needs to know about one forward call made by the user.
+
+    ``pos`` (B, S) absolute token index of each fed token (pads excluded from the count);
+    ``valid`` (B, S) False on pads; ``prefill`` True when the call covers the whole sequence;
+    ``n_real`` (B,) number of real tokens in each row so far, including this call's.
+    """
+
+    pos: torch.Tensor
+    valid: torch.Tensor
+    prefill: bool
+    n_real: torch.Tensor
+
+
+def call_info_from_mask(mask: torch.Tensor, s: int) -> CallInfo:
+    """:class:`CallInfo` for ``s`` new tokens from the full 2-D attention mask (B, P + S)."""
+    full = mask.to(torch.long)
+    pos = (full.cumsum(-1) - 1)[:, -s:]  # (B, S) absolute token index
+    return CallInfo(
+        pos=pos, valid=full[:, -s:].bool(), prefill=full.shape[1] == s, n_real=full.sum(-1)
+    )
+
+
+def call_info_from_positions(pos: torch.Tensor) -> CallInfo:
+    """:class:`CallInfo` when no padding exists (no 2-D mask): positions given per token."""
+    b, s = pos.shape
+    return CallInfo(
+        pos=pos,
+        valid=torch.ones(b, s, dtype=torch.bool, device=pos.device),
+        prefill=int(pos[0, 0]) == 0,
+        n_real=pos[:, -1] + 1,
+    )
+
+
+class Backend(abc.ABC):
+    """One framework's way of running a causal LM with edits at named sites."""
+
+    #: registry name: ``hf``, ``transformer_lens``, ``nnsight``
+    name: ClassVar[str]
+
+    #: a stable model id for metadata and error messages
+    label: str
+
+    @property
+    @abc.abstractmethod
+    def n_layers(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def d_model(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> torch.device: ...
+
+    @property
+    @abc.abstractmethod
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    @abc.abstractmethod
+    def wrapped(self) -> Any:
+        """The framework object the user handed us (or we loaded)."""
+
+    @abc.abstractmethod
+    def check_site(self, site: Site) -> None:
+        """Raise :class:`~steerlab.sites.SiteError` naming the site and model when this model
+        cannot expose ``site`` (layer out of range, resid_mid on a parallel block, ...)."""
+
+    @abc.abstractmethod
+    def new_cache(self) -> Any:
+        """An empty KV cache for :meth:`forward`."""
+
+    @abc.abstractmethod
+    def select_cache(self, cache: Any, keep: torch.Tensor) -> Any:
+        """Keep rows ``keep`` (b',) of ``cache``; returns the cache to use from now on."""
+
+    @abc.abstractmethod
+    def forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any | None = None,
+        edits: Edits | None = None,
+        stop_at: Site | None = None,
+    ) -> torch.Tensor | None:
+        """Logits (B, V) float32 of the last fed position, or None when stopped at ``stop_at``.
+
+        ``ids`` (B, S) long; ``mask`` (B, P + S) long; ``positions`` (B, S) long; ``cache``
+        None runs without a KV cache (then P == 0).
+        """
+
+    def attach(
+        self, edits: Edits, observe: Callable[[CallInfo], None]
+    ) -> contextlib.AbstractContextManager[None]:
+        """Install ``edits`` on the wrapped object for calls the user makes inside the block."""
+        raise SteerlabError(
+            f"the {self.name} backend cannot steer calls made outside steerlab; "
+            "use steerlab.generate (rows carry their interventions)"
+        )
+
+    def count_hooks(self) -> int:
+        """Number of hooks this backend could have left behind (tests: none after exit)."""
+        return 0
+
+
+@contextlib.contextmanager
+def no_edits() -> Iterator[None]:
+    yield

@@ -1,0 +1,332 @@
+"""The Hugging Face backend: torch hooks on a ``PreTrainedModel``'s decoder layers.
+
+The only module that knows Hugging Face call conventions (``past_key_values``, ``DynamicCache``,
+``logits_to_keep``), layer discovery and the per-architecture sub-block table
+(:data:`steerlab.sites.WIRING`). Hooks are registered inside an ``ExitStack`` and removed on exit
+and on exceptions.
+
+Sites map to hooks like this (B, S, d activations):
+
+- ``resid_pre``: forward pre-hook on block L (its ``hidden_states`` input);
+- ``resid_post``: forward hook on block L (its output);
+- ``attn_out`` / ``mlp_out``: forward hook on the sub-module whose output is added to the residual;
+- ``resid_mid``: the block's input is kept by a pre-hook, and the attention hook sees
+  ``mid = resid_pre + attn_out``; an edit's change ``new - mid`` is added to the attention output,
+  so the block continues from ``new``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from steerlab.backends.base import (
+    Backend,
+    CallInfo,
+    Edits,
+    SiteFn,
+    call_info_from_mask,
+    call_info_from_positions,
+)
+from steerlab.errors import ModelLoadError, SteerlabError
+from steerlab.sites import WIRING, Site, SiteError, Wiring, check_point, is_parallel
+
+# Attribute paths of the decoder-layer list, tried in order (llama/qwen2/gemma2, gpt2, neox, ...).
+_LAYER_PATHS = (
+    "model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "transformer.layers",
+    "layers",
+)
+
+
+class _Stop(Exception):
+    """Raised after the ``stop_at`` site: later layers are not needed."""
+
+
+def _get_attr_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def find_layers(hf_model: nn.Module, layers_path: str | None = None) -> list[nn.Module]:
+    """Return the decoder layers of ``hf_model``.
+
+    ``layers_path`` (e.g. ``"model.layers"``) overrides discovery. Otherwise known attribute
+    paths are tried, then the longest ``nn.ModuleList`` whose length equals the config's
+    ``num_hidden_layers``.
+    """
+    if layers_path is not None:
+        try:
+            mods = _get_attr_path(hf_model, layers_path)
+        except AttributeError as e:
+            raise ModelLoadError(f"layers path {layers_path!r} not found on the model") from e
+        if not isinstance(mods, nn.ModuleList):
+            raise ModelLoadError(f"layers path {layers_path!r} is not an nn.ModuleList")
+        return list(mods)
+    for path in _LAYER_PATHS:
+        try:
+            mods = _get_attr_path(hf_model, path)
+        except AttributeError:
+            continue
+        if isinstance(mods, nn.ModuleList) and len(mods) > 0:
+            return list(mods)
+    config = getattr(hf_model, "config", None)
+    n = getattr(config.get_text_config(), "num_hidden_layers", None) if config else None
+    candidates: list[nn.ModuleList] = [
+        m for m in hf_model.modules() if isinstance(m, nn.ModuleList)
+    ]
+    if n is not None:
+        candidates = [m for m in candidates if len(m) == n]
+    if not candidates:
+        raise ModelLoadError(
+            "could not find the decoder layers; pass layers_path='...' (e.g. 'model.layers')"
+        )
+    best = candidates[0]
+    for m in candidates[1:]:
+        if len(m) > len(best):
+            best = m
+    return list(best)
+
+
+def _first(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise SteerlabError(f"unsupported module output type {type(output).__name__}")
+
+
+def _replace_first(output: Any, h: torch.Tensor) -> Any:
+    return h if isinstance(output, torch.Tensor) else (h, *output[1:])
+
+
+def _run(fns: Sequence[SiteFn], h: torch.Tensor) -> torch.Tensor:
+    for fn in fns:
+        h = fn(h)
+    return h
+
+
+class HFBackend(Backend):
+    """Steers a Hugging Face causal LM with torch hooks; reads HF call arguments for positions."""
+
+    name = "hf"
+
+    def __init__(self, hf: Any, label: str, layers_path: str | None = None) -> None:
+        self.hf = hf
+        self.label = label
+        self.layers = find_layers(hf, layers_path)
+        text_cfg = hf.config.get_text_config()
+        self.model_type = str(getattr(text_cfg, "model_type", getattr(hf.config, "model_type", "")))
+        self.wiring: Wiring | None = WIRING.get(self.model_type)
+        self.parallel: bool | None = (
+            None if self.wiring is None else is_parallel(self.wiring, text_cfg)
+        )
+        params = inspect.signature(hf.forward).parameters
+        self._logits_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # transformers renamed ``past_key_values`` to ``cache``; use whichever this model takes.
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.hf.config.get_text_config().hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def wrapped(self) -> Any:
+        return self.hf
+
+    def check_site(self, site: Site) -> None:
+        if not 0 <= site.layer < self.n_layers:
+            raise SiteError(
+                f"{site.name}: layer {site.layer} is out of range: {self.label} has "
+                f"{self.n_layers} layers (valid: 0..{self.n_layers - 1})"
+            )
+        check_point(site.point, self.model_type, self.label, self.parallel)
+
+    def submodule(self, site: Site) -> nn.Module:
+        """The module whose output is ``site`` (attn_out / mlp_out / resid_post) or whose input
+        is ``site`` (resid_pre). resid_mid has no module of its own (see the module docstring)."""
+        self.check_site(site)
+        block = self.layers[site.layer]
+        if site.point in ("resid_pre", "resid_post"):
+            return block
+        assert self.wiring is not None  # check_site guarantees it
+        name = self.wiring.mlp if site.point == "mlp_out" else self.wiring.attn
+        return _get_attr_path(block, name)
+
+    # ------------------------------------------------------------------ cache
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+    def select_cache(self, cache: Any, keep: torch.Tensor) -> Any:
+        cache.batch_select_indices(keep)
+        return cache
+
+    # ------------------------------------------------------------------ hooks
+
+    @contextlib.contextmanager
+    def _hooks(self, edits: Edits, stop_at: Site | None = None) -> Iterator[None]:
+        """Register ``edits`` as torch hooks; remove every one on exit and on exceptions."""
+        for site in edits:
+            self.check_site(site)
+        if stop_at is not None:
+            self.check_site(stop_at)
+        wanted = dict(edits)
+        if stop_at is not None:
+            wanted.setdefault(stop_at, ())
+        with contextlib.ExitStack() as stack:
+            for site in sorted(wanted, key=lambda s: s.order):
+                fns = tuple(wanted[site])
+                stop = site == stop_at
+                for handle in self._register(site, fns, stop):
+                    stack.callback(handle.remove)
+            yield
+
+    def _register(self, site: Site, fns: tuple[SiteFn, ...], stop: bool) -> list[Any]:
+        block = self.layers[site.layer]
+
+        def finish(h: torch.Tensor) -> torch.Tensor:
+            h = _run(fns, h)
+            if stop:
+                raise _Stop
+            return h
+
+        if site.point == "resid_pre":
+
+            def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                if "hidden_states" in kwargs:
+                    return args, {**kwargs, "hidden_states": finish(kwargs["hidden_states"])}
+                return (finish(args[0]), *args[1:]), kwargs
+
+            return [block.register_forward_pre_hook(pre, with_kwargs=True)]
+        if site.point == "resid_mid":
+            return self._register_mid(site, finish)
+        module = self.submodule(site)
+
+        def post(_m: nn.Module, _args: Any, output: Any) -> Any:
+            return _replace_first(output, finish(_first(output)))
+
+        return [module.register_forward_hook(post)]
+
+    def _register_mid(
+        self, site: Site, finish: Callable[[torch.Tensor], torch.Tensor]
+    ) -> list[Any]:
+        block = self.layers[site.layer]
+        attn = self.submodule(Site(site.layer, "attn_out"))
+        stash: dict[str, torch.Tensor] = {}
+
+        def keep_input(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            stash["pre"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+        def post(_m: nn.Module, _args: Any, output: Any) -> Any:
+            out = _first(output)
+            mid = stash.pop("pre") + out  # (B, S, d), exactly the block's own sum
+            new = finish(mid)
+            if new is mid:
+                return output
+            return _replace_first(output, out + (new - mid))
+
+        # Registered after any resid_pre hook on the block, so it keeps the steered input.
+        return [
+            block.register_forward_pre_hook(keep_input, with_kwargs=True),
+            attn.register_forward_hook(post),
+        ]
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any | None = None,
+        edits: Edits | None = None,
+        stop_at: Site | None = None,
+    ) -> torch.Tensor | None:
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            "use_cache": cache is not None,
+        }
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        if stop_at is None:
+            kwargs.update(self._logits_kw)
+        with self._hooks(edits or {}, stop_at):
+            try:
+                out = self.hf(**kwargs)
+            except _Stop:
+                return None
+        return out.logits[:, -1, :].float()
+
+    def attach(
+        self, edits: Edits, observe: Callable[[CallInfo], None]
+    ) -> contextlib.AbstractContextManager[None]:
+        return self._attached(edits, observe)
+
+    @contextlib.contextmanager
+    def _attached(self, edits: Edits, observe: Callable[[CallInfo], None]) -> Iterator[None]:
+        def on_call(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            observe(_call_info(args, kwargs))
+
+        with contextlib.ExitStack() as stack:
+            stack.callback(self.hf.register_forward_pre_hook(on_call, with_kwargs=True).remove)
+            stack.enter_context(self._hooks(edits))
+            yield
+
+    def count_hooks(self) -> int:
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in self.hf.modules())
+
+
+def _call_info(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallInfo:
+    """Positions of one HF model call, from its attention mask, position ids, cache position or
+    cache length (in that order), never from the index inside the chunk."""
+    x = kwargs.get("input_ids")
+    if x is None:
+        x = kwargs.get("inputs_embeds")
+    if x is None and args:
+        x = args[0]
+    if x is None:
+        raise SteerlabError("steering needs input_ids or inputs_embeds in the model call")
+    b, s = int(x.shape[0]), int(x.shape[1])
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return call_info_from_mask(mask, s)
+    # No 2-D mask (HF generate omits it when nothing is padded).
+    pos_ids = kwargs.get("position_ids")
+    cache_pos = kwargs.get("cache_position")
+    if isinstance(pos_ids, torch.Tensor):
+        pos = pos_ids.to(torch.long).expand(b, s)
+    elif isinstance(cache_pos, torch.Tensor):
+        pos = cache_pos.to(torch.long)[None, :].expand(b, s)
+    else:
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = int(cache.get_seq_length()) if cache is not None else 0
+        pos = torch.arange(past, past + s, device=x.device)[None, :].expand(b, s)
+    return call_info_from_positions(pos)
