@@ -29,7 +29,7 @@ from torch import nn
 from steerlab.backends import BACKENDS, Backend, make_backend
 from steerlab.backends.hf import find_layers
 
-__all__ = ["Model", "ModelLoadError", "find_layers", "load_model", "model_from_hf"]
+__all__ = ["Model", "ModelLoadError", "find_layers", "load_model", "model_from_hf", "wrap"]
 from steerlab.errors import ModelLoadError, SteerlabError
 
 logger = logging.getLogger(__name__)
@@ -377,3 +377,68 @@ def _eos_ids(hf: Any, tok: Any) -> tuple[int, ...]:
         if isinstance(tid, int):
             ids.add(tid)
     return tuple(sorted(ids))
+
+
+def wrap(
+    obj: Any,
+    tokenizer: Any = None,
+    name: str | None = None,
+    chat: bool = True,
+    layers_path: str | None = None,
+) -> Model:
+    """A steerlab :class:`Model` around a model the user already holds; no weights are copied.
+
+    ``obj`` may be a Hugging Face ``PreTrainedModel`` (pass its ``tokenizer``), a TransformerLens
+    ``HookedTransformer`` or ``TransformerBridge``, or an nnsight ``LanguageModel`` (their own
+    tokenizer is used when ``tokenizer`` is None). The returned model steers through that
+    framework: TransformerLens hook points, nnsight interventions, or torch hooks for plain HF.
+    """
+    module = type(obj).__module__
+    if module.startswith("nnsight"):
+        from steerlab.backends.nnsight import NNsightBackend
+
+        nn_be = NNsightBackend.from_language_model(obj, layers_path=layers_path)
+        return _wrapped(nn_be, tokenizer or obj.tokenizer, nn_be.wrapped_hf, name, chat)
+    if module.startswith("transformer_lens"):
+        from steerlab.backends.transformer_lens import TransformerLensBackend
+
+        tl_be = TransformerLensBackend.from_tl(obj)
+        return _wrapped(tl_be, tokenizer or obj.tokenizer, tl_be.wrapped_hf, name, chat)
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        PreTrainedModel = ()  # type: ignore[assignment,misc]
+    if isinstance(obj, PreTrainedModel):
+        if tokenizer is None:
+            raise ModelLoadError(
+                "wrap(hf_model) needs its tokenizer: steerlab.wrap(model, tokenizer=tokenizer)"
+            )
+        label = name or _hf_name(obj)
+        return model_from_hf(obj, tokenizer, label, chat=chat, layers_path=layers_path)
+    raise ModelLoadError(
+        f"cannot wrap a {type(obj).__module__}.{type(obj).__name__}: give a Hugging Face "
+        "PreTrainedModel, a TransformerLens HookedTransformer/TransformerBridge or an nnsight "
+        "LanguageModel"
+    )
+
+
+def _hf_name(hf: Any) -> str:
+    config = getattr(hf, "config", None)
+    path = str(getattr(config, "_name_or_path", "") or "")
+    return path.rstrip("/").split("/")[-1] or str(getattr(config, "model_type", "model"))
+
+
+def _wrapped(be: Backend, tok: Any, hf: Any, name: str | None, chat: bool) -> Model:
+    if tok is None:
+        raise ModelLoadError(f"the {be.name} model has no tokenizer: pass tokenizer=...")
+    tok = prepare_tokenizer(tok)
+    label = name or be.label
+    be.label = label
+    return Model(
+        backend=be,
+        tokenizer=tok,
+        name=label,
+        chat=chat,
+        eos_token_ids=_eos_ids(hf, tok),
+        hf=hf,
+    )

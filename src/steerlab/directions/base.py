@@ -130,6 +130,43 @@ def make_vector(
     return BuildResult(vec, stats)
 
 
+Pairs = Sequence[Any]
+
+
+def split_pairs(
+    positives: Sequence[Any], negatives: Sequence[str] | None
+) -> tuple[list[str], list[str]]:
+    """Positives and negatives from either two parallel lists or one list of pairs.
+
+    Pairs may be ``(positive, negative)`` tuples (steering-vectors / repeng style) or objects
+    with ``positive_str`` / ``negative_str`` (steering-vectors' training samples) or
+    ``positive`` / ``negative`` attributes.
+    """
+    if negatives is not None:
+        return [str(p) for p in positives], [str(n) for n in negatives]
+    pos: list[str] = []
+    neg: list[str] = []
+    for i, pair in enumerate(positives):
+        if isinstance(pair, str):
+            raise SteerlabError(
+                "give negatives too, or pass pairs as [(positive, negative), ...] "
+                f"(item {i} is a lone string)"
+            )
+        if isinstance(pair, (tuple, list)) and len(pair) == 2:
+            a, b = pair
+        elif hasattr(pair, "positive_str") and hasattr(pair, "negative_str"):
+            a, b = pair.positive_str, pair.negative_str
+        elif hasattr(pair, "positive") and hasattr(pair, "negative"):
+            a, b = pair.positive, pair.negative
+        else:
+            raise SteerlabError(f"pair {i} is not a (positive, negative) pair: {pair!r:.80}")
+        if not isinstance(a, str) or not isinstance(b, str):
+            raise SteerlabError(f"pair {i}: both sides must be strings")
+        pos.append(a)
+        neg.append(b)
+    return pos, neg
+
+
 def token_positions(spec: str, n_tokens: int) -> list[int]:
     """Positions for plain texts: ``last`` token or ``mean`` over all tokens."""
     if spec == "last":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from steerlab.directions.base import (
     BuildResult,
@@ -11,6 +12,7 @@ from steerlab.directions.base import (
     make_vector,
     mean_resid,
     prompts_hash,
+    split_pairs,
     token_positions,
 )
 from steerlab.directions.record import Recording, record
@@ -63,16 +65,21 @@ def paired_activations(
 
 def contrast(
     model: Model,
-    positives: Sequence[str],
-    negatives: Sequence[str],
-    layers: Sequence[int],
+    positives: Sequence[Any],
+    negatives: Sequence[str] | None = None,
+    layers: Sequence[int] = (),
     hook_point: str = "resid_post",
     position: str = "last",
     chat: bool = False,
     batch_size: int = 16,
     progress: bool = False,
 ) -> BuildResult:
-    """Mean difference of paired activations; one pair (``["Love"], ["Hate"]``) or many."""
+    """Mean difference of paired activations; one pair (``["Love"], ["Hate"]``) or many.
+
+    Pairs can also be given as pairs: ``contrast(model, [("Love", "Hate"), ...], layers=[6])``.
+    ``hook_point`` is any site point (``resid_post``, ``mlp_out``, ...).
+    """
+    positives, negatives = split_pairs(positives, negatives)
     layers = check_layers(model, layers)
     pos, neg = paired_activations(
         model, positives, negatives, layers, hook_point, position, chat, batch_size, progress

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -13,6 +14,7 @@ from steerlab.directions.base import (
     make_vector,
     mean_resid,
     prompts_hash,
+    split_pairs,
 )
 from steerlab.directions.contrast import paired_activations
 from steerlab.errors import SteerlabError
@@ -35,9 +37,9 @@ def first_component(diffs: torch.Tensor, center: bool) -> tuple[torch.Tensor, fl
 
 def pca(
     model: Model,
-    positives: Sequence[str],
-    negatives: Sequence[str],
-    layers: Sequence[int],
+    positives: Sequence[Any],
+    negatives: Sequence[str] | None = None,
+    layers: Sequence[int] = (),
     hook_point: str = "resid_post",
     position: str = "last",
     chat: bool = False,
@@ -49,7 +51,9 @@ def pca(
 
     The stored vector is ``pc * (mean_diff . pc)``, so ``scale="diff"`` is comparable with the
     contrast method; ``explained_variance`` tells how one-dimensional the differences are.
+    Pairs can be given as two lists or as one list of ``(positive, negative)`` pairs.
     """
+    positives, negatives = split_pairs(positives, negatives)
     layers = check_layers(model, layers)
     if len(positives) < 2:
         raise SteerlabError("PCA needs at least two pairs")
