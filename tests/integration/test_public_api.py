@@ -3,6 +3,7 @@ after vector arithmetic, the cross-model warning, and the flat token layout of t
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -163,3 +164,25 @@ def test_flat_token_layout_equals_padded(tiny_llama: Model, make_vector) -> None
     perm = torch.randperm(b * t, generator=torch.Generator().manual_seed(1))
     shuffled = plan.apply_tokens(site, h.reshape(-1, d)[perm], row[perm], rel.reshape(-1)[perm])
     torch.testing.assert_close(shuffled, padded.reshape(-1, d)[perm], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("backend", "extra"),
+    [("transformer_lens", "steerlab[transformer-lens]"), ("nnsight", "steerlab[nnsight]")],
+)
+def test_missing_extra_is_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, backend: str, extra: str
+) -> None:
+    import importlib.util
+
+    from steerlab.backends import BackendUnavailable
+
+    real = importlib.util.find_spec
+
+    def hide(name: str, *args: object) -> object:
+        return None if name == backend else real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", hide)
+    with pytest.raises(BackendUnavailable, match=re.escape(f"pip install '{extra}'")) as info:
+        sl.load_model("tiny-llama", backend=backend)
+    assert "\n" not in str(info.value)
