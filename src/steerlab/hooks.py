@@ -50,6 +50,7 @@ class SteeringHandle:
         self.plan = plan
         self.prompt_lens = prompt_lens
         self._inferred: torch.Tensor | None = None
+        self._last_n: torch.Tensor | None = None
         self._pos: _Positions | None = None
         self.calls = 0
 
@@ -60,6 +61,8 @@ class SteeringHandle:
             self.prompt_lens = self.prompt_lens.index_select(0, idx)
         if self._inferred is not None:
             self._inferred = self._inferred.index_select(0, idx)
+        if self._last_n is not None:
+            self._last_n = self._last_n.index_select(0, idx)
 
     def observe(self, info: CallInfo) -> None:
         """Record the positions of the forward call about to run."""
@@ -67,7 +70,7 @@ class SteeringHandle:
         if self.prompt_lens is not None:
             plen = self.prompt_lens
         else:
-            if info.prefill:
+            if info.prefill and not self._continues(info.n_real):
                 self._inferred = info.n_real
             if self._inferred is None:
                 raise SteerlabError(
@@ -79,7 +82,19 @@ class SteeringHandle:
         if self.plan.batch_size not in (1, b):
             raise SteerlabError(f"steering plan has {self.plan.batch_size} rows, the batch has {b}")
         self._pos = _Positions(rel=info.pos - plen.to(info.pos.device)[:, None], valid=info.valid)
+        self._last_n = info.n_real
         self.calls += 1
+
+    def _continues(self, n_real: torch.Tensor) -> bool:
+        """A full-sequence call that is one token longer per row than the previous call is a
+        decoding step without a KV cache, not a new prompt: keep the prompt lengths."""
+        last = self._last_n
+        return (
+            self._inferred is not None
+            and last is not None
+            and last.shape == n_real.shape
+            and bool((n_real == last.to(n_real.device) + 1).all())
+        )
 
     def _steer(self, site: Site, h: torch.Tensor) -> torch.Tensor:
         pos = self._pos

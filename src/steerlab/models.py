@@ -284,9 +284,12 @@ def load_model(
 ) -> Model:
     """Load a model by spec (see module docstring); CUDA + bf16 when available, else CPU fp32.
 
-    ``backend`` picks who runs it: ``hf`` (default), ``transformer_lens`` (a ``HookedTransformer``
-    for models TransformerLens supports, else a ``TransformerBridge`` around the loaded model) or
-    ``nnsight`` (a ``LanguageModel`` around it). Weights are loaded once and never copied.
+    ``backend`` picks who runs it: ``hf`` (default), ``transformer_lens`` (a ``TransformerBridge``
+    around the loaded model: a ``HookedTransformer`` would fold and centre the weights, so its
+    sites would not be the model's own; wrap a ``HookedTransformer`` you hold with :func:`wrap`) or
+    ``nnsight`` (an nnsight model around it). Weights are loaded once and never copied. Under
+    :func:`steerlab.steering`, call ``model.backend.wrapped`` (the bridge, the nnsight model) for
+    your own calls on those backends.
     """
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")

@@ -512,12 +512,16 @@ def test_last_prompt_position_changes_the_first_token(
 
 
 def _hf_generate(
-    model: Model, ivs: Sequence[Intervention], texts: Sequence[str]
+    model: Model, ivs: Sequence[Intervention], texts: Sequence[str], use_cache: bool = True
 ) -> list[list[int]]:
     ids, mask = left_pad(model, texts)
     with torch.inference_mode(), steering(model, list(ivs)):
         out = model.hf.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=N_NEW, do_sample=False
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=N_NEW,
+            do_sample=False,
+            use_cache=use_cache,
         )
     return [until_eos(row, model.eos_token_ids) for row in out[:, ids.shape[1] :].tolist()]
 
@@ -539,6 +543,29 @@ def test_hf_generate_left_padded_batch_equals_steerlab(
     assert [list(r.token_ids) for r in ours] == hf
     base = gen(model, [Row(p) for p in PROMPTS])
     assert any(differs(a, b) for a, b in zip(ours, base, strict=True))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hf_generate_without_cache_keeps_prompt_lengths(
+    tiny_llama: Model, make_vector: Callable, mode: str
+) -> None:
+    """Without a KV cache every HF call spans the whole sequence; the context must still know
+    where each prompt ended (generated / last-prompt positions must not drift)."""
+    model = tiny_llama
+    iv = Intervention(
+        make_vector(model, seed=13), layer=2, alpha=1.0, scale="resid", positions=mode
+    )
+    hf = _hf_generate(model, [iv], PROMPTS, use_cache=False)
+    ours = gen(model, [Row(p, (iv,)) for p in PROMPTS])
+    assert [list(r.token_ids) for r in ours] == hf
+    # two prompts batches in one context: the second is a new prompt, not a continuation
+    ids, mask = left_pad(model, PROMPTS[:2])
+    with torch.inference_mode(), steering(model, [iv]) as handle:
+        model.hf(input_ids=ids, attention_mask=mask)
+        ids2, mask2 = left_pad(model, PROMPTS[1:])
+        model.hf(input_ids=ids2, attention_mask=mask2)
+        assert handle._inferred is not None
+        assert handle._inferred.tolist() == mask2.sum(-1).tolist()
 
 
 @pytest.mark.parametrize("mode", MODES)

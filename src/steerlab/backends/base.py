@@ -79,6 +79,27 @@ def call_info_from_positions(pos: torch.Tensor) -> CallInfo:
     )
 
 
+def first_tensor(output: Any) -> torch.Tensor:
+    """The activation inside a module output (a tensor, or a tuple whose first item is one)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise SteerlabError(f"unsupported module output type {type(output).__name__}")
+
+
+def replace_first(output: Any, h: torch.Tensor) -> Any:
+    """``output`` with its activation replaced by ``h`` (same container type)."""
+    return h if isinstance(output, torch.Tensor) else (h, *output[1:])
+
+
+def run_edits(fns: Sequence[SiteFn], h: torch.Tensor) -> torch.Tensor:
+    """Apply the edits at one site in order."""
+    for fn in fns:
+        h = fn(h)
+    return h
+
+
 class Backend(abc.ABC):
     """One framework's way of running a causal LM with edits at named sites."""
 

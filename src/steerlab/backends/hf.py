@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -32,6 +32,9 @@ from steerlab.backends.base import (
     SiteFn,
     call_info_from_mask,
     call_info_from_positions,
+    first_tensor,
+    replace_first,
+    run_edits,
 )
 from steerlab.errors import ModelLoadError, SteerlabError
 from steerlab.sites import WIRING, Site, SiteError, Wiring, check_point, is_parallel
@@ -95,24 +98,6 @@ def find_layers(hf_model: nn.Module, layers_path: str | None = None) -> list[nn.
         if len(m) > len(best):
             best = m
     return list(best)
-
-
-def _first(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise SteerlabError(f"unsupported module output type {type(output).__name__}")
-
-
-def _replace_first(output: Any, h: torch.Tensor) -> Any:
-    return h if isinstance(output, torch.Tensor) else (h, *output[1:])
-
-
-def _run(fns: Sequence[SiteFn], h: torch.Tensor) -> torch.Tensor:
-    for fn in fns:
-        h = fn(h)
-    return h
 
 
 class HFBackend(Backend):
@@ -211,7 +196,7 @@ class HFBackend(Backend):
         block = self.layers[site.layer]
 
         def finish(h: torch.Tensor) -> torch.Tensor:
-            h = _run(fns, h)
+            h = run_edits(fns, h)
             if stop:
                 raise _Stop
             return h
@@ -229,7 +214,7 @@ class HFBackend(Backend):
         module = self.submodule(site)
 
         def post(_m: nn.Module, _args: Any, output: Any) -> Any:
-            return _replace_first(output, finish(_first(output)))
+            return replace_first(output, finish(first_tensor(output)))
 
         return [module.register_forward_hook(post)]
 
@@ -244,12 +229,12 @@ class HFBackend(Backend):
             stash["pre"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
         def post(_m: nn.Module, _args: Any, output: Any) -> Any:
-            out = _first(output)
+            out = first_tensor(output)
             mid = stash.pop("pre") + out  # (B, S, d), exactly the block's own sum
             new = finish(mid)
             if new is mid:
                 return output
-            return _replace_first(output, out + (new - mid))
+            return replace_first(output, out + (new - mid))
 
         # Registered after any resid_pre hook on the block, so it keeps the steered input.
         return [
@@ -293,7 +278,7 @@ class HFBackend(Backend):
     @contextlib.contextmanager
     def _attached(self, edits: Edits, observe: Callable[[CallInfo], None]) -> Iterator[None]:
         def on_call(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            observe(_call_info(args, kwargs))
+            observe(hf_call_info(args, kwargs))
 
         with contextlib.ExitStack() as stack:
             stack.callback(self.hf.register_forward_pre_hook(on_call, with_kwargs=True).remove)
@@ -304,7 +289,7 @@ class HFBackend(Backend):
         return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in self.hf.modules())
 
 
-def _call_info(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallInfo:
+def hf_call_info(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallInfo:
     """Positions of one HF model call, from its attention mask, position ids, cache position or
     cache length (in that order), never from the index inside the chunk."""
     x = kwargs.get("input_ids")
