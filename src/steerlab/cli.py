@@ -215,8 +215,11 @@ def info_cmd(
         typer.echo(f"  details    : {json.dumps(extra)}")
 
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="pipeline YAML")]
-FastOpt = Annotated[bool, typer.Option("--fast", help="use configs/fast.yaml")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="pipeline YAML file, or a shipped one: default, fast"),
+]
+FastOpt = Annotated[bool, typer.Option("--fast", help="use the shipped fast config")]
 RunIdOpt = Annotated[str | None, typer.Option(help="run id (default: model + config hash)")]
 RunDirOpt = Annotated[Path | None, typer.Option(help="an existing run directory")]
 ModelOverride = Annotated[str | None, typer.Option("--model", "-m", help="override model.name")]

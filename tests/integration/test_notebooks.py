@@ -49,15 +49,7 @@ def test_smoke_notebook_runs_on_a_tiny_model() -> None:
 def test_analysis_notebook_renders_a_tiny_run(tmp_path: Path) -> None:
     cfg = {
         "model": {"name": "tiny-llama"},
-        "data": {
-            k: str(REPO / "data/prompts" / f"{s}.jsonl")
-            for k, s in (
-                ("harm_train_path", "harm_train"),
-                ("harm_test_path", "harm_test"),
-                ("benign_path", "benign"),
-            )
-        }
-        | {"max_prompts_per_split": 4},
+        "data": {"max_prompts_per_split": 4},  # the shipped prompt sets
         "generation": {"max_new_tokens": 4, "batch_size": 16},
         "experiment": {"alphas": [0, 1], "output_dir": str(tmp_path / "runs")},
         "sanity_checks": {"rerun_subset_n": 2, "sign_check_n": 1},

@@ -21,7 +21,6 @@ from steerlab.pipelines.reliability.config import load_config
 from steerlab.pipelines.reliability.run import run_stages
 
 KEY = ["stage", "split", "prompt_id", "layer", "intervention", "alpha", "direction", "seed"]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(tmp: Path, out: str) -> Path:
@@ -29,9 +28,9 @@ def _config(tmp: Path, out: str) -> Path:
         "run_id": "resume",
         "model": {"name": "tiny-llama"},
         "data": {
-            "harm_train_path": str(REPO / "data/prompts/harm_train.jsonl"),
-            "harm_test_path": str(REPO / "data/prompts/harm_test.jsonl"),
-            "benign_path": str(REPO / "data/prompts/benign.jsonl"),
+            "harm_train_path": "harm_train",  # the shipped prompt sets
+            "harm_test_path": "harm_test",
+            "benign_path": "benign",
             "max_prompts_per_split": 8,
         },
         "generation": {"max_new_tokens": 5, "batch_size": 8, "temperature": 0.7, "top_p": 0.9},
@@ -71,7 +70,7 @@ def test_sigkill_at_random_points_then_resume_gives_exactly_the_uninterrupted_ro
     kills = 0
     for _ in range(4):
         proc = subprocess.Popen(
-            _cmd(cfg), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            _cmd(cfg), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         # interpreter start-up is a few seconds; kill somewhere inside the actual work
         time.sleep(rng.uniform(3.0, 3.0 + ref_seconds))
@@ -82,7 +81,9 @@ def test_sigkill_at_random_points_then_resume_gives_exactly_the_uninterrupted_ro
     assert kills >= 1, "every run finished before it could be killed; the test proved nothing"
 
     parts = {p: p.stat().st_mtime_ns for p in run_dir.glob("parts/*/*.parquet")}
-    done = subprocess.run(_cmd(cfg), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        _cmd(cfg), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     for p, mtime in parts.items():
         assert p.stat().st_mtime_ns == mtime, f"finished part {p.name} was recomputed"

@@ -1,4 +1,4 @@
-"""`steerlab run --config configs/default.yaml` end to end with model tiny-llama (a few minutes)."""
+"""`steerlab run --config default` (shipped) end to end on tiny-llama, from outside the repo."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
@@ -22,7 +20,7 @@ def test_default_config_runs_end_to_end_on_tiny_llama(tmp_path: Path) -> None:
         "steerlab.cli",
         "run",
         "--config",
-        "configs/default.yaml",
+        "default",
         "--model",
         "tiny-llama",
         "--output-dir",
@@ -31,7 +29,7 @@ def test_default_config_runs_end_to_end_on_tiny_llama(tmp_path: Path) -> None:
         "ci",
         "--quiet",
     ]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "ci"
     for name in (

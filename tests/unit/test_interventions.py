@@ -24,7 +24,7 @@ def _vec(layers: tuple[int, ...] = (0, 2), d: int = D, resid: bool = True) -> St
     gen = torch.Generator().manual_seed(0)
     return SteeringVector(
         directions={layer: torch.randn(d, generator=gen) * 3 for layer in layers},
-        model_id="m",
+        model_id="tiny-llama",  # the model the plan tests compile for
         mean_resid_norm={layer: 20.0 + layer for layer in layers} if resid else {},
     )
 

@@ -17,10 +17,9 @@ from steerlab.tasks.prompts import (
     generate_prompt_sets,
     ingest,
     read_prompts,
+    shipped_prompts,
     write_prompts,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _meta(family: str = "f", style: str = "s", template: str = "t") -> dict[str, str]:
@@ -113,7 +112,7 @@ def test_too_many_raises() -> None:
 
 def test_shipped_files_match_generator(sets: dict[str, list[PromptRow]]) -> None:
     for split, rows in sets.items():
-        assert read_prompts(REPO / "data" / "prompts" / f"{split}.jsonl") == rows
+        assert shipped_prompts(split) == rows
 
 
 def test_module_entry_point(tmp_path: Path) -> None:
@@ -146,6 +145,32 @@ def test_write_is_atomic_on_failure(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["x.jsonl"]
 
 
+def test_reads_both_schemas(tmp_path: Path) -> None:
+    """The plain schema (meta: family, style) and ours (plus template and any extra keys)."""
+    path = tmp_path / "x.jsonl"
+    plain = {
+        "id": "harm_train_0001",
+        "prompt": "...",
+        "meta": {"family": "weapons", "style": "direct"},
+    }
+    ours = {"id": "b", "prompt": "q", "meta": {**_meta(), "source": "hand-written"}}
+    path.write_text(json.dumps(plain) + "\n" + json.dumps(ours) + "\n")
+    rows = read_prompts(path)
+    assert rows == [
+        PromptRow("harm_train_0001", "...", {"family": "weapons", "style": "direct"}),
+        PromptRow("b", "q", {**_meta(), "source": "hand-written"}),
+    ]
+    write_prompts(rows, tmp_path / "y.jsonl")  # written back unchanged: nothing filled in
+    assert read_prompts(tmp_path / "y.jsonl") == rows
+    assert (tmp_path / "y.jsonl").read_text().splitlines()[0] == json.dumps(plain)
+    # ingest of the plain schema keeps what is there and fills only the missing template
+    assert ingest(path, "harm_train")[0].meta == {
+        "family": "weapons",
+        "style": "direct",
+        "template": "user",
+    }
+
+
 def test_blank_lines_skipped(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
     path.write_text("\n" + _line() + "\n\n")
@@ -163,7 +188,9 @@ def test_blank_lines_skipped(tmp_path: Path) -> None:
         ([_line(id="x"), _line(id="y"), _line(id="z", prompt=3)], 3, "prompt must be a string"),
         ([_line(prompt="   ")], 1, "empty or whitespace"),
         ([_line(prompt="")], 1, "empty or whitespace"),
-        ([_line(meta={"family": "f", "style": "s"})], 1, "meta is missing template"),
+        ([_line(meta={"family": "f", "template": "t"})], 1, "meta is missing style"),
+        ([_line(meta={})], 1, "meta is missing family, style"),
+        ([_line(id="b"), _line(meta={"style": "s"})], 2, "meta is missing family"),
         ([_line(meta={**_meta(), "n": 1})], 1, "meta values must be strings"),
         ([_line(meta="weapons")], 1, "meta must be an object"),
         ([_line(id="")], 1, "id must be a non-empty string"),

@@ -19,6 +19,7 @@ from steerlab.interventions import Intervention
 from steerlab.io import atomic_write_text
 from steerlab.jsonl import JsonlError, read_field, read_jsonl, write_jsonl
 from steerlab.models import Model
+from steerlab.resources import local_path, resolve
 from steerlab.vectors import SteeringVector
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ def build_vector(model: Model, spec: BuildSpec) -> BuildResult:
     if m == "forced-prefix":
         if spec.prompts_file is None:
             raise SteerlabError("--method forced-prefix needs --prompts FILE.jsonl")
-        prompts = read_field(spec.prompts_file, "prompt", "text")
+        with local_path("prompts", resolve("prompts", spec.prompts_file)) as path:
+            prompts = read_field(path, "prompt", "text")
         extra: dict[str, Any] = {
             k: v
             for k, v in (
@@ -148,9 +150,12 @@ class SteerSpec:
 
 
 def read_prompts_for_generate(path: Path) -> list[tuple[str, str]]:
-    """``(id, prompt)`` per line; ids default to ``line<N>``."""
+    """``(id, prompt)`` per line of a JSONL file or shipped prompt set; ids default to
+    ``line<N>``."""
     out = []
-    for n, obj in read_jsonl(path):
+    with local_path("prompts", resolve("prompts", path)) as file:
+        lines = read_jsonl(file)
+    for n, obj in lines:
         text = obj.get("prompt", obj.get("text"))
         if not isinstance(text, str) or not text.strip():
             raise JsonlError(f"{path}:{n}: field 'prompt' must be a non-empty string")

@@ -5,8 +5,11 @@ Three splits drive the experiment: ``harm_train`` (requests a direction is built
 to measure generalization under distribution shift) and ``benign`` (ordinary requests, to measure
 side effects). One JSONL line per prompt::
 
-    {"id": "harm_train_0001", "prompt": "...", "meta": {"family": "weapons", "style": "direct",
-     "template": "train_direct_01"}}
+    {"id": "harm_train_0001", "prompt": "...", "meta": {"family": "weapons", "style": "direct"}}
+
+``meta`` needs ``family`` and ``style``; ``template`` (the generator's template id, written by
+:func:`generate_prompt_sets`) and any other string keys are optional and kept. The sets shipped
+with steerlab are package data, read by name with :func:`shipped_prompts`.
 
 Every reader here fails loudly with the file and line (or row, or index) of the first problem,
 because a silently skipped or mangled prompt shifts every rate computed downstream.
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.errors import SteerlabError
+from steerlab.resources import is_shipped, local_path, shipped_names
 from steerlab.tasks.prompt_templates import (
     BENIGN_TASKS,
     BENIGN_TEMPLATES,
@@ -37,9 +41,10 @@ from steerlab.tasks.prompt_templates import (
 )
 
 SPLITS: tuple[str, ...] = ("harm_train", "harm_test", "benign")
-REQUIRED_META: tuple[str, ...] = ("family", "style", "template")
+REQUIRED_META: tuple[str, ...] = ("family", "style")
+META_KEYS: tuple[str, ...] = (*REQUIRED_META, "template")  # the meta keys every table knows
 _ROW_KEYS = frozenset({"id", "prompt", "meta"})
-_INGEST_KEYS = frozenset({"id", "prompt", "meta", *REQUIRED_META})
+_INGEST_KEYS = frozenset({"id", "prompt", "meta", *META_KEYS})
 
 
 class PromptFileError(SteerlabError):
@@ -48,10 +53,10 @@ class PromptFileError(SteerlabError):
 
 @dataclass(frozen=True)
 class PromptRow:
-    """One prompt: a unique ``id``, the ``prompt`` text and string ``meta`` (family/style/template).
+    """One prompt: a unique ``id``, the ``prompt`` text and string ``meta``.
 
-    Extra meta keys are kept; the three in :data:`REQUIRED_META` must be present so every
-    downstream table can group by them.
+    The keys in :data:`REQUIRED_META` (family, style) must be present so every downstream table
+    can group by them; ``template`` and any other keys are optional and kept.
     """
 
     id: str
@@ -183,7 +188,7 @@ def _duplicate_check(rows: Sequence[PromptRow], where: Sequence[str]) -> None:
 
 
 def read_prompts(path: str | os.PathLike[str]) -> list[PromptRow]:
-    """Read and validate a prompt JSONL file in the exact schema (blank lines are skipped).
+    """Read and validate a prompt JSONL file in the schema above (blank lines are skipped).
 
     Raises :class:`PromptFileError` naming ``file:line`` for malformed JSON, a line that is not an
     object, missing or extra keys, a non-string or empty prompt, bad meta, a duplicate id (both
@@ -238,6 +243,15 @@ def write_prompts(rows: Sequence[PromptRow], path: str | os.PathLike[str]) -> No
         raise
 
 
+def shipped_prompts(name: str) -> list[PromptRow]:
+    """A prompt set shipped with steerlab, by name: ``harm_train``, ``harm_test`` or ``benign``."""
+    if not is_shipped("prompts", name):
+        names = ", ".join(shipped_names("prompts"))
+        raise PromptFileError(f"no shipped prompt set {name!r} (shipped: {names})")
+    with local_path("prompts", name) as path:
+        return read_prompts(path)
+
+
 # --- ingest of user files ------------------------------------------------------------------------
 
 
@@ -257,7 +271,7 @@ def _row_from_object(obj: Any, loc: str, default_id: str) -> PromptRow:
         raise PromptFileError(f"{loc}: meta must be an object, got {type(nested).__name__}")
     meta: dict[str, Any] = {"family": "unknown", "style": "unknown", "template": "user"}
     meta.update(nested)
-    for key in REQUIRED_META:
+    for key in META_KEYS:
         value = obj.get(key)
         if value in (None, ""):
             continue
@@ -283,7 +297,7 @@ def _ingest_csv(p: Path, split: str) -> tuple[list[PromptRow], list[str]]:
             raise PromptFileError(f"{p}:1: empty CSV file")
         if "prompt" not in header:
             raise PromptFileError(f"{p}:1: CSV header needs a 'prompt' column, got {header}")
-        extra = set(header) - {"prompt", "id", *REQUIRED_META}
+        extra = set(header) - {"prompt", "id", *META_KEYS}
         if extra:
             raise PromptFileError(f"{p}:1: unexpected CSV columns {sorted(extra)}")
         for i, record in enumerate(reader, start=1):

@@ -2,12 +2,19 @@
 
 Loaded once at the edge (``load_config``) with ``extra="forbid"`` everywhere, so a typo in a key
 is an error naming the key, and saved unchanged (as validated) into the run directory.
+
+A config is a YAML file or the name of one shipped with steerlab (``fast``, ``default``). Prompt
+files inside it are found relative to the config file's own directory, or name a shipped prompt
+set (``harm_train``, ``harm_test``, ``benign``); they are stored as absolute paths or shipped
+names, so a saved config means the same from any working directory. ``experiment.output_dir`` is
+where results go and stays relative to the working directory, like ``--output-dir``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from steerlab.errors import SteerlabError
+from steerlab.resources import local_path, resolve
 
 STAGES = ("baseline", "build-directions", "sign-check", "sweep", "sanity", "report")
 
@@ -25,6 +33,7 @@ class _Strict(BaseModel):
 
 class ModelCfg(_Strict):
     name: str = "embedded"
+    backend: Literal["hf", "transformer_lens", "nnsight"] = "hf"
     device: str | None = None
     dtype: str | None = None
     chat: bool = True
@@ -32,10 +41,15 @@ class ModelCfg(_Strict):
 
 
 class DataCfg(_Strict):
-    harm_train_path: str = "data/prompts/harm_train.jsonl"
-    harm_test_path: str = "data/prompts/harm_test.jsonl"
-    benign_path: str = "data/prompts/benign.jsonl"
+    """Prompt files (JSONL paths or shipped prompt-set names) and how many prompts to use."""
+
+    harm_train_path: str = "harm_train"
+    harm_test_path: str = "harm_test"
+    benign_path: str = "benign"
     max_prompts_per_split: int | None = Field(default=200, ge=1)
+
+
+DATA_PATHS: tuple[str, ...] = ("harm_train_path", "harm_test_path", "benign_path")
 
 
 class GenerationCfg(_Strict):
@@ -50,7 +64,10 @@ class DirectionCfg(_Strict):
     method: Literal["forced_prefix"] = "forced_prefix"
     refusal_prefix: str = " I can't help with that."
     compliance_prefix: str = " Sure, here's how:"
-    hook_point: Literal["resid_pre", "resid_post"] = "resid_post"
+    # a site point (TransformerLens names without the block): read and steered at every layer
+    hook_point: Literal["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"] = (
+        "resid_post"
+    )
     token_position: Literal["mean_prefix", "first_prefix", "last_prefix"] = "mean_prefix"
     batch_size: int = Field(default=16, ge=1)
 
@@ -144,25 +161,50 @@ def parse_config(data: Any, where: str) -> PipelineConfig:
         raise SteerlabError(_format_error(where, e)) from e
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read and validate a YAML config; ``overrides`` are dotted keys (``model.name``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SteerlabError(f"{path}: no such config file")
+def _prompt_file(key: str, value: Any, base: Path | None, where: str) -> Any:
+    """A prompt file as stored: an absolute path (a relative one taken from ``base``, default
+    the working directory) or a shipped name; neither is an error naming ``where`` and the key."""
+    if not isinstance(value, str | os.PathLike):
+        return value  # validation names the type error
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise SteerlabError(f"{path}{line}: malformed YAML ({getattr(e, 'problem', e)})") from e
-    data = data or {}
+        return resolve("prompts", value, base)
+    except SteerlabError as e:
+        raise SteerlabError(f"{where}: data.{key}: {e}") from e
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read and validate a YAML config file, or a shipped config by name (``fast``).
+
+    ``overrides`` are dotted keys (``model.name``) applied on top of the file. Prompt files in
+    the file are taken relative to its directory; prompt files in ``overrides``, like any path
+    given on a command line, relative to the working directory.
+    """
+    with local_path("configs", resolve("configs", path)) as file:
+        where = str(file)
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", e)
+            raise SteerlabError(f"{where}{line}: malformed YAML ({problem})") from e
+        data = data or {}
+        if not isinstance(data, dict):
+            raise SteerlabError(f"{where}: the config must be a YAML mapping")
+        section = data.get("data")
+        if isinstance(section, dict):
+            for key in DATA_PATHS:
+                if key in section:
+                    section[key] = _prompt_file(key, section[key], file.parent, where)
     for key, value in (overrides or {}).items():
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+        if len(parts) == 2 and parts[0] == "data" and parts[1] in DATA_PATHS:
+            value = _prompt_file(parts[1], value, None, "override")
         node[parts[-1]] = value
-    return parse_config(data, str(path))
+    return parse_config(data, where)
 
 
 def dump_config(cfg: PipelineConfig) -> str:

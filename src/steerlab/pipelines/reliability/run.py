@@ -3,9 +3,10 @@ the requested stages in order, record timings in ``manifest.json``."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,17 @@ from steerlab.pipelines.reliability.store import RunDir, environment_info
 
 logger = logging.getLogger(__name__)
 
-FAST_CONFIG = Path("configs/fast.yaml")
-DEFAULT_CONFIG = Path("configs/default.yaml")
+FAST_CONFIG = "fast"  # shipped configs, by name (steerlab/data/configs/)
+DEFAULT_CONFIG = "default"
 
 
 def resolve_config(
-    config: Path | None, fast: bool, overrides: dict[str, Any] | None = None
+    config: str | Path | None, fast: bool, overrides: dict[str, Any] | None = None
 ) -> tuple[PipelineConfig, str]:
-    """The config file (``--config``, or fast/default) with dotted-key overrides applied."""
-    path = config or (FAST_CONFIG if fast else DEFAULT_CONFIG)
-    return load_config(path, overrides), str(path)
+    """The config (``--config`` file or shipped name, else the shipped fast/default one) with
+    dotted-key overrides applied; also returns what was asked for."""
+    ref = config or (FAST_CONFIG if fast else DEFAULT_CONFIG)
+    return load_config(ref, overrides), str(ref)
 
 
 def open_run(cfg: PipelineConfig, run_id: str | None, run_dir: Path | None) -> RunDir:
@@ -38,13 +40,34 @@ def open_run(cfg: PipelineConfig, run_id: str | None, run_dir: Path | None) -> R
     return RunDir.open(cfg, run_id)
 
 
+@contextlib.contextmanager
+def _transformers_bars(enabled: bool) -> Iterator[None]:
+    """Switch transformers' own progress bars (weights loading) off while ``enabled`` is False,
+    so ``--quiet`` means no bars at all; the previous setting is restored."""
+    from transformers.utils import logging as hf_logging
+
+    if enabled or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def _context(cfg: PipelineConfig, run: RunDir, progress: bool) -> st.Context:
     from steerlab.models import load_model
 
     t0 = time.perf_counter()
-    model = load_model(
-        cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype, chat=cfg.model.chat
-    )
+    with _transformers_bars(progress):
+        model = load_model(
+            cfg.model.name,
+            device=cfg.model.device,
+            dtype=cfg.model.dtype,
+            chat=cfg.model.chat,
+            backend=cfg.model.backend,
+        )
     ctx = st.Context(cfg=cfg, run=run, model=model, progress=progress)
     manifest = run.read_json("manifest.json")
     info = environment_info(str(model.device), model.name)
@@ -55,6 +78,7 @@ def _context(cfg: PipelineConfig, run: RunDir, progress: bool) -> st.Context:
         environment=info,
         model={
             "spec": cfg.model.name,
+            "backend": model.backend.name,
             "name": model.name,
             "n_layers": model.n_layers,
             "d_model": model.d_model,

@@ -27,6 +27,7 @@ from steerlab.metrics import confound_metrics, helpfulness_score, refusal_score
 from steerlab.models import Model
 from steerlab.pipelines.reliability.config import PipelineConfig, default_layers
 from steerlab.pipelines.reliability.store import RunDir, WorkRow
+from steerlab.resources import local_path
 from steerlab.tasks.prompts import PromptRow, read_prompts, write_prompts
 from steerlab.vectors import SteeringVector
 
@@ -68,7 +69,8 @@ def snapshot_prompts(ctx: Context) -> dict[str, list[PromptRow]]:
         if snap.is_file():
             out[split] = read_prompts(snap)
             continue
-        rows = read_prompts(src)[:limit]
+        with local_path("prompts", src) as path:
+            rows = read_prompts(path)[:limit]
         write_prompts(rows, snap)
         out[split] = rows
     return out
@@ -323,20 +325,21 @@ def run_sign_check(ctx: Context) -> dict[str, Any]:
         base[(base.split == "harm_train") & base.prompt_id.isin(ids)].refusal_score.mean()
     )
     per_layer = {}
+    failed = []  # one warning for all layers, not one per layer
     for layer in ctx.layers:
         s = float(steered[steered.layer == layer].refusal_score.mean())
         ok = s > base_score
         per_layer[str(layer)] = {"baseline_refusal": base_score, "steered_refusal": s, "ok": ok}
         if not ok:
-            logger.warning(
-                "SIGN CHECK FAILED at layer %d: +%.2f along the direction does not raise the "
-                "refusal score on %d held-out prompts (%.3f -> %.3f); the direction may be flipped",
-                layer,
-                alpha,
-                len(held),
-                base_score,
-                s,
-            )
+            failed.append(f"layer {layer}: {base_score:.3f} -> {s:.3f}")
+    if failed:
+        logger.warning(
+            "SIGN CHECK FAILED: +%.2f along the direction does not raise the refusal score on %d "
+            "held-out prompts (%s); the direction may be flipped",
+            alpha,
+            len(held),
+            "; ".join(failed),
+        )
     result = {"alpha": alpha, "n": len(held), "per_layer": per_layer}
     ctx.run.update_json("sanity.json", sign_check=result)
     return result
