@@ -62,7 +62,10 @@ def build_vector_cmd(
     model: ModelOpt = "embedded",
     positive: Annotated[list[str] | None, typer.Option(help="positive text (repeatable)")] = None,
     negative: Annotated[list[str] | None, typer.Option(help="negative text (repeatable)")] = None,
-    prompts: Annotated[Path | None, typer.Option(help="JSONL input (see docs per method)")] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="JSONL input (see docs per method), or a shipped set: harm_train, ..."),
+    ] = None,
     label_a: Annotated[str | None, typer.Option(help="labeled: the +direction class")] = None,
     label_b: Annotated[str | None, typer.Option(help="labeled: the other class")] = None,
     refusal_prefix: Annotated[str | None, typer.Option(help="forced-prefix: refusal")] = None,
@@ -116,7 +119,10 @@ def generate_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="output .jsonl")],
     model: ModelOpt = "embedded",
     prompt: Annotated[list[str] | None, typer.Option(help="prompt text (repeatable)")] = None,
-    prompts: Annotated[Path | None, typer.Option(help="JSONL with a 'prompt' field")] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="JSONL with a 'prompt' field, or a shipped set: harm_test, benign, ..."),
+    ] = None,
     vector: Annotated[Path | None, typer.Option(help="steering vector .safetensors")] = None,
     layer: Annotated[list[int] | None, typer.Option(help="layer(s); default: vector's")] = None,
     alpha: Annotated[list[float] | None, typer.Option(help="coefficient(s) (repeatable)")] = None,

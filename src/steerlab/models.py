@@ -284,12 +284,16 @@ def load_model(
 ) -> Model:
     """Load a model by spec (see module docstring); CUDA + bf16 when available, else CPU fp32.
 
-    ``backend`` picks who runs it: ``hf`` (default), ``transformer_lens`` (a ``TransformerBridge``
-    around the loaded model: a ``HookedTransformer`` would fold and centre the weights, so its
-    sites would not be the model's own; wrap a ``HookedTransformer`` you hold with :func:`wrap`) or
-    ``nnsight`` (an nnsight model around it). Weights are loaded once and never copied. Under
-    :func:`steerlab.steering`, call ``model.backend.wrapped`` (the bridge, the nnsight model) for
-    your own calls on those backends.
+    ``backend`` picks who runs it: ``hf`` (default), ``transformer_lens`` (for a model on
+    TransformerLens's official list, e.g. ``gpt2`` or ``EleutherAI/pythia-160m``, a
+    ``HookedTransformer`` converted from the loaded model without folding or centring, so its
+    sites are the model's own; otherwise, or when that conversion fails, a ``TransformerBridge``
+    around the loaded model; ``steerlab.backends.transformer_lens.PREFER = "hooked"`` or
+    ``"bridge"`` forces one; wrap a ``HookedTransformer`` you hold with :func:`wrap`) or
+    ``nnsight`` (an nnsight model around it). Weights are loaded once and never copied (except
+    into a ``HookedTransformer``, which holds its converted copy). Under
+    :func:`steerlab.steering`, call ``model.backend.wrapped`` (the ``HookedTransformer`` or
+    bridge, the nnsight model) for your own calls on those backends.
     """
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")

@@ -10,16 +10,21 @@ cost milliseconds per decoding step on a real model.
 
 Two ways in:
 
-- :meth:`TransformerLensBackend.from_hf` puts a ``TransformerBridge`` around an already loaded
-  Hugging Face model. The bridge replaces modules of the model it wraps with its own components,
-  so it gets a copy of the module tree whose parameters and buffers *are* the model's: no weight
-  is copied (the bridge adds only a zero unembedding bias) and the caller's model is left as it
-  was. Activations and logits are Hugging Face's (the bridge recomputes attention eagerly: ~1e-6
-  from ``sdpa``). The bridge passes ``attention_mask``, ``position_ids`` and the KV cache on to
-  the model, so the cache is a ``DynamicCache``, as on the Hugging Face backend. A
-  ``HookedTransformer`` is not used here: it loads only models on TransformerLens's list, by hub
-  name (no offline path from a loaded model), and by default folds and centres weights, so its
-  activations differ from the model's.
+- :meth:`TransformerLensBackend.from_hf` takes an already loaded Hugging Face model. For a model
+  on TransformerLens's official list (``label`` is an official name or alias: ``gpt2``,
+  ``EleutherAI/pythia-160m``, ``meta-llama/...``) it builds a ``HookedTransformer`` from that
+  model (:func:`hooked_from_hf`): TransformerLens's own config and weight converters, applied to
+  the *loaded* model's config and weights (nothing is fetched from the hub), with no weight
+  processing (no LayerNorm folding, no centring), so its sites are the model's own activations.
+  Its weights are a converted copy. Any other model, or one whose conversion fails, gets a
+  ``TransformerBridge``. The bridge replaces modules of the model it wraps with its own
+  components, so it gets a copy of the module tree whose parameters and buffers *are* the
+  model's: no weight is copied (the bridge adds only a zero unembedding bias) and the caller's
+  model is left as it was. Activations and logits are Hugging Face's (the bridge recomputes
+  attention eagerly: ~1e-6 from ``sdpa``). The bridge passes ``attention_mask``,
+  ``position_ids`` and the KV cache on to the model, so the cache is a ``DynamicCache``, as on
+  the Hugging Face backend. ``prefer`` (or the module default :data:`PREFER`) forces one of the
+  two.
 - :meth:`TransformerLensBackend.from_tl` takes the user's ``HookedTransformer`` or bridge. A
   ``HookedTransformer`` derives positions from the attention mask itself (``cumsum - 1``, the rule
   the caller follows) and keeps the mask of earlier calls in its own key-value cache, which
@@ -45,9 +50,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import logging
+import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -65,6 +73,15 @@ from steerlab.errors import SteerlabError
 from steerlab.sites import WIRING, Site, SiteError, check_point, is_parallel
 
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor]  # TransformerLens: (activation, hook point)
+Prefer = Literal["auto", "hooked", "bridge"]
+
+logger = logging.getLogger(__name__)
+
+#: What :meth:`TransformerLensBackend.from_hf` builds when not told (``prefer=None``), hence what
+#: ``load_model(..., backend="transformer_lens")`` builds: ``"auto"`` (a ``HookedTransformer`` for
+#: models on TransformerLens's official list, a ``TransformerBridge`` otherwise), ``"hooked"`` or
+#: ``"bridge"``.
+PREFER: Prefer = "auto"
 
 
 class _Stop(Exception):
@@ -104,6 +121,84 @@ def shared_copy(module: nn.Module) -> Any:
     the bridge does) leaves ``module`` alone."""
     memo: dict[int, Any] = {id(t): t for t in (*module.parameters(), *module.buffers())}
     return copy.deepcopy(module, memo)
+
+
+def official_name(label: str) -> str | None:
+    """TransformerLens's official name for ``label`` (aliases resolved, e.g. ``gpt2-small`` ->
+    ``gpt2``), or None when ``label`` is not on its list."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        return str(get_official_model_name(label))
+    except ValueError:
+        return None
+
+
+def hooked_from_hf(hf_model: Any, tokenizer: Any, name: str | None = None) -> Any:
+    """A ``HookedTransformer`` with ``hf_model``'s weights, built offline and unprocessed.
+
+    What ``HookedTransformer.from_pretrained_no_processing(name, hf_model=hf_model)`` builds,
+    except that the config comes from ``hf_model.config``: ``from_pretrained`` fetches the config
+    from the hub by name (a download, and the hub model's sizes rather than the loaded one's).
+    TransformerLens's own converters do the work: ``get_pretrained_model_config`` on a directory
+    holding only the loaded config, ``get_pretrained_state_dict`` on ``hf_model``, and
+    ``load_and_process_state_dict`` with every processing step off, so activations are the
+    model's. Raises when TransformerLens cannot convert this architecture (or its config).
+    """
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+
+    param = next(hf_model.parameters())
+    config = _config_for_tl(hf_model)
+    with tempfile.TemporaryDirectory(prefix="steerlab-tl-") as tmp:
+        config.save_pretrained(tmp)
+        cfg = loading.get_pretrained_model_config(
+            tmp,
+            hf_cfg=hf_model.config.to_dict(),
+            fold_ln=False,
+            device=param.device,
+            dtype=param.dtype,
+        )
+        state = loading.get_pretrained_state_dict(tmp, cfg, hf_model, dtype=param.dtype)
+    text_cfg = hf_model.config.get_text_config()
+    expected = (type(hf_model).__name__, _n_layers(text_cfg), text_cfg.vocab_size)
+    got = (cfg.original_architecture, cfg.n_layers, cfg.d_vocab)
+    if got != expected:  # e.g. a name-based branch of TransformerLens's config conversion
+        raise SteerlabError(f"TransformerLens converted the config to {got}, not {expected}")
+    if name is not None:
+        cfg.model_name = name.split("/")[-1]
+        cfg.tokenizer_name = name
+    with warnings.catch_warnings(), torch.device(param.device):
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated in TransformerLens 3.9
+        ht = HookedTransformer(cfg, tokenizer=tokenizer_for_tl(tokenizer), move_to_device=False)
+    ht.load_and_process_state_dict(
+        state,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    return ht.eval()
+
+
+def _config_for_tl(hf_model: Any) -> Any:
+    """A copy of ``hf_model``'s config as TransformerLens's config conversion reads it: with its
+    architecture (a model built from a config has none) and the top-level fields that hub
+    configs carry but ``transformers`` 5 no longer sets (GPT-2's ``n_ctx``)."""
+    config = copy.deepcopy(hf_model.config)
+    config.architectures = [type(hf_model).__name__]
+    if getattr(config, "n_ctx", None) is None and getattr(config, "n_positions", None):
+        config.n_ctx = config.n_positions
+    return config
+
+
+def _n_layers(text_cfg: Any) -> int:
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(text_cfg, key, None)
+        if isinstance(value, int):
+            return value
+    return -1
 
 
 class TransformerLensBackend(Backend):
@@ -159,12 +254,25 @@ class TransformerLensBackend(Backend):
             self._attention = [m for m in tl.blocks.modules() if isinstance(m, AttentionBridge)]
 
     @classmethod
-    def from_hf(cls, hf_model: Any, tokenizer: Any, label: str) -> TransformerLensBackend:
-        """A ``TransformerBridge`` around a loaded Hugging Face causal LM, offline.
+    def from_hf(
+        cls, hf_model: Any, tokenizer: Any, label: str, prefer: Prefer | None = None
+    ) -> TransformerLensBackend:
+        """A ``HookedTransformer`` or a ``TransformerBridge`` for a loaded Hugging Face causal LM,
+        offline.
+
+        ``prefer`` (default: the module's :data:`PREFER`, ``"auto"``):
+
+        - ``"auto"``: a ``HookedTransformer`` (:func:`hooked_from_hf`: unprocessed, weights
+          converted from ``hf_model``, config from ``hf_model.config``, no hub access) when
+          ``label`` is on TransformerLens's official list (:func:`official_name`); a bridge
+          otherwise, and, with one logged line, when the conversion fails.
+        - ``"hooked"``: a ``HookedTransformer`` for any label whose architecture TransformerLens
+          converts; raises :class:`SteerlabError` when it cannot.
+        - ``"bridge"``: always a bridge.
 
         The bridge wraps :func:`shared_copy` of ``hf_model`` (same parameter and buffer
         tensors): ``hf_model`` itself keeps its modules and keeps working unchanged; the copy is
-        :attr:`wrapped_hf`.
+        :attr:`wrapped_hf`. A ``HookedTransformer`` holds its own converted copy of the weights.
         """
         from transformer_lens.model_bridge import TransformerBridge
 
@@ -174,6 +282,22 @@ class TransformerLensBackend(Backend):
         if tokenizer is None:
             # Without one the bridge would fetch the tokenizer from the hub by ``label``.
             raise SteerlabError(f"the transformer_lens backend needs {label}'s tokenizer")
+        mode = PREFER if prefer is None else prefer
+        if mode not in ("auto", "hooked", "bridge"):
+            raise SteerlabError(f"prefer={mode!r}: use 'auto', 'hooked' or 'bridge'")
+        official = official_name(label)
+        if mode == "hooked" or (mode == "auto" and official is not None):
+            try:
+                return cls(hooked_from_hf(hf_model, tokenizer, official or label), label)
+            except Exception as e:
+                reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+                if mode == "hooked":
+                    raise SteerlabError(
+                        f"TransformerLens cannot build a HookedTransformer for {label}: {reason}"
+                    ) from e
+                logger.info(
+                    "%s: no HookedTransformer (%s); using a TransformerBridge", label, reason
+                )
         bridge = TransformerBridge.boot_transformers(
             label,
             hf_model=shared_copy(hf_model),
