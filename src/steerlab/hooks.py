@@ -51,6 +51,7 @@ class SteeringHandle:
         self.prompt_lens = prompt_lens
         self._inferred: torch.Tensor | None = None
         self._last_n: torch.Tensor | None = None
+        self._last_ids: torch.Tensor | None = None
         self._pos: _Positions | None = None
         self.calls = 0
 
@@ -63,6 +64,8 @@ class SteeringHandle:
             self._inferred = self._inferred.index_select(0, idx)
         if self._last_n is not None:
             self._last_n = self._last_n.index_select(0, idx)
+        if self._last_ids is not None:
+            self._last_ids = self._last_ids.index_select(0, idx.to(self._last_ids.device))
 
     def observe(self, info: CallInfo) -> None:
         """Record the positions of the forward call about to run."""
@@ -70,7 +73,7 @@ class SteeringHandle:
         if self.prompt_lens is not None:
             plen = self.prompt_lens
         else:
-            if info.prefill and not self._continues(info.n_real):
+            if info.prefill and not self._continues(info):
                 self._inferred = info.n_real
             if self._inferred is None:
                 raise SteerlabError(
@@ -83,18 +86,22 @@ class SteeringHandle:
             raise SteerlabError(f"steering plan has {self.plan.batch_size} rows, the batch has {b}")
         self._pos = _Positions(rel=info.pos - plen.to(info.pos.device)[:, None], valid=info.valid)
         self._last_n = info.n_real
+        self._last_ids = info.ids
         self.calls += 1
 
-    def _continues(self, n_real: torch.Tensor) -> bool:
-        """A full-sequence call that is one token longer per row than the previous call is a
-        decoding step without a KV cache, not a new prompt: keep the prompt lengths."""
-        last = self._last_n
-        return (
-            self._inferred is not None
-            and last is not None
-            and last.shape == n_real.shape
-            and bool((n_real == last.to(n_real.device) + 1).all())
-        )
+    def _continues(self, info: CallInfo) -> bool:
+        """A full-sequence call that re-feeds the previous call's tokens plus one per row is a
+        decoding step without a KV cache, not a new prompt: keep the prompt lengths. (Without
+        token ids, one more real token per row than the previous call is taken as that.)"""
+        last, n_real = self._last_n, info.n_real
+        if self._inferred is None or last is None or last.shape != n_real.shape:
+            return False
+        if not bool((n_real == last.to(n_real.device) + 1).all()):
+            return False
+        prev, ids = self._last_ids, info.ids
+        if prev is None or ids is None:
+            return prev is None and ids is None
+        return ids.shape[1] == prev.shape[1] + 1 and torch.equal(ids[:, :-1], prev.to(ids.device))
 
     def _steer(self, site: Site, h: torch.Tensor) -> torch.Tensor:
         pos = self._pos

@@ -14,11 +14,15 @@ Specs accepted by :func:`load_model`:
 
 from __future__ import annotations
 
+import copy
+import importlib
 import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -338,11 +342,15 @@ def load_model(
             "a local model directory, a .gguf file or a hub id"
         )
     hf = hf.to(dev).eval()
-    return model_from_hf(hf, tok, name, chat=chat, backend=backend, layers_path=layers_path)
+    return model_from_hf(
+        hf, tok, name, chat=chat, backend=backend, layers_path=layers_path, owned=True
+    )
 
 
 def prepare_tokenizer(tok: Any) -> Any:
-    """Pad token (EOS when missing) and left padding, as the decode engine expects."""
+    """A copy of ``tok`` with a pad token (EOS when missing) and left padding, as the decode
+    engine expects; the caller's tokenizer (which their own model may read) is left alone."""
+    tok = copy.deepcopy(tok)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -356,18 +364,40 @@ def model_from_hf(
     chat: bool = True,
     backend: str = "hf",
     layers_path: str | None = None,
+    owned: bool = False,
 ) -> Model:
-    """A :class:`Model` around an already loaded Hugging Face model (no weights copied)."""
+    """A :class:`Model` around an already loaded Hugging Face model (no weights copied).
+
+    ``owned``: steerlab loaded ``hf`` itself, so when the backend holds its own converted
+    weights (a TransformerLens ``HookedTransformer``) the original is let go (``Model.hf`` is
+    None) instead of keeping two copies in memory.
+    """
+    _check_causal_lm(hf)
     tok = prepare_tokenizer(tok)
     be = make_backend(backend, hf, tok, name, layers_path=layers_path)
-    return Model(
-        backend=be,
-        tokenizer=tok,
-        name=name,
-        chat=chat,
-        eos_token_ids=_eos_ids(hf, tok),
-        hf=hf,
-    )
+    eos = _eos_ids(hf, tok)
+    keep: Any = hf
+    if owned and getattr(be, "is_bridge", True) is False:
+        be.user_hf = None  # type: ignore[attr-defined]
+        keep = None
+    return Model(backend=be, tokenizer=tok, name=name, chat=chat, eos_token_ids=eos, hf=keep)
+
+
+def _check_causal_lm(hf: Any) -> None:
+    """One clear error for a model without a language-model head (e.g. ``AutoModel``)."""
+    get_head = getattr(hf, "get_output_embeddings", None)
+    if get_head is None or get_head() is None:
+        raise ModelLoadError(
+            f"{type(hf).__name__} has no language-model head: load it with "
+            "AutoModelForCausalLM (steerlab generates text and reads next-token logits)"
+        )
+    if getattr(hf, "training", False):
+        warnings.warn(
+            f"{type(hf).__name__} is in training mode (dropout on): outputs will not be "
+            "reproducible; call model.eval() first",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _eos_ids(hf: Any, tok: Any) -> tuple[int, ...]:
@@ -400,13 +430,16 @@ def wrap(
     tokenizer is used when ``tokenizer`` is None). The returned model steers through that
     framework: TransformerLens hook points, nnsight interventions, or torch hooks for plain HF.
     """
-    module = type(obj).__module__
-    if module.startswith("nnsight"):
+    if _is_instance(obj, "nnsight", "nnsight.modeling.transformers", "TransformersModel"):
         from steerlab.backends.nnsight import NNsightBackend
 
         nn_be = NNsightBackend.from_language_model(obj, layers_path=layers_path)
         return _wrapped(nn_be, tokenizer or obj.tokenizer, nn_be.wrapped_hf, name, chat)
-    if module.startswith("transformer_lens"):
+    tl_classes = (
+        ("transformer_lens", "HookedTransformer"),
+        ("transformer_lens.model_bridge", "TransformerBridge"),
+    )
+    if any(_is_instance(obj, "transformer_lens", m, c) for m, c in tl_classes):
         from steerlab.backends.transformer_lens import TransformerLensBackend
 
         tl_be = TransformerLensBackend.from_tl(obj)
@@ -427,6 +460,18 @@ def wrap(
         "PreTrainedModel, a TransformerLens HookedTransformer/TransformerBridge or an nnsight "
         "LanguageModel"
     )
+
+
+def _is_instance(obj: Any, package: str, module: str, cls: str) -> bool:
+    """``isinstance(obj, module.cls)`` (subclasses too) without importing an optional package
+    the user has not imported: an object of that package implies it is loaded."""
+    if package not in sys.modules:
+        return False
+    try:
+        target = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(obj, target)
 
 
 def _hf_name(hf: Any) -> str:

@@ -102,18 +102,21 @@ class Wiring:
     ``attn``/``mlp``: attribute names (inside the block) of the modules whose output is exactly
     what the attention / MLP sub-block adds to the residual stream (after any post-norm).
     ``parallel``: True/False, or the name of a config attribute that says so.
+    ``ln1``: the block's first norm, whose input is the block input after every edit at
+    ``resid_pre`` (``resid_mid`` is formed from it).
     """
 
     attn: str
     mlp: str
     parallel: bool | str = False
+    ln1: str = "input_layernorm"
 
 
 #: Hugging Face ``config.model_type`` -> wiring. resid_pre / resid_post need no entry.
 WIRING: dict[str, Wiring] = {
     "llama": Wiring("self_attn", "mlp"),
     "mistral": Wiring("self_attn", "mlp"),
-    "mixtral": Wiring("self_attn", "block_sparse_moe"),
+    "mixtral": Wiring("self_attn", "mlp"),
     "qwen2": Wiring("self_attn", "mlp"),
     "qwen3": Wiring("self_attn", "mlp"),
     "gemma": Wiring("self_attn", "mlp"),
@@ -121,10 +124,10 @@ WIRING: dict[str, Wiring] = {
     "gemma3_text": Wiring("post_attention_layernorm", "post_feedforward_layernorm"),
     "phi3": Wiring("self_attn", "mlp"),
     "olmo": Wiring("self_attn", "mlp"),
-    "gpt2": Wiring("attn", "mlp"),
+    "gpt2": Wiring("attn", "mlp", ln1="ln_1"),
     "gpt_neox": Wiring("attention", "mlp", parallel="use_parallel_residual"),
     "phi": Wiring("self_attn", "mlp", parallel=True),
-    "gptj": Wiring("attn", "mlp", parallel=True),
+    "gptj": Wiring("attn", "mlp", parallel=True, ln1="ln_1"),
 }
 
 

@@ -25,7 +25,7 @@ import torch
 
 from steerlab import __version__
 from steerlab.errors import SteerlabError
-from steerlab.sites import POINTS, parse_point
+from steerlab.sites import POINTS
 
 HOOK_POINTS = POINTS
 _META_KEY = "steerlab"
@@ -46,8 +46,8 @@ class SteeringVector:
     Attributes:
         directions: layer index -> raw direction ``(d_model,)``.
         hook_point: the site point it was read at (``resid_pre``, ``attn_out``, ``resid_mid``,
-            ``mlp_out``, ``resid_post``; a full ``blocks.L.hook_POINT`` name is reduced to its
-            point); each layer's direction lives at ``blocks.L.hook_<point>``.
+            ``mlp_out``, ``resid_post``); each layer's direction lives at
+            ``blocks.L.hook_<point>``.
         method: how it was built (``contrast``, ``forced_prefix``, ``labeled``, ``pca``, ...).
         model_id: the model it was built on.
         raw_norm: layer -> norm of the construction output (kept through arithmetic).
@@ -71,11 +71,12 @@ class SteeringVector:
     def __post_init__(self) -> None:
         if not self.directions:
             raise SteerlabError("a steering vector needs at least one layer")
-        try:
-            _, point = parse_point(self.hook_point)
-        except SteerlabError as e:
-            raise SteerlabError(f"hook_point must be one of {HOOK_POINTS}: {e}") from None
-        object.__setattr__(self, "hook_point", point)
+        if self.hook_point not in HOOK_POINTS:
+            raise SteerlabError(
+                f"hook_point must be one of {HOOK_POINTS}, got {self.hook_point!r} (a vector "
+                "holds one direction per layer: give the point, e.g. 'mlp_out', not "
+                "'blocks.3.hook_mlp_out')"
+            )
         dims = {tuple(t.shape) for t in self.directions.values()}
         if len(dims) != 1 or len(next(iter(dims))) != 1:
             raise SteerlabError(f"every direction must be 1-D with the same size, got {dims}")

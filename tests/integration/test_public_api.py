@@ -186,3 +186,67 @@ def test_missing_extra_is_one_sentence(
     with pytest.raises(BackendUnavailable, match=re.escape(f"pip install '{extra}'")) as info:
         sl.load_model("tiny-llama", backend=backend)
     assert "\n" not in str(info.value)
+
+
+def test_wrap_leaves_the_users_tokenizer_alone() -> None:
+    hf, tok = build_tiny_model("tiny-gpt2")
+    tok.padding_side = "right"
+    sl.wrap(hf, tok)
+    assert tok.padding_side == "right"
+
+
+def test_wrap_refuses_a_model_without_lm_head_and_warns_in_training_mode() -> None:
+    hf, tok = build_tiny_model("tiny-llama")
+    with pytest.raises(ModelLoadError, match="no language-model head"):
+        sl.wrap(hf.model, tok)
+    hf.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        sl.wrap(hf, tok)
+
+
+def test_wrap_accepts_subclasses_of_the_frameworks_classes() -> None:
+    pytest.importorskip("transformer_lens")
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from steerlab.tiny import build_tiny_tokenizer
+
+    class MyHooked(HookedTransformer):  # e.g. sae-lens's HookedSAETransformer
+        pass
+
+    cfg = HookedTransformerConfig(
+        n_layers=1, d_model=16, n_ctx=64, d_head=4, n_heads=4, d_vocab=259, act_fn="gelu"
+    )
+    from steerlab.backends.transformer_lens import tokenizer_for_tl
+
+    model = sl.wrap(MyHooked(cfg, tokenizer=tokenizer_for_tl(build_tiny_tokenizer())))
+    assert model.backend.name == "transformer_lens"
+
+
+@pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])
+def test_steering_refuses_calls_on_the_unsteered_hf_model(backend: str) -> None:
+    """Under ``steering`` the wrapped object is steered; a call on the HF model it was built
+    from would silently run unsteered, so it fails with one sentence instead."""
+    pytest.importorskip(backend)
+    from steerlab.models import model_from_hf
+
+    hf, tok = build_tiny_model("tiny-llama")
+    model = model_from_hf(hf, tok, "tiny-llama", backend=backend)
+    v = sl.SteeringVector({1: torch.ones(model.d_model)}, model_id=model.name)
+    ids = torch.tensor([model.encode("Hello")])
+    with (
+        sl.steering(model, [sl.Intervention(v, 1)]),
+        torch.inference_mode(),
+        pytest.raises(SteerlabError, match=r"model\.backend\.wrapped"),
+    ):
+        hf(ids)
+    with torch.inference_mode():
+        hf(ids)  # and the guard is gone afterwards
+
+
+def test_vector_hook_point_is_a_point_and_builders_check_named_layers(tiny_llama: Model) -> None:
+    with pytest.raises(SteerlabError, match="give the point"):
+        sl.SteeringVector({5: torch.ones(4)}, hook_point="blocks.3.hook_mlp_out")
+    with pytest.raises(SteerlabError, match="names layer 3"):
+        sl.contrast(tiny_llama, PAIRS, layers=[1, 3], hook_point="blocks.3.hook_mlp_out")
+    v = sl.contrast(tiny_llama, PAIRS, layers=[3], hook_point="blocks.3.hook_mlp_out").vector
+    assert v.hook_point == "mlp_out" and v.layers == (3,)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -20,7 +21,7 @@ from steerlab.backends.base import SiteFn
 from steerlab.generation import GenerationConfig, Row, generate
 from steerlab.interventions import Intervention
 from steerlab.models import Model
-from steerlab.sites import POINTS, Site, SiteError, parse_site
+from steerlab.sites import POINTS, WIRING, Site, SiteError, parse_site
 from steerlab.vectors import SteeringVector
 
 TEXTS = ("Hi", "The cat sat on the mat.", "One two")
@@ -230,3 +231,99 @@ def test_every_site_steers_generation(tiny_model: Model, point: str) -> None:
         progress=False,
     )
     assert [r.logprobs for r in big] != [r.logprobs for r in base]
+
+
+# ----------------------------------------------------------------------------- every table row
+
+
+@functools.cache
+def _wiring_models() -> dict[str, Model]:
+    import transformers as tf
+
+    from steerlab.models import model_from_hf
+    from steerlab.tiny import build_tiny_tokenizer
+
+    common = {
+        "vocab_size": 259,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    configs = {
+        "mixtral": tf.MixtralConfig(num_local_experts=2, num_experts_per_tok=1, **common),
+        "qwen3": tf.Qwen3Config(head_dim=8, **common),
+        "gemma": tf.GemmaConfig(head_dim=8, **common),
+        "gemma3_text": tf.Gemma3TextConfig(head_dim=8, **common),
+        "phi3": tf.Phi3Config(**common),
+        "olmo": tf.OlmoConfig(**common),
+        "gptj": tf.GPTJConfig(
+            vocab_size=259,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            rotary_dim=4,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    }
+    out = {}
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        hf = tf.AutoModelForCausalLM.from_config(cfg).eval()
+        out[name] = model_from_hf(hf, build_tiny_tokenizer(), f"tiny-{name}")
+    return out
+
+
+def test_every_wiring_row_is_exercised() -> None:
+    """Each architecture in the table is checked here or by a tiny model of the test suite."""
+    from tests.conftest import ALL_TINY
+
+    covered = set(_wiring_models()) | {"llama", "gpt2", "gpt_neox", "qwen2", "gemma2"}
+    covered |= {"mistral", "phi"}
+    assert set(WIRING) <= covered, set(WIRING) - covered
+    assert len(ALL_TINY) == 7
+
+
+@pytest.mark.parametrize(
+    "arch", ["mixtral", "qwen3", "gemma", "gemma3_text", "phi3", "olmo", "gptj"]
+)
+def test_table_architectures_satisfy_the_identities(arch: str) -> None:
+    model = _wiring_models()[arch]
+    acts, _ = capture_all(model)
+    check_identities(model, acts, exact=True)
+    site = Site(1, "mlp_out")
+    delta = _delta(model, 3)
+    steered, _ = capture_all(model, {site: lambda h: h + delta})
+    check_identities(model, steered, True, site, delta)
+
+
+def test_nested_contexts_form_resid_mid_from_the_final_block_input(tiny_llama: Model) -> None:
+    """A resid_mid clamp in an outer context sees edits at resid_pre made by an inner call."""
+    from steerlab.hooks import steering
+
+    g = torch.Generator().manual_seed(0)
+    v = SteeringVector({1: torch.randn(64, generator=g)}, "resid_mid", model_id=tiny_llama.name)
+    u = v.unit(1)
+    ids = torch.tensor([tiny_llama.encode("Hello there")])
+    mask = torch.ones_like(ids)
+    pos = mask.cumsum(-1) - 1
+    seen: dict[str, torch.Tensor] = {}
+    norm = tiny_llama.layers[1].post_attention_layernorm
+    hook = norm.register_forward_pre_hook(lambda _m, a: seen.__setitem__("mid", a[0].clone()))
+    try:
+        with torch.inference_mode(), steering(tiny_llama, [Intervention(v, 1, "clamp", 3.0)]):
+            tiny_llama.hf(ids, attention_mask=mask)
+            alone = seen["mid"] @ u
+            push = {Site(1, "resid_pre"): [lambda h: h + 5.0 * u]}
+            tiny_llama.backend.forward(ids, mask, pos, None, push)
+            nested = seen["mid"] @ u
+    finally:
+        hook.remove()
+    close(alone, torch.full_like(alone, 3.0))
+    close(nested, torch.full_like(nested, 3.0))

@@ -568,6 +568,26 @@ def test_hf_generate_without_cache_keeps_prompt_lengths(
         assert handle._inferred.tolist() == mask2.sum(-1).tolist()
 
 
+def test_new_prompt_one_token_longer_is_not_a_decoding_step(
+    tiny_llama: Model, make_vector: Callable
+) -> None:
+    """After a cached generate, a new prompt exactly one token longer than that whole sequence
+    is a new prompt: ``generated`` steering must not touch its prompt tokens."""
+    model = tiny_llama
+    iv = Intervention(make_vector(model, seed=14), layer=1, alpha=30.0, positions="generated")
+    a = torch.tensor([model.encode("Hello")])
+    n = 4
+    b = torch.tensor([model.encode("Good morning!")[: a.shape[1] + n]])
+    with torch.inference_mode():
+        plain = model.hf(b).logits
+        with steering(model, [iv]):
+            model.hf.generate(
+                a, attention_mask=torch.ones_like(a), max_new_tokens=n, do_sample=False
+            )
+            steered = model.hf(b, attention_mask=torch.ones_like(b)).logits
+    assert torch.equal(plain, steered)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_hf_generate_unpadded_prompt_equals_steerlab(
     tiny_llama: Model, make_vector: Callable, mode: str

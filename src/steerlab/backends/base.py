@@ -50,13 +50,16 @@ class CallInfo:
 
     ``pos`` (B, S) absolute token index of each fed token (pads excluded from the count);
     ``valid`` (B, S) False on pads; ``prefill`` True when the call covers the whole sequence;
-    ``n_real`` (B,) number of real tokens in each row so far, including this call's.
+    ``n_real`` (B,) number of real tokens in each row so far, including this call's;
+    ``ids`` (B, S) the fed token ids when the call has them (tells a new prompt from a decoding
+    step without a KV cache, which re-feeds the whole sequence plus one token).
     """
 
     pos: torch.Tensor
     valid: torch.Tensor
     prefill: bool
     n_real: torch.Tensor
+    ids: torch.Tensor | None = None
 
 
 def call_info_from_mask(mask: torch.Tensor, s: int) -> CallInfo:

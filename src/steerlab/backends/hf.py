@@ -10,7 +10,7 @@ Sites map to hooks like this (B, S, d activations):
 - ``resid_pre``: forward pre-hook on block L (its ``hidden_states`` input);
 - ``resid_post``: forward hook on block L (its output);
 - ``attn_out`` / ``mlp_out``: forward hook on the sub-module whose output is added to the residual;
-- ``resid_mid``: the block's input is kept by a pre-hook, and the attention hook sees
+- ``resid_mid``: the block input is kept by a pre-hook on its first norm, the attention hook sees
   ``mid = resid_pre + attn_out``; an edit's change ``new - mid`` is added to the attention output,
   so the block continues from ``new``.
 """
@@ -18,6 +18,7 @@ Sites map to hooks like this (B, S, d activations):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -221,7 +222,8 @@ class HFBackend(Backend):
     def _register_mid(
         self, site: Site, finish: Callable[[torch.Tensor], torch.Tensor]
     ) -> list[Any]:
-        block = self.layers[site.layer]
+        assert self.wiring is not None  # check_site guarantees it
+        ln1 = _get_attr_path(self.layers[site.layer], self.wiring.ln1)
         attn = self.submodule(Site(site.layer, "attn_out"))
         stash: dict[str, torch.Tensor] = {}
 
@@ -236,9 +238,10 @@ class HFBackend(Backend):
                 return output
             return replace_first(output, out + (new - mid))
 
-        # Registered after any resid_pre hook on the block, so it keeps the steered input.
+        # The first norm's input is the block input after every resid_pre edit (also those of
+        # a steering context entered later, whose block pre-hooks run after ours).
         return [
-            block.register_forward_pre_hook(keep_input, with_kwargs=True),
+            ln1.register_forward_pre_hook(keep_input, with_kwargs=True),
             attn.register_forward_hook(post),
         ]
 
@@ -302,7 +305,21 @@ def hf_call_info(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallInfo:
     b, s = int(x.shape[0]), int(x.shape[1])
     mask = kwargs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        return call_info_from_mask(mask, s)
+        info = call_info_from_mask(mask, s)
+    else:
+        info = _info_without_mask(kwargs, x, b, s)
+    ids = kwargs.get("input_ids")
+    if (
+        ids is None
+        and args
+        and isinstance(args[0], torch.Tensor)
+        and not args[0].is_floating_point()
+    ):
+        ids = args[0]
+    return dataclasses.replace(info, ids=ids) if isinstance(ids, torch.Tensor) else info
+
+
+def _info_without_mask(kwargs: dict[str, Any], x: torch.Tensor, b: int, s: int) -> CallInfo:
     # No 2-D mask (HF generate omits it when nothing is padded).
     pos_ids = kwargs.get("position_ids")
     cache_pos = kwargs.get("cache_position")

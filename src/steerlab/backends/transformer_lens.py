@@ -221,6 +221,9 @@ class TransformerLensBackend(Backend):
             )
         self.tl = tl
         self.label = label
+        #: the caller's Hugging Face model this backend was built from (not steered: the bridge
+        #: runs a copy of its module tree, a HookedTransformer its own converted weights)
+        self.user_hf: Any | None = None
         cfg = tl.cfg
         # name (aliases included) -> HookPoint; a bridge's hook_dict is rebuilt on every access
         self._points: dict[str, Any] = dict(tl.hook_dict)
@@ -288,7 +291,9 @@ class TransformerLensBackend(Backend):
         official = official_name(label)
         if mode == "hooked" or (mode == "auto" and official is not None):
             try:
-                return cls(hooked_from_hf(hf_model, tokenizer, official or label), label)
+                hooked = cls(hooked_from_hf(hf_model, tokenizer, official or label), label)
+                hooked.user_hf = hf_model
+                return hooked
             except Exception as e:
                 reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
                 if mode == "hooked":
@@ -305,7 +310,9 @@ class TransformerLensBackend(Backend):
             device=param.device,
             dtype=param.dtype,
         )
-        return cls(bridge, label)
+        backend = cls(bridge, label)
+        backend.user_hf = hf_model
+        return backend
 
     @classmethod
     def from_tl(cls, obj: Any, label: str | None = None) -> TransformerLensBackend:
@@ -494,8 +501,18 @@ class TransformerLensBackend(Backend):
 
                 handle = self.tl.blocks[0].register_forward_pre_hook(on_block0, with_kwargs=True)
             stack.callback(handle.remove)
+            if self.user_hf is not None and self.user_hf is not self.wrapped_hf:
+                guard = self.user_hf.register_forward_pre_hook(self._refuse_bare_call)
+                stack.callback(guard.remove)
             stack.enter_context(self._hooks(edits))
             yield
+
+    def _refuse_bare_call(self, _module: Any, _args: Any) -> None:
+        raise SteerlabError(
+            "under steering with the transformer_lens backend, call model.backend.wrapped (the "
+            "HookedTransformer or TransformerBridge), not the Hugging Face model it was built "
+            "from: that call would run unsteered"
+        )
 
     def count_hooks(self) -> int:
         """Hooks on the hook points plus torch hooks on the modules this backend hooks (the

@@ -14,6 +14,7 @@ from steerlab import __version__
 from steerlab.directions.record import Recording
 from steerlab.errors import SteerlabError
 from steerlab.models import Model
+from steerlab.sites import parse_point
 from steerlab.vectors import SteeringVector
 
 
@@ -110,6 +111,13 @@ def make_vector(
     phash: str,
     extra: dict[str, Any],
 ) -> BuildResult:
+    named, point = parse_point(hook_point)
+    if named is not None and set(dirs) != {named}:
+        raise SteerlabError(
+            f"hook point {hook_point!r} names layer {named}, but the vector is built at layers "
+            f"{sorted(dirs)}: give the point ({point!r}) for several layers"
+        )
+    hook_point = point
     for layer, d in dirs.items():
         if float(d.norm()) == 0.0:
             raise SteerlabError(

@@ -46,7 +46,12 @@ def record(
     indices count from its end). ``hook_point`` is any site point (``resid_post``, ``mlp_out``,
     ...), read at ``blocks.L.hook_<point>`` for every layer L.
     """
-    _, point = parse_point(hook_point)
+    named, point = parse_point(hook_point)
+    if named is not None and set(layers) != {named}:
+        raise SteerlabError(
+            f"hook point {hook_point!r} names layer {named}, but layers {sorted(set(layers))} "
+            f"were asked for: give the point ({point!r}) for several layers"
+        )
     if not sequences:
         raise SteerlabError("no sequences to record activations from")
     if len(sequences) != len(positions):
