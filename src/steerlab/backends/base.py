@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 
 from steerlab.errors import SteerlabError
-from steerlab.sites import Site
+from steerlab.sites import Site, SiteError, check_point
 
 SiteFn = Callable[[torch.Tensor], torch.Tensor]  # (B, S, d) -> (B, S, d)
 Edits = Mapping[Site, Sequence[SiteFn]]
@@ -111,6 +111,10 @@ class Backend(abc.ABC):
 
     #: a stable model id for metadata and error messages
     label: str
+    #: Hugging Face ``model_type`` of the architecture (the key into ``sites.WIRING``)
+    model_type: str = ""
+    #: parallel-residual blocks (no resid_mid); None: no sub-block table for this architecture
+    parallel: bool | None = None
 
     @property
     @abc.abstractmethod
@@ -133,10 +137,15 @@ class Backend(abc.ABC):
     def wrapped(self) -> Any:
         """The framework object the user handed us (or we loaded)."""
 
-    @abc.abstractmethod
     def check_site(self, site: Site) -> None:
         """Raise :class:`~steerlab.sites.SiteError` naming the site and model when this model
         cannot expose ``site`` (layer out of range, resid_mid on a parallel block, ...)."""
+        if not 0 <= site.layer < self.n_layers:
+            raise SiteError(
+                f"{site.name}: layer {site.layer} is out of range: {self.label} has "
+                f"{self.n_layers} layers (valid: 0..{self.n_layers - 1})"
+            )
+        check_point(site.point, self.model_type, self.label, self.parallel)
 
     @abc.abstractmethod
     def new_cache(self) -> Any:

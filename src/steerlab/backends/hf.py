@@ -38,7 +38,7 @@ from steerlab.backends.base import (
     run_edits,
 )
 from steerlab.errors import ModelLoadError, SteerlabError
-from steerlab.sites import WIRING, Site, SiteError, Wiring, check_point, is_parallel
+from steerlab.sites import WIRING, Site, Wiring, is_parallel
 
 # Attribute paths of the decoder-layer list, tried in order (llama/qwen2/gemma2, gpt2, neox, ...).
 _LAYER_PATHS = (
@@ -101,6 +101,14 @@ def find_layers(hf_model: nn.Module, layers_path: str | None = None) -> list[nn.
     return list(best)
 
 
+def architecture(hf: Any) -> tuple[str, Wiring | None, bool | None]:
+    """``(model_type, wiring, parallel)`` of a Hugging Face model, from its (text) config."""
+    text_cfg = hf.config.get_text_config()
+    model_type = str(getattr(text_cfg, "model_type", getattr(hf.config, "model_type", "")))
+    wiring = WIRING.get(model_type)
+    return model_type, wiring, None if wiring is None else is_parallel(wiring, text_cfg)
+
+
 class HFBackend(Backend):
     """Steers a Hugging Face causal LM with torch hooks; reads HF call arguments for positions."""
 
@@ -110,12 +118,7 @@ class HFBackend(Backend):
         self.hf = hf
         self.label = label
         self.layers = find_layers(hf, layers_path)
-        text_cfg = hf.config.get_text_config()
-        self.model_type = str(getattr(text_cfg, "model_type", getattr(hf.config, "model_type", "")))
-        self.wiring: Wiring | None = WIRING.get(self.model_type)
-        self.parallel: bool | None = (
-            None if self.wiring is None else is_parallel(self.wiring, text_cfg)
-        )
+        self.model_type, self.wiring, self.parallel = architecture(hf)
         params = inspect.signature(hf.forward).parameters
         self._logits_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         # transformers renamed ``past_key_values`` to ``cache``; use whichever this model takes.
@@ -142,14 +145,6 @@ class HFBackend(Backend):
     @property
     def wrapped(self) -> Any:
         return self.hf
-
-    def check_site(self, site: Site) -> None:
-        if not 0 <= site.layer < self.n_layers:
-            raise SiteError(
-                f"{site.name}: layer {site.layer} is out of range: {self.label} has "
-                f"{self.n_layers} layers (valid: 0..{self.n_layers - 1})"
-            )
-        check_point(site.point, self.model_type, self.label, self.parallel)
 
     def submodule(self, site: Site) -> nn.Module:
         """The module whose output is ``site`` (attn_out / mlp_out / resid_post) or whose input

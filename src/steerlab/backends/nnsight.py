@@ -43,9 +43,9 @@ from steerlab.backends.base import (
     replace_first,
     run_edits,
 )
-from steerlab.backends.hf import find_layers, hf_call_info
+from steerlab.backends.hf import architecture, find_layers, hf_call_info
 from steerlab.errors import SteerlabError
-from steerlab.sites import WIRING, Site, SiteError, Wiring, check_point, is_parallel
+from steerlab.sites import Site
 
 try:
     import nnsight
@@ -179,12 +179,7 @@ class NNsightBackend(Backend):
         self.remote = remote
         hf = self.wrapped_hf
         self.layers = find_layers(hf, layers_path)
-        text_cfg = hf.config.get_text_config()
-        self.model_type = str(getattr(text_cfg, "model_type", getattr(hf.config, "model_type", "")))
-        self.wiring: Wiring | None = WIRING.get(self.model_type)
-        self.parallel: bool | None = (
-            None if self.wiring is None else is_parallel(self.wiring, text_cfg)
-        )
+        self.model_type, self.wiring, self.parallel = architecture(hf)
         params = inspect.signature(hf.forward).parameters
         self._logits_kw: dict[str, Any] = (
             {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -252,14 +247,6 @@ class NNsightBackend(Backend):
     @property
     def wrapped(self) -> Any:
         return self.lm
-
-    def check_site(self, site: Site) -> None:
-        if not 0 <= site.layer < self.n_layers:
-            raise SiteError(
-                f"{site.name}: layer {site.layer} is out of range: {self.label} has "
-                f"{self.n_layers} layers (valid: 0..{self.n_layers - 1})"
-            )
-        check_point(site.point, self.model_type, self.label, self.parallel)
 
     # ------------------------------------------------------------------ cache
 
