@@ -95,6 +95,7 @@ def generate(
     ``on_rows(n)`` whenever ``n`` more rows finish (for an outer progress bar).
     """
     cfg = config or GenerationConfig()
+    _check_interventions(model, rows)
     encoded = [model.encode(r.prompt) for r in rows]
     for i, ids in enumerate(encoded):
         if not ids:
@@ -120,6 +121,21 @@ def generate(
     finally:
         bar.close()
     return [r for r in results if r is not None]
+
+
+def _check_interventions(model: Model, rows: Sequence[Row]) -> None:
+    """Fail before any work (and before a progress bar) on a site or vector the model cannot
+    take; each distinct (vector, site) is checked once."""
+    seen: set[tuple[int, object]] = set()
+    for row in rows:
+        for iv in row.interventions:
+            key = (id(iv.vector), iv.site)
+            if key in seen:
+                continue
+            seen.add(key)
+            model.check_layer(iv.layer)
+            model.backend.check_site(iv.site)
+            iv.vector.check_d_model(model.d_model)
 
 
 def _both(a: Callable[[int], object], b: Callable[[int], object] | None) -> Callable[[int], None]:
