@@ -34,7 +34,9 @@ from steerlab.backends import BACKENDS, Backend, make_backend
 from steerlab.backends.hf import find_layers
 
 __all__ = ["Model", "ModelLoadError", "find_layers", "load_model", "model_from_hf", "wrap"]
+from steerlab import prompting
 from steerlab.errors import ModelLoadError, SteerlabError
+from steerlab.prompting import Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -102,29 +104,30 @@ class Model:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def format_prompt(self, text: str, system: str | None = None, chat: bool | None = None) -> str:
-        """Return the string to feed the model for a user message.
+    def format_prompt(
+        self, text: str, system: str | None = None, chat: bool | None = None
+    ) -> Prompt:
+        """Return what to feed the model for a user message: a :class:`~steerlab.prompting.Prompt`
+        (a ``str``) whose token ids keep user text from becoming special tokens.
 
         Applies the chat template (with a generation prompt) when the tokenizer has one and
         ``chat`` (default: ``self.chat``) is true; otherwise returns ``text`` (with ``system``
         prepended on its own line when given).
         """
-        use_chat = self.chat if chat is None else chat
-        if use_chat and self.has_chat_template:
-            messages = [] if system is None else [{"role": "system", "content": system}]
-            messages.append({"role": "user", "content": text})
-            out = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-            return str(out)
-        return text if system is None else f"{system}\n{text}"
+        use_chat = (self.chat if chat is None else chat) and self.has_chat_template
+        return prompting.format_prompt(self.tokenizer, text, system, bool(use_chat))
 
     def encode(self, text: str) -> list[int]:
-        """Token ids for ``text``; adds BOS only when the text does not already start with it."""
-        bos = getattr(self.tokenizer, "bos_token", None)
-        add_special = not (bos and text.startswith(bos))
-        ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
-        return [int(i) for i in ids]
+        """Token ids for ``text``.
+
+        A :class:`~steerlab.prompting.Prompt` from :meth:`format_prompt` gives its safe ids. Any
+        other string is trusted text: special-token markers in it become special tokens, and BOS
+        is added only when the text does not already start with it. Pass user text through
+        :meth:`format_prompt` (``chat=False`` for no template).
+        """
+        if isinstance(text, Prompt):
+            return list(text.ids)
+        return prompting.trusted_ids(self.tokenizer, text)
 
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))

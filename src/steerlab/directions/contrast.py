@@ -32,7 +32,7 @@ def record_texts(
     desc: str,
 ) -> Recording:
     """Activations of plain texts (chat-formatted when ``chat``) at ``last`` or ``mean``."""
-    seqs = [model.encode(model.format_prompt(t) if chat else t) for t in texts]
+    seqs = [model.encode(model.format_prompt(t, chat=chat)) for t in texts]
     pos = [token_positions(position, len(s)) for s in seqs]
     return record(model, seqs, pos, layers, hook_point, batch_size, progress, desc)
 
@@ -104,7 +104,7 @@ def single(
 ) -> BuildResult:
     """The activation of one prompt (seed 000's "single prompt" direction)."""
     layers = check_layers(model, layers)
-    seq = model.encode(model.format_prompt(prompt) if chat else prompt)
+    seq = model.encode(model.format_prompt(prompt, chat=chat))
     rec = record(model, [seq], [token_positions(position, len(seq))], layers, hook_point)
     dirs = {layer: rec.acts[layer][0] for layer in layers}
     stats = {

@@ -63,7 +63,9 @@ def forced_prefix(
         raise SteerlabError("forced-prefix needs at least one prompt")
     pre_ids = {}
     for name, prefix in (("refusal", refusal_prefix), ("compliance", compliance_prefix)):
-        ids = model.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        ids = model.tokenizer(prefix, add_special_tokens=False, split_special_tokens=True)[
+            "input_ids"
+        ]
         if not ids:
             raise SteerlabError(f"the {name} prefix encodes to zero tokens")
         pre_ids[name] = [int(i) for i in ids]
