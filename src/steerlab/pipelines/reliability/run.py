@@ -31,11 +31,18 @@ def resolve_config(
 
 
 def open_run(cfg: PipelineConfig, run_id: str | None, run_dir: Path | None) -> RunDir:
+    """The run directory, locked for this process (the caller releases it)."""
     if run_dir is not None:
         rd = RunDir.existing(run_dir)
-        old = rd.load_config()
-        if old.canonical() != cfg.canonical():
-            raise SteerlabError(f"{run_dir} was created with a different config")
+        rd.acquire()
+        try:
+            old = rd.load_config()
+            if old.canonical() != cfg.canonical():
+                raise SteerlabError(f"{run_dir} was created with a different config")
+            rd.cleanup_temp()
+        except BaseException:
+            rd.release()
+            raise
         return rd
     return RunDir.open(cfg, run_id)
 
@@ -134,6 +141,14 @@ def run_stages(
             "experiment.interventions must include add (the reruns compare against the sweep)"
         )
     run = open_run(cfg, run_id, run_dir)
+    try:
+        _run_locked(cfg, run, stages, progress)
+    finally:
+        run.release()
+    return run
+
+
+def _run_locked(cfg: PipelineConfig, run: RunDir, stages: Sequence[str], progress: bool) -> None:
     t_start = time.perf_counter()
     logger.info("run directory %s", run.path)
     needs_model = [s for s in stages if s != "report"]
@@ -157,4 +172,3 @@ def run_stages(
             st.run_sanity(ctx)
     if set(stages) == set(STAGES):
         run.update_json("manifest.json", total_wall_s=round(time.perf_counter() - t_start, 1))
-    return run

@@ -5,15 +5,24 @@ results go to ``parts/<stage>/part-<i>-<hash>.parquet`` through a temp name, fsy
 rename, so a SIGKILL at any point loses at most the shard in flight, never corrupts a file, and
 a rerun of the same command skips finished shards. The config is frozen into ``config.yaml`` at
 creation; a different config for an existing run directory is refused.
+
+One process at a time works in a run directory: it holds an exclusive ``flock`` on ``.lock``
+(which records its pid, host and start time) from opening the directory until it is done. A
+second process fails at once with a message naming the holder. The kernel drops the lock when
+its holder dies, so a lock left by a dead process is simply taken over. Temp files are removed
+only while holding the lock, so a live writer's are never touched.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import platform
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -67,32 +76,42 @@ def shard_name(index: int, rows: Sequence[WorkRow]) -> str:
     return f"part-{index:05d}-{digest}.parquet"
 
 
+LOCK_NAME = ".lock"
+
+
 class RunDir:
     """Paths and bookkeeping of ``artifacts/runs/<run_id>/``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ creation
 
     @classmethod
     def open(cls, cfg: PipelineConfig, run_id: str | None = None) -> RunDir:
-        """Create the run directory for ``cfg`` or reopen it (same config only)."""
+        """Create the run directory for ``cfg`` or reopen it (same config only), locked for this
+        process until :meth:`release`."""
         rid = run_id or cfg.run_id or f"{cfg.model.name.replace('/', '_')}-{cfg.digest()}"
         rd = cls(Path(cfg.experiment.output_dir) / rid)
-        existing = rd.path / "config.yaml"
-        if existing.is_file():
-            old = rd.load_config()
-            if old.canonical() != cfg.canonical():
-                diff = _diff_keys(old.canonical(), cfg.canonical())
-                raise SteerlabError(
-                    f"{rd.path} was created with a different config (differs in: "
-                    f"{', '.join(diff[:5])}); use a new --run-id or remove the directory"
-                )
-        else:
-            rd.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(existing, dump_config(cfg))
-        rd.cleanup_temp()
+        rd.path.mkdir(parents=True, exist_ok=True)
+        rd.acquire()
+        try:
+            existing = rd.path / "config.yaml"
+            if existing.is_file():
+                old = rd.load_config()
+                if old.canonical() != cfg.canonical():
+                    diff = _diff_keys(old.canonical(), cfg.canonical())
+                    raise SteerlabError(
+                        f"{rd.path} was created with a different config (differs in: "
+                        f"{', '.join(diff[:5])}); use a new --run-id or remove the directory"
+                    )
+            else:
+                atomic_write_text(existing, dump_config(cfg))
+            rd.cleanup_temp()
+        except BaseException:
+            rd.release()
+            raise
         return rd
 
     @classmethod
@@ -107,9 +126,70 @@ class RunDir:
         return parse_config(yaml.safe_load(p.read_text(encoding="utf-8")), str(p))
 
     def cleanup_temp(self) -> None:
-        """Remove temp files a killed run left behind (they are never read)."""
+        """Remove temp files a killed run left behind (they are never read). Only the lock holder
+        may do this: every writer holds the lock, so no temp file here belongs to a live one."""
+        if self._lock_fd is None:
+            raise RuntimeError(f"{self.path}: cleanup_temp without holding the run lock")
         for tmp in self.path.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ lock
+
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
+
+    def acquire(self) -> None:
+        """Take the exclusive lock on this run directory, or fail with one sentence naming the
+        process that holds it. A lock recorded by a process that is gone is taken over."""
+        if self._lock_fd is not None:
+            return
+        lock = self.path / LOCK_NAME
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise SteerlabError(
+                f"run directory {self.path} is in use by {_describe_holder(lock)}; "
+                "wait for it to finish or stop it"
+            ) from None
+        try:
+            previous = _read_holder(fd)
+            if previous.get("pid") not in (None, os.getpid()):
+                logger.info(
+                    "run directory %s: taking over the lock of pid %s (started %s), which is gone",
+                    self.path,
+                    previous.get("pid"),
+                    previous.get("started", "?"),
+                )
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Give the lock back (the file stays: unlinking it would let two processes lock
+        different inodes). Idempotent; a process that dies releases it through the kernel."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # closing the last descriptor drops the flock
 
     # ------------------------------------------------------------------ paths
 
@@ -185,6 +265,37 @@ class RunDir:
         if not files:
             return pd.DataFrame()
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _describe_holder(lock: Path) -> str:
+    """``pid N on HOST (started T)`` from the lock file; the holder writes it right after it
+    locks, so an empty file is read again briefly before giving up on the details."""
+    info: dict[str, Any] = {}
+    for _ in range(20):
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            break
+        try:
+            info = _read_holder(fd)
+        finally:
+            os.close(fd)
+        if info.get("pid"):
+            break
+        time.sleep(0.05)
+    if not info.get("pid"):
+        return "another process"
+    host = info.get("host")
+    where = f" on {host}" if host and host != socket.gethostname() else ""
+    return f"pid {info['pid']}{where} (started {info.get('started', '?')})"
 
 
 def _diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
