@@ -14,6 +14,7 @@ distribution, both from the model's untempered logits (confound metrics need the
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -43,9 +44,9 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise SteerlabError("max_new_tokens must be at least 1")
-        if self.temperature < 0:
-            raise SteerlabError("temperature must be >= 0 (0 = greedy)")
-        if not 0 < self.top_p <= 1:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise SteerlabError("temperature must be a finite number >= 0 (0 = greedy)")
+        if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
             raise SteerlabError("top_p must be in (0, 1]")
         if self.batch_size < 1:
             raise SteerlabError("batch_size must be at least 1")
@@ -138,6 +139,22 @@ def _check_interventions(model: Model, rows: Sequence[Row]) -> None:
             iv.vector.check_d_model(model.d_model)
 
 
+def _check_finite(logits: torch.Tensor, overflow: torch.Tensor | None, rows: Sequence[Row]) -> None:
+    """Steering strong enough to overflow the residual (its norm leaves float32, after which
+    norm layers output zeros) or the logits gives pad-token garbage: stop with the setting that
+    did it instead."""
+    flags = ~torch.isfinite(logits).all(-1)  # (b,)
+    if overflow is not None:
+        flags = flags | overflow.to(flags.device)
+    bad = flags.nonzero().squeeze(-1).tolist()
+    if bad:
+        ivs = ", ".join(iv.describe() for iv in rows[bad[0]].interventions)
+        raise SteerlabError(
+            f"steering made the model's output non-finite (NaN/inf) in {len(bad)} row(s), "
+            f"e.g. under {ivs}: the coefficient is far too large"
+        )
+
+
 def _both(a: Callable[[int], object], b: Callable[[int], object] | None) -> Callable[[int], None]:
     def advance(n: int) -> None:
         if n:
@@ -217,6 +234,8 @@ def _generate_batch(
                 handle.observe(call_info_from_mask(mask, s))
             logits = backend.forward(feed, mask, pos_ids[:, -s:], cache, edits)
             assert logits is not None  # (b, V) float32
+            if handle is not None:
+                _check_finite(logits, handle.overflow, [rows[int(i)] for i in active])
             logp = torch.log_softmax(logits, dim=-1)
             ent = -(logp.exp() * logp).nan_to_num(0.0).sum(-1)  # (b,)
             tok = _choose(logits, cfg, [gens[int(i)] for i in active])  # (b,)

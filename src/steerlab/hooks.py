@@ -53,6 +53,8 @@ class SteeringHandle:
         self._last_n: torch.Tensor | None = None
         self._last_ids: torch.Tensor | None = None
         self._pos: _Positions | None = None
+        #: (B,) rows whose steered residual left the float range during the current call
+        self.overflow: torch.Tensor | None = None
         self.calls = 0
 
     def select(self, idx: torch.Tensor) -> None:
@@ -85,6 +87,7 @@ class SteeringHandle:
         if self.plan.batch_size not in (1, b):
             raise SteerlabError(f"steering plan has {self.plan.batch_size} rows, the batch has {b}")
         self._pos = _Positions(rel=info.pos - plen.to(info.pos.device)[:, None], valid=info.valid)
+        self.overflow = None
         self._last_n = info.n_real
         self._last_ids = info.ids
         self.calls += 1
@@ -109,6 +112,10 @@ class SteeringHandle:
             raise SteerlabError("steering hook ran before the model call was seen")
         for slot in self.plan.sites.get(site, ()):
             h = slot.apply(h, pos.rel, pos.valid)
+        # A norm that overflows float32 makes every later norm layer output zeros (then the
+        # model emits pad tokens): flag the rows; the engine stops with a clear message.
+        bad = ~torch.isfinite(h.float().pow(2).sum(-1)).all(-1)  # (B,)
+        self.overflow = bad if self.overflow is None else self.overflow | bad
         return h
 
     def edits(self) -> dict[Site, list[SiteFn]]:

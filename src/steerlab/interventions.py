@@ -43,6 +43,7 @@ KINDS = ("add", "ablate", "clamp")
 SCALES = ("absolute", "diff", "resid")
 POSITION_MODES = ("all", "prompt", "last-prompt", "generated")
 _INF = 1 << 40
+_F32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def parse_hook_name(name: str) -> tuple[int | None, str]:
@@ -126,6 +127,12 @@ class Intervention:
             raise SteerlabError(
                 f"scale 'resid' needs the mean residual norm at layer {self.src}, "
                 "which this vector does not record"
+            )
+        size = abs(self.alpha) * self.scale_factor()
+        if not size <= _F32_MAX:  # also catches inf and nan
+            raise SteerlabError(
+                f"alpha {self.alpha:g} with scale {self.scale!r} overflows: α·s = {size:g} is not "
+                "a finite float32"
             )
 
     @property

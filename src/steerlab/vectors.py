@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -83,6 +84,13 @@ class SteeringVector:
         for t in self.directions.values():
             if not torch.isfinite(t).all():
                 raise SteerlabError("steering vector contains NaN or inf")
+        for what, norms in (("raw_norm", self.raw_norm), ("mean_resid_norm", self.mean_resid_norm)):
+            for k, x in norms.items():
+                if not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+                    raise SteerlabError(
+                        f"steering vector metadata {what}[{k}] must be a finite number >= 0, "
+                        f"got {x!r}"
+                    )
         # Freeze the mappings so the value cannot be mutated behind a user's back.
         object.__setattr__(
             self,

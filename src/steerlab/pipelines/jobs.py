@@ -163,6 +163,24 @@ def read_prompts_for_generate(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def check_prompts(prompts: Sequence[tuple[str, str]]) -> set[str]:
+    """Refuse empty prompts (naming which); return the ids that occur more than once, after
+    one warning (their rows are marked ``duplicate_id`` in the output)."""
+    seen: set[str] = set()
+    dup: set[str] = set()
+    for pid, text in prompts:
+        if not text.strip():
+            raise SteerlabError(f"prompt {pid!r} is empty")
+        (dup if pid in seen else seen).add(pid)
+    if dup:
+        logger.warning(
+            "%d prompt id(s) occur more than once (e.g. %r); their rows are marked duplicate_id",
+            len(dup),
+            sorted(dup)[0],
+        )
+    return dup
+
+
 def run_generate(
     model: Model,
     prompts: Sequence[tuple[str, str]],
@@ -175,6 +193,7 @@ def run_generate(
     progress: bool = True,
 ) -> int:
     """Generate every prompt under every steering setting; write one JSONL line per row."""
+    dup = check_prompts(prompts)
     settings: list[dict[str, Any]] = [{}]
     ivs: list[tuple[Intervention, ...]] = [()]
     if steer.vector is not None:
@@ -214,7 +233,9 @@ def run_generate(
     rows, meta = [], []
     for (pid, text), (setting, iv) in itertools.product(prompts, zip(settings, ivs, strict=True)):
         rows.append(Row(model.format_prompt(text, system=system, chat=chat), iv, seed=seed))
-        meta.append({"id": pid, "prompt": text, **setting})
+        meta.append(
+            {"id": pid, "prompt": text, **setting, **({"duplicate_id": True} if pid in dup else {})}
+        )
     results = generate(model, rows, config, progress=progress)
     write_jsonl(
         out,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from steerlab.errors import SteerlabError
 from steerlab.resources import local_path, resolve
@@ -28,7 +28,8 @@ STAGES = ("baseline", "build-directions", "sign-check", "sweep", "sanity", "repo
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf / nan are never a sensible setting (temperature: .inf, alphas: [.nan], ...)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelCfg(_Strict):
@@ -73,13 +74,36 @@ class DirectionCfg(_Strict):
 
 
 class ExperimentCfg(_Strict):
-    layers: list[int] | None = None  # None: the model's default spread by depth
+    # None: the model's default spread by depth; strict ints (``true`` is not layer 1)
+    layers: list[StrictInt] | None = None
     interventions: list[Literal["add", "ablate", "clamp"]] = ["add", "ablate"]
     alphas: list[float] = [0.0, 0.5, 1.0, 2.0, 4.0]
     scale: Literal["absolute", "diff", "resid"] = "diff"
     positions: str = "all"
     output_dir: str = "artifacts/runs"
     shard_size: int = Field(default=128, ge=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("give at least one layer, or leave layers out for the default")
+        if len(set(v)) != len(v):
+            raise ValueError("layers must be distinct")
+        if min(v) < 0:
+            raise ValueError("layers must be >= 0")
+        return v
+
+    @field_validator("interventions")
+    @classmethod
+    def _interventions(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one intervention")
+        if len(set(v)) != len(v):
+            raise ValueError("interventions must be distinct (a repeat would duplicate rows)")
+        return v
 
     @field_validator("alphas")
     @classmethod
