@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -330,26 +334,82 @@ def demo_cmd(
     run_demo(_load(model, None, None), layer=layer, max_new_tokens=max_new_tokens)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: every expected failure becomes one line on stderr and exit code 2."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    command = typer.main.get_command(app)
+INTERRUPTED = "interrupted; rerun the same command to resume"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by the SIGINT/SIGTERM handler so ``finally`` blocks and context managers run
+    (atomic writes remove their temp files); ``signum`` picks the exit code, 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[list[int]]:
+    """While active, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread; the
+    first signal received is appended to the yielded list and later ones are ignored, so
+    cleanup is not cut short. The previous handlers are restored afterwards."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not received:
+            received.append(signum)
+            raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # signal handlers can only be set from the main thread
+        return
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        command.main(args=argv, prog_name="steerlab", standalone_mode=False)
-    except NoArgsIsHelpError as e:
-        typer.echo(e.format_message() if hasattr(e, "format_message") else str(e), err=True)
-        sys.exit(2)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except ClickException as e:
-        typer.echo(f"error: {e.format_message()}", err=True)
-        sys.exit(2)
-    except (SteerlabError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
+        yield received
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _abort_types() -> tuple[type[BaseException], ...]:
+    """typer's Abort, plus click's own (another class when typer vendors click), if loaded."""
+    click_exc = sys.modules.get("click.exceptions")
+    return (typer.Abort,) if click_exc is None else (typer.Abort, click_exc.Abort)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every expected failure becomes one line on stderr and exit code 2; SIGINT
+    and SIGTERM become one line and exit 130 / 143."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    code: int = 0
+    message: str | None = None
+    with _signals_raise() as received:
+        try:
+            command = typer.main.get_command(app)
+            # standalone_mode=False: typer turns KeyboardInterrupt into Exit(130) and typer.Exit
+            # into a *returned* exit code, so the return value is the exit code
+            rv = command.main(args=argv, prog_name="steerlab", standalone_mode=False)
+            if isinstance(rv, int) and not isinstance(rv, bool):
+                code = rv
+            if code == 130:  # a KeyboardInterrupt that typer caught
+                message = INTERRUPTED
+        except KeyboardInterrupt:
+            code, message = 130, INTERRUPTED
+        except NoArgsIsHelpError as e:
+            code = 2
+            message = e.format_message() if hasattr(e, "format_message") else str(e)
+        except _abort_types():
+            code, message = 130, "aborted"  # e.g. EOF at a prompt (Ctrl-C there: see below)
+        except ClickException as e:
+            code, message = 2, f"error: {e.format_message()}"
+        except (SteerlabError, OSError) as e:
+            code, message = 2, f"error: {e}"
+        except typer.Exit as e:
+            code = e.exit_code
+        if received:  # whatever was being unwound, a signal decides the exit code
+            code, message = 128 + received[0], INTERRUPTED
+    if message is not None:
+        typer.echo(message, err=True)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
