@@ -107,6 +107,9 @@ def build_vector_cmd(
         chat=chat,
         batch_size=batch_size,
     )
+    from steerlab.pathnames import check_not_input
+
+    check_not_input(out, {"--prompts": prompts})
     m = _load(model, device, dtype, backend=backend)
     result = build_vector(m, spec)
     stats_path = save_build(result, out)
@@ -181,6 +184,9 @@ def generate_cmd(
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
     )
+    from steerlab.pathnames import check_not_input
+
+    check_not_input(out, {"--prompts": prompts, "--vector": vector})
     m = _load(model, device, dtype, chat=chat, backend=backend)
     n = run_generate(m, items, steer, config, seed, out, chat=chat, system=system)
     typer.echo(f"wrote {n} rows to {out}")
@@ -312,6 +318,10 @@ def make_prompts_cmd(
     if from_file is not None:
         if not split:
             raise SteerlabError("--from needs --split NAME (e.g. harm_test)")
+        from steerlab.pathnames import check_name, check_not_input
+
+        check_name(split, "--split")
+        check_not_input(out_dir / f"{split}.jsonl", {"--from": from_file})
         rows = ingest(from_file, split)
         write_prompts(rows, out_dir / f"{split}.jsonl")
         typer.echo(f"wrote {len(rows)} prompts to {out_dir / f'{split}.jsonl'}")

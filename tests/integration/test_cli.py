@@ -592,6 +592,45 @@ BAD: dict[str, Case] = {
         ],
         "parallel-residual",
     ),
+    "run id escapes the output directory": lambda f: (
+        [
+            "run",
+            "--fast",
+            "--model",
+            "tiny-llama",
+            "--run-id",
+            "../../escape",
+            "--output-dir",
+            f.out,
+        ],
+        "--run-id",
+    ),
+    "absolute run id": lambda f: (
+        [
+            "run",
+            "--fast",
+            "--model",
+            "tiny-llama",
+            "--run-id",
+            str(f.dir / "abs"),
+            "--output-dir",
+            f.out,
+        ],
+        "--run-id",
+    ),
+    "split escapes the output directory": lambda f: (
+        ["make-prompts", "--from", f.forced, "--split", "../evil", "--out-dir", f.out],
+        "--split",
+    ),
+    "--out is the --prompts file": lambda f: (
+        [*GEN, "--prompts", f.forced, "-o", f.forced],
+        "is the --prompts file",
+    ),
+    "--out is the --vector file": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.vec, "-o", f.vec],
+        "is the --vector file",
+    ),
+    "empty --prompt": lambda f: ([*GEN, "--prompt", "  ", "-o", f.out_jsonl], "empty"),
     "both --prompt and --prompts": lambda f: (
         [*GEN, "--prompt", "hi", "--prompts", f.forced, "-o", f.out_jsonl],
         "--prompt",

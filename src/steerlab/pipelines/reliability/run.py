@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.errors import SteerlabError
+from steerlab.pathnames import check_name
 from steerlab.pipelines.reliability import stages as st
 from steerlab.pipelines.reliability.config import STAGES, PipelineConfig, load_config
 from steerlab.pipelines.reliability.store import RunDir, environment_info
@@ -32,6 +33,9 @@ def resolve_config(
 
 def open_run(cfg: PipelineConfig, run_id: str | None, run_dir: Path | None) -> RunDir:
     """The run directory, locked for this process (the caller releases it)."""
+    for rid, what in ((run_id, "--run-id"), (cfg.run_id, "run_id")):
+        if rid is not None:
+            check_name(rid, what)
     if run_dir is not None:
         rd = RunDir.existing(run_dir)
         rd.acquire()
