@@ -70,3 +70,38 @@ def test_empty_prompt_and_duplicate_ids(
     assert sum("more than once" in r.message for r in caplog.records) == 1
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r.get("duplicate_id", False) for r in rows] == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "match"),
+    [
+        ("experiment", "positions", "middle", "experiment.positions"),
+        ("experiment", "layers", [1, 99], "out of range"),
+        ("model", "name", "./no/such/dir", "unknown model spec"),
+        ("model", "dtype", "float8", "unknown dtype"),
+    ],
+)
+def test_run_validates_before_writing_anything(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    section: str,
+    key: str,
+    value: object,
+    match: str,
+) -> None:
+    import yaml
+
+    from steerlab.cli import main
+    from steerlab.pipelines.reliability.config import dump_config
+
+    data = yaml.safe_load(dump_config(load_config("fast", {"model.name": "tiny-llama"})))
+    data[section][key] = value
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(data), encoding="utf-8")
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--config", str(cfg), "--output-dir", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error:") and match in err[0], err
+    assert not out.exists() or not any(out.rglob("*"))

@@ -8,13 +8,16 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steerlab.errors import SteerlabError
 from steerlab.pathnames import check_name
 from steerlab.pipelines.reliability import stages as st
 from steerlab.pipelines.reliability.config import STAGES, PipelineConfig, load_config
 from steerlab.pipelines.reliability.store import RunDir, environment_info
+
+if TYPE_CHECKING:
+    from steerlab.models import Model
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +70,9 @@ def _transformers_bars(enabled: bool) -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
-def _context(cfg: PipelineConfig, run: RunDir, progress: bool) -> st.Context:
+def _load(cfg: PipelineConfig, progress: bool) -> tuple[Model, float]:
+    """Load the model and check what needs it (layer range) before anything is written;
+    returns it with the seconds loading took."""
     from steerlab.models import load_model
 
     t0 = time.perf_counter()
@@ -79,6 +84,27 @@ def _context(cfg: PipelineConfig, run: RunDir, progress: bool) -> st.Context:
             chat=cfg.model.chat,
             backend=cfg.model.backend,
         )
+    for layer in cfg.experiment.layers or ():
+        model.check_layer(layer, "experiment.layers:")
+    return model, time.perf_counter() - t0
+
+
+def _check_before_work(cfg: PipelineConfig) -> None:
+    """What can be checked without the model, checked before any file is written."""
+    from steerlab.interventions import Window
+
+    try:
+        Window.parse(cfg.experiment.positions)
+    except SteerlabError as e:
+        raise SteerlabError(f"experiment.positions: {e}") from None
+
+
+def _context(
+    cfg: PipelineConfig, run: RunDir, model: Model, seconds: float, progress: bool
+) -> st.Context:
+    # logged once the run directory is ours, so a process that finds it locked prints only
+    # its one error line
+    logger.info("model %s loaded in %.1f s", model.name, seconds)
     ctx = st.Context(cfg=cfg, run=run, model=model, progress=progress)
     manifest = run.read_json("manifest.json")
     info = environment_info(str(model.device), model.name)
@@ -104,7 +130,6 @@ def _context(cfg: PipelineConfig, run: RunDir, progress: bool) -> st.Context:
         },
         config_digest=cfg.digest(),
     )
-    logger.info("model %s loaded in %.1f s", model.name, time.perf_counter() - t0)
     return ctx
 
 
@@ -144,19 +169,31 @@ def run_stages(
             "sanity_checks.alpha must be a non-zero entry of experiment.alphas and "
             "experiment.interventions must include add (the reruns compare against the sweep)"
         )
+    _check_before_work(cfg)
+    for rid, what in ((run_id, "--run-id"), (cfg.run_id, "run_id")):
+        if rid is not None:
+            check_name(rid, what)
+    RunDir.check_free(run_dir if run_dir is not None else RunDir.path_for(cfg, run_id))
+    t_start = time.perf_counter()
+    loaded = _load(cfg, progress) if any(s != "report" for s in stages) else None
     run = open_run(cfg, run_id, run_dir)
     try:
-        _run_locked(cfg, run, stages, progress)
+        _run_locked(cfg, run, stages, loaded, progress, t_start)
     finally:
         run.release()
     return run
 
 
-def _run_locked(cfg: PipelineConfig, run: RunDir, stages: Sequence[str], progress: bool) -> None:
-    t_start = time.perf_counter()
+def _run_locked(
+    cfg: PipelineConfig,
+    run: RunDir,
+    stages: Sequence[str],
+    loaded: tuple[Model, float] | None,
+    progress: bool,
+    t_start: float,
+) -> None:
     logger.info("run directory %s", run.path)
-    needs_model = [s for s in stages if s != "report"]
-    ctx = _context(cfg, run, progress) if needs_model else None
+    ctx = _context(cfg, run, *loaded, progress) if loaded is not None else None
     for stage in STAGES:
         if stage not in stages:
             continue

@@ -88,12 +88,36 @@ class RunDir:
 
     # ------------------------------------------------------------------ creation
 
+    @staticmethod
+    def path_for(cfg: PipelineConfig, run_id: str | None = None) -> Path:
+        """Where the run directory for ``cfg`` lives (nothing is created)."""
+        rid = run_id or cfg.run_id or f"{cfg.model.name.replace('/', '_')}-{cfg.digest()}"
+        return Path(cfg.experiment.output_dir) / rid
+
+    @staticmethod
+    def check_free(path: Path) -> None:
+        """Fail early (before loading a model) when another process holds ``path``'s lock;
+        creates nothing. The lock is taken for real by :meth:`acquire`."""
+        lock = path / LOCK_NAME
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SteerlabError(
+                f"run directory {path} is in use by {_describe_holder(lock)}; "
+                "wait for it to finish or stop it"
+            ) from None
+        finally:
+            os.close(fd)
+
     @classmethod
     def open(cls, cfg: PipelineConfig, run_id: str | None = None) -> RunDir:
         """Create the run directory for ``cfg`` or reopen it (same config only), locked for this
         process until :meth:`release`."""
-        rid = run_id or cfg.run_id or f"{cfg.model.name.replace('/', '_')}-{cfg.digest()}"
-        rd = cls(Path(cfg.experiment.output_dir) / rid)
+        rd = cls(RunDir.path_for(cfg, run_id))
         rd.path.mkdir(parents=True, exist_ok=True)
         rd.acquire()
         try:
@@ -264,7 +288,20 @@ class RunDir:
         files = sorted(self.parts(stage).glob("part-*.parquet"))
         if not files:
             return pd.DataFrame()
-        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        return pd.concat([read_part(f, stage) for f in files], ignore_index=True)
+
+
+def read_part(path: Path, stage: str) -> pd.DataFrame:
+    """One part file; a damaged one (e.g. truncated by a full disk or a copy cut short) is an
+    error naming it and saying how to recompute it."""
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... depending on the damage
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SteerlabError(
+            f"{path}: unreadable part file ({reason}); delete it and rerun the {stage} stage to "
+            "recompute it"
+        ) from e
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
