@@ -96,11 +96,13 @@ def generate(
     ``on_rows(n)`` whenever ``n`` more rows finish (for an outer progress bar).
     """
     cfg = config or GenerationConfig()
+    _check_seeds(rows)
     _check_interventions(model, rows)
     encoded = [model.encode(r.prompt) for r in rows]
     for i, ids in enumerate(encoded):
         if not ids:
             raise SteerlabError(f"row {i}: the prompt encodes to zero tokens")
+        check_fits(model, len(ids), rows[i].max_new_tokens or cfg.max_new_tokens, f"row {i}")
     # Longest first: memory peaks early, and similar lengths share batches (less padding).
     order = sorted(range(len(rows)), key=lambda i: (-len(encoded[i]), i))
     results: list[RowResult | None] = [None] * len(rows)
@@ -122,6 +124,63 @@ def generate(
     finally:
         bar.close()
     return [r for r in results if r is not None]
+
+
+# what ``torch.Generator.manual_seed`` accepts
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
+def _check_seeds(rows: Sequence[Row]) -> None:
+    for i, row in enumerate(rows):
+        if not SEED_MIN <= int(row.seed) <= SEED_MAX:
+            raise SteerlabError(
+                f"row {i}: seed {row.seed} does not fit in 64 bits (use {SEED_MIN} .. {SEED_MAX})"
+            )
+
+
+def model_max_positions(model: Model) -> int | None:
+    """How many positions (prompt + generated tokens) the model was built for, from its config
+    (``max_position_embeddings``, or ``n_positions`` on GPT-2); None when unknown."""
+    config = getattr(model.hf, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_fits(model: Model, n_prompt: int, max_new_tokens: int, where: str) -> None:
+    """Refuse a row whose prompt tokens plus its token budget exceed the model's positions."""
+    max_positions = model_max_positions(model)
+    if max_positions is not None and n_prompt + max_new_tokens > max_positions:
+        raise _too_long(where, str(n_prompt), max_new_tokens, max_positions)
+
+
+def _too_long(where: str, n_prompt: str, budget: int, max_positions: int) -> SteerlabError:
+    return SteerlabError(
+        f"{where}: {n_prompt} prompt tokens + max_new_tokens {budget} > the model's "
+        f"{max_positions} positions; shorten the prompt or lower max_new_tokens"
+    )
+
+
+# No token is longer than this many characters in any tokenizer we meet (a generous bound).
+_MAX_CHARS_PER_TOKEN = 64
+
+
+def check_prompt_length(model: Model, text: str, max_new_tokens: int, where: str) -> None:
+    """Refuse, cheaply, a raw prompt far too long for the model's positions before it is
+    formatted and tokenized (a multi-megabyte prompt would otherwise be tokenized in full only
+    to be refused by :func:`generate`): only a prefix is tokenized. Prompts that may fit pass;
+    :func:`generate` checks their exact length."""
+    max_positions = model_max_positions(model)
+    if max_positions is None:
+        return
+    head_chars = _MAX_CHARS_PER_TOKEN * (max_positions + 64)
+    if len(text) <= head_chars:
+        return
+    n = len(model.tokenizer(text[:head_chars], add_special_tokens=False)["input_ids"])
+    if n > max_positions + 16:  # cutting the text may merge a few tokens at the cut
+        raise _too_long(where, f"over {n - 16}", max_new_tokens, max_positions)
 
 
 def _check_interventions(model: Model, rows: Sequence[Row]) -> None:

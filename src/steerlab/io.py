@@ -25,12 +25,30 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp = Path(tmp_name)
         os.close(fd)
         yield tmp
+        # mkstemp creates 0600; a finished file gets the mode any new file would get (0666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        # the temp name is ours, not the user's: report the path they asked for (os.replace
+        # names both; mkstemp fails before ``tmp`` is set, naming a candidate temp name)
+        ours = str(tmp) if tmp is not None else None
+        if isinstance(e.filename, str) and (
+            e.filename == ours or Path(e.filename).name.startswith(f".{path.name}.")
+        ):
+            raise type(e)(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -33,6 +33,8 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise JsonlError(f"{path}:{n}: malformed JSON ({e.msg})") from e
+            except RecursionError as e:
+                raise JsonlError(f"{path}:{n}: malformed JSON (nested too deeply)") from e
             if not isinstance(obj, dict):
                 raise JsonlError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
             rows.append((n, obj))

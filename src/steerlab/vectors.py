@@ -36,6 +36,29 @@ class VectorFileError(SteerlabError):
     """A file is not a readable steerlab vector, or does not fit the model."""
 
 
+_STRING_META = ("hook_point", "method", "model_id", "prompts_hash", "steerlab_version", "created")
+
+
+def _layer_key(key: object) -> int:
+    """A layer index stored as text (``"3"``); anything else is a ``ValueError``."""
+    if not isinstance(key, str) or not key.isdecimal():
+        raise ValueError(f"layer key {key!r} is not a layer index")
+    return int(key)
+
+
+def _norms(meta: dict[str, Any], key: str) -> dict[int, float]:
+    """``{"layer": number}`` metadata as ``{layer: float}``; wrong types raise ``TypeError``."""
+    value = meta[key]
+    if not isinstance(value, dict):
+        raise TypeError(f"{key} must be an object, got {type(value).__name__}")
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise TypeError(f"{key}[{k!r}] must be a number, got {type(v).__name__}")
+        out[_layer_key(k)] = float(v)
+    return out
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -232,6 +255,8 @@ class SteeringVector:
         from safetensors import SafetensorError, safe_open
 
         path = Path(path)
+        if path.is_dir():
+            raise VectorFileError(f"{path} is a directory, not a vector file")
         if not path.is_file():
             raise VectorFileError(f"{path}: no such vector file")
         try:
@@ -244,21 +269,37 @@ class SteeringVector:
             raise VectorFileError(f"{path}: a safetensors file, but not a steerlab vector")
         try:
             meta = json.loads(raw_meta)
-            dirs = {int(k.split(".", 1)[1]): v for k, v in tensors.items()}
+            if not isinstance(meta, dict):
+                raise TypeError(f"expected a JSON object, got {type(meta).__name__}")
+            dirs = {_layer_key(k.split(".", 1)[1]): v for k, v in tensors.items()}
+            for key in _STRING_META:
+                if not isinstance(meta[key], str):
+                    raise TypeError(f"{key} must be a string, got {type(meta[key]).__name__}")
+            extra = meta.get("extra", {})
+            if not isinstance(extra, dict):
+                raise TypeError(f"extra must be an object, got {type(extra).__name__}")
             vec = cls(
                 directions=dirs,
                 hook_point=meta["hook_point"],
                 method=meta["method"],
                 model_id=meta["model_id"],
-                raw_norm={int(k): float(v) for k, v in meta["raw_norm"].items()},
-                mean_resid_norm={int(k): float(v) for k, v in meta["mean_resid_norm"].items()},
+                raw_norm=_norms(meta, "raw_norm"),
+                mean_resid_norm=_norms(meta, "mean_resid_norm"),
                 prompts_hash=meta["prompts_hash"],
                 steerlab_version=meta["steerlab_version"],
                 created=meta["created"],
-                extra=meta.get("extra", {}),
+                extra=extra,
             )
-        except (KeyError, ValueError, IndexError, TypeError, json.JSONDecodeError) as e:
-            raise VectorFileError(f"{path}: malformed steerlab vector metadata ({e})") from e
+        except (
+            KeyError,
+            ValueError,  # includes json.JSONDecodeError and SteerlabError
+            IndexError,
+            TypeError,
+            AttributeError,
+            RecursionError,
+        ) as e:
+            what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+            raise VectorFileError(f"{path}: malformed steerlab vector metadata ({what})") from e
         if d_model is not None:
             vec.check_d_model(d_model, str(path))
         return vec

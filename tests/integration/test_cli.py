@@ -418,6 +418,79 @@ class Files:
     def out_vec(self) -> Path:
         return self.out / "v.safetensors"
 
+    # Files only a few cases need are written when first asked for.
+
+    def _write(self, name: str, data: str | bytes) -> Path:
+        path = self.dir / name
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data, encoding="utf-8")
+        return path
+
+    @property
+    def non_utf8_yaml(self) -> Path:
+        return self._write("bad.yaml", b"model:\n  name: \xff\xfe\n")
+
+    @property
+    def list_yaml(self) -> Path:
+        return self._write("list.yaml", "- model\n- data\n")
+
+    @property
+    def scalar_yaml(self) -> Path:
+        return self._write("scalar.yaml", "3\n")
+
+    @property
+    def scalar_section_yaml(self) -> Path:
+        return self._write("section.yaml", "model: 3\n")
+
+    @property
+    def big_seed_yaml(self) -> Path:
+        return self._write("seed.yaml", f"generation:\n  seed: {2**70}\n")
+
+    @property
+    def non_utf8_csv(self) -> Path:
+        return self._write("non_utf8.csv", b"prompt\nfine\n\xff\xfe\n")
+
+    @property
+    def big_field_csv(self) -> Path:
+        return self._write("big.csv", "prompt\nfine\n" + "a" * 200_000 + "\n")
+
+    @property
+    def deep_jsonl(self) -> Path:
+        deep = "[" * 100_000 + "]" * 100_000
+        return self._write("deep.jsonl", '{"prompt": "a"}\n{"prompt": "b", "x": ' + deep + "}\n")
+
+    def vec_with_meta(self, name: str, **changes: object) -> Path:
+        """The shared vector with its metadata fields replaced by ``changes``."""
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        with safe_open(str(self.vec), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["steerlab"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta.update(changes)
+        path = self.dir / name
+        save_file(tensors, str(path), metadata={"steerlab": json.dumps(meta)})
+        return path
+
+    @property
+    def run_with_truncated_part(self) -> Path:
+        """A run directory whose one baseline part file was cut in half."""
+        import pandas as pd
+
+        from steerlab.pipelines.reliability.config import PipelineConfig, dump_config
+
+        run = self.dir / "run"
+        parts = run / "parts" / "baseline"
+        parts.mkdir(parents=True)
+        (run / "config.yaml").write_text(dump_config(PipelineConfig()), encoding="utf-8")
+        (run / "manifest.json").write_text(json.dumps({"layers": [1]}), encoding="utf-8")
+        part = parts / "part-00000-0123456789.parquet"
+        pd.DataFrame({"prompt_id": ["a", "b"], "text": ["x", "y"]}).to_parquet(part)
+        part.write_bytes(part.read_bytes()[:-40])
+        return part
+
 
 @pytest.fixture
 def files(tmp_path: Path, vec_path: Path) -> Files:
@@ -689,6 +762,104 @@ BAD: dict[str, Case] = {
         "bogus",
     ),
     "top-p zero": lambda f: ([*GEN, "--prompt", "hi", "--top-p", 0, "-o", f.out_jsonl], "top_p"),
+    "non-utf8 config": lambda f: (
+        ["run", "--config", f.non_utf8_yaml, "--output-dir", f.out],
+        "bad.yaml: not valid UTF-8",
+    ),
+    "non-utf8 csv prompt file": lambda f: (
+        ["make-prompts", "--out-dir", f.out, "--from", f.non_utf8_csv, "--split", "x"],
+        "non_utf8.csv:3",
+    ),
+    "config is a list, with overrides": lambda f: (
+        ["run", "--config", f.list_yaml, "--model", "tiny-llama", "--output-dir", f.out],
+        "list.yaml: the config must be a YAML mapping",
+    ),
+    "config is a scalar, with overrides": lambda f: (
+        ["run", "--config", f.scalar_yaml, "--model", "tiny-llama", "--output-dir", f.out],
+        "scalar.yaml: the config must be a YAML mapping",
+    ),
+    "config section is a scalar, with overrides": lambda f: (
+        ["run", "--config", f.scalar_section_yaml, "--model", "tiny-llama", "--output-dir", f.out],
+        "model must be a mapping",
+    ),
+    "seed beyond 64 bits": lambda f: (
+        [*GEN, "--prompt", "hi", "--seed", 2**70, "-o", f.out_jsonl],
+        "seed",
+    ),
+    "config seed beyond 64 bits": lambda f: (
+        ["run", "--config", f.big_seed_yaml, "--output-dir", f.out],
+        "generation.seed",
+    ),
+    "max-new-tokens past the context": lambda f: (
+        ["generate", *MODEL, "--prompt", "hi", "--max-new-tokens", 600, "-o", f.out_jsonl],
+        "> the model's 512 positions",
+    ),
+    "long prompt past a gpt2 context": lambda f: (
+        [
+            "generate",
+            "--model",
+            "tiny-gpt2",
+            "--prompt",
+            "hello " * 100,
+            "--max-new-tokens",
+            100,
+            "-o",
+            f.out_jsonl,
+        ],
+        "prompt0",
+    ),
+    "20 MB prompt": lambda f: (
+        [*GEN, "--prompt", "hello world " * 1_750_000, "-o", f.out_jsonl],
+        "> the model's 512 positions",
+    ),
+    "make-prompts beyond the templates": lambda f: (
+        ["make-prompts", "--out-dir", f.out, "--n-train", 100_000_000],
+        "100000000",
+    ),
+    "deeply nested json in jsonl": lambda f: (
+        [*GEN, "--prompts", f.deep_jsonl, "-o", f.out_jsonl],
+        "deep.jsonl:2",
+    ),
+    "csv field over the csv limit": lambda f: (
+        ["make-prompts", "--out-dir", f.out, "--from", f.big_field_csv, "--split", "x"],
+        "big.csv:3",
+    ),
+    "vector raw_norm a string": lambda f: (
+        ["info", f.vec_with_meta("raw.safetensors", raw_norm="big")],
+        "raw.safetensors: malformed steerlab vector metadata",
+    ),
+    "vector norm keys not layers": lambda f: (
+        [
+            *GEN,
+            "--prompt",
+            "hi",
+            "--vector",
+            f.vec_with_meta("keys.safetensors", mean_resid_norm={"one": 1.0}),
+            "-o",
+            f.out_jsonl,
+        ],
+        "keys.safetensors: malformed steerlab vector metadata",
+    ),
+    "vector metadata a list": lambda f: (
+        ["info", f.vec_with_meta("kind.safetensors", method=["contrast"])],
+        "kind.safetensors: malformed steerlab vector metadata",
+    ),
+    "truncated part file": lambda f: (
+        ["report", "--run-dir", f.run_with_truncated_part.parents[2], "--quiet"],
+        "part-00000-0123456789.parquet: unreadable part file",
+    ),
+    "vector is a directory": lambda f: (
+        [*GEN, "--prompt", "hi", "--vector", f.dir, "-o", f.out_jsonl],
+        "is a directory",
+    ),
+    "output is a directory": lambda f: (
+        [*GEN, "--prompt", "hi", "-o", f.dir],
+        f"{f.dir} is a directory",
+    ),
+    "empty contrast prompt": lambda f: (
+        [*BUILD, "--layer", 1, "--positive", "", "--negative", "x", "-o", f.out_vec],
+        "--positive prompt 1 is empty",
+    ),
 }
 
 

@@ -14,7 +14,13 @@ from typing import Any
 from steerlab import directions
 from steerlab.directions.base import BuildResult
 from steerlab.errors import SteerlabError
-from steerlab.generation import GenerationConfig, Row, generate
+from steerlab.generation import (
+    GenerationConfig,
+    Row,
+    check_fits,
+    check_prompt_length,
+    generate,
+)
 from steerlab.interventions import Intervention
 from steerlab.io import atomic_write_text
 from steerlab.jsonl import JsonlError, read_field, read_jsonl, write_jsonl
@@ -92,6 +98,10 @@ def build_vector(model: Model, spec: BuildSpec) -> BuildResult:
     if spec.position is not None:
         common["position"] = spec.position
     m = spec.method
+    for flag, given in (("--positive", spec.positives), ("--negative", spec.negatives)):
+        for i, text in enumerate(given, start=1):
+            if not text.strip():
+                raise SteerlabError(f"{flag} prompt {i} is empty")
     if m in ("contrast", "pca"):
         pos, neg = list(spec.positives), list(spec.negatives)
         if spec.prompts_file is not None:
@@ -193,6 +203,8 @@ def run_generate(
     progress: bool = True,
 ) -> int:
     """Generate every prompt under every steering setting; write one JSONL line per row."""
+    if out.is_dir():  # found now, not after generating
+        raise SteerlabError(f"{out} is a directory; -o needs a file path")
     dup = check_prompts(prompts)
     settings: list[dict[str, Any]] = [{}]
     ivs: list[tuple[Intervention, ...]] = [()]
@@ -230,9 +242,15 @@ def run_generate(
             )
     elif steer.layers:
         raise SteerlabError("--layer needs --vector")
+    formatted = {}
+    for pid, text in prompts:
+        where = f"prompt {pid!r}"
+        check_prompt_length(model, text, config.max_new_tokens, where)  # cheap, before tokenizing
+        formatted[text] = model.format_prompt(text, system=system, chat=chat)
+        check_fits(model, len(model.encode(formatted[text])), config.max_new_tokens, where)
     rows, meta = [], []
     for (pid, text), (setting, iv) in itertools.product(prompts, zip(settings, ivs, strict=True)):
-        rows.append(Row(model.format_prompt(text, system=system, chat=chat), iv, seed=seed))
+        rows.append(Row(formatted[text], iv, seed=seed))
         meta.append(
             {"id": pid, "prompt": text, **setting, **({"duplicate_id": True} if pid in dup else {})}
         )

@@ -85,7 +85,14 @@ def build_report(run_dir: str | Path, n_boot: int | None = None, seed: int = 0) 
     results_path = run_dir / "results.parquet"
     if not results_path.is_file():
         raise SteerlabError(f"{results_path}: no such file (is this a finished run directory?)")
-    results = pd.read_parquet(results_path)
+    try:
+        results = pd.read_parquet(results_path)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... depending on the damage
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = reason.split(f"{results_path}': ", 1)[-1]  # pyarrow repeats the path first
+        raise SteerlabError(
+            f"{results_path}: unreadable ({reason}); delete it and rerun the report stage"
+        ) from e
     config = _read_yaml(run_dir / "config.yaml")
     manifest = _read_json(run_dir / "manifest.json")
     sanity = _read_json(run_dir / "sanity.json")

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from steerlab.errors import SteerlabError
+from steerlab.io import atomic_path
 from steerlab.resources import is_shipped, local_path, shipped_names
 from steerlab.tasks.prompt_templates import (
     BENIGN_TASKS,
@@ -49,6 +50,10 @@ _INGEST_KEYS = frozenset({"id", "prompt", "meta", *META_KEYS})
 
 class PromptFileError(SteerlabError):
     """A prompt file is malformed; the message starts with ``file:line`` (or ``file[index]``)."""
+
+
+class PromptSetError(SteerlabError):
+    """A requested prompt-set size the template generator cannot make."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,11 @@ def _sample(
     families are then interleaved in a shuffled order. Any prefix of the result therefore covers
     families (and, within a family, styles) about equally.
     """
+    capacity = sum(len(templates_for[f]) * len(tasks[f]) for f in tasks)
+    if n > capacity:
+        raise PromptSetError(
+            f"cannot make {n} distinct {split} prompts: the templates allow at most {capacity}"
+        )
     family_queues: list[list[tuple[str, str, PromptTemplate]]] = []
     for family in sorted(tasks):
         by_style: dict[str, list[tuple[str, str, PromptTemplate]]] = {}
@@ -133,7 +143,7 @@ def _sample(
         meta = {"family": family, "style": template.style, "template": template.id}
         rows.append(PromptRow(id=f"{split}_{len(rows) + 1:04d}", prompt=text, meta=meta))
     if len(rows) < n:
-        raise ValueError(
+        raise PromptSetError(
             f"cannot make {n} distinct {split} prompts: the templates allow only {len(rows)}"
         )
     return rows
@@ -146,11 +156,12 @@ def generate_prompt_sets(
 
     Deterministic in ``seed``; each split has its own RNG stream, so changing one size does not
     reshuffle the other splits. ``harm_train`` and ``harm_test`` share no family, style or
-    template. Raises ``ValueError`` when a size exceeds the distinct prompts the templates allow.
+    template. Raises :class:`PromptSetError` (a ``ValueError``) when a size is negative or exceeds
+    the distinct prompts the templates allow, before any prompt is made.
     """
     for name, n in (("n_train", n_train), ("n_test", n_test), ("n_benign", n_benign)):
         if n < 0:
-            raise ValueError(f"{name} must be >= 0, got {n}")
+            raise PromptSetError(f"{name} must be >= 0, got {n}")
 
     def rng(split: str) -> random.Random:
         # A string seed is hashed with SHA-512 by `random`, so this is stable across processes.
@@ -173,10 +184,34 @@ def generate_prompt_sets(
 
 
 def _nonblank_lines(path: Path) -> Iterable[tuple[int, str]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise PromptFileError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from e
             if line.strip():
                 yield lineno, line
+
+
+def _read_utf8(path: Path) -> str:
+    """The whole file as text; invalid UTF-8 is an error naming ``file:line``."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise PromptFileError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from e
+
+
+def _loads(text: str, loc: str) -> Any:
+    """``json.loads`` with errors (malformed, nested too deeply) naming ``loc``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PromptFileError(f"{loc}: invalid JSON: {e.msg}") from e
+    except RecursionError as e:
+        raise PromptFileError(f"{loc}: invalid JSON: nested too deeply") from e
 
 
 def _duplicate_check(rows: Sequence[PromptRow], where: Sequence[str]) -> None:
@@ -199,10 +234,7 @@ def read_prompts(path: str | os.PathLike[str]) -> list[PromptRow]:
     where: list[str] = []
     for lineno, line in _nonblank_lines(p):
         loc = f"{p}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptFileError(f"{loc}: invalid JSON: {e.msg}") from e
+        obj = _loads(line, loc)
         if not isinstance(obj, dict):
             raise PromptFileError(f"{loc}: expected a JSON object, got {type(obj).__name__}")
         missing, extra = _ROW_KEYS - obj.keys(), obj.keys() - _ROW_KEYS
@@ -229,18 +261,9 @@ def write_prompts(rows: Sequence[PromptRow], path: str | os.PathLike[str]) -> No
     """
     p = Path(path)
     _duplicate_check(rows, [f"row {i}" for i in range(len(rows))])
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(p) as tmp, tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
 
 
 def shipped_prompts(name: str) -> list[PromptRow]:
@@ -288,33 +311,46 @@ def _row_from_object(obj: Any, loc: str, default_id: str) -> PromptRow:
 
 
 def _ingest_csv(p: Path, split: str) -> tuple[list[PromptRow], list[str]]:
+    text = _read_utf8(p).removeprefix("\ufeff")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return _csv_rows(p, split, reader)
+    except csv.Error as e:  # e.g. a field over the csv module's size limit
+        # line_num counts the lines of finished records; the bad one starts on the next
+        raise PromptFileError(f"{p}:{reader.line_num + 1}: malformed CSV ({e})") from e
+
+
+def _csv_rows(
+    p: Path, split: str, reader: csv.DictReader[str]
+) -> tuple[list[PromptRow], list[str]]:
     rows: list[PromptRow] = []
     where: list[str] = []
-    with p.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames
-        if not header:
-            raise PromptFileError(f"{p}:1: empty CSV file")
-        if "prompt" not in header:
-            raise PromptFileError(f"{p}:1: CSV header needs a 'prompt' column, got {header}")
-        extra = set(header) - {"prompt", "id", *META_KEYS}
-        if extra:
-            raise PromptFileError(f"{p}:1: unexpected CSV columns {sorted(extra)}")
-        for i, record in enumerate(reader, start=1):
-            loc = f"{p}:{reader.line_num}"
-            if None in record:  # DictReader stores surplus fields under the key None
-                raise PromptFileError(f"{loc}: more fields than header columns")
-            obj = {k: v for k, v in record.items() if v is not None}
-            rows.append(_row_from_object(obj, loc, f"{split}_{i:04d}"))
-            where.append(loc)
+    header = reader.fieldnames
+    if not header:
+        raise PromptFileError(f"{p}:1: empty CSV file")
+    if "prompt" not in header:
+        raise PromptFileError(f"{p}:1: CSV header needs a 'prompt' column, got {header}")
+    extra = set(header) - {"prompt", "id", *META_KEYS}
+    if extra:
+        raise PromptFileError(f"{p}:1: unexpected CSV columns {sorted(extra)}")
+    for i, record in enumerate(reader, start=1):
+        loc = f"{p}:{reader.line_num}"
+        if None in record:  # DictReader stores surplus fields under the key None
+            raise PromptFileError(f"{loc}: more fields than header columns")
+        obj = {k: v for k, v in record.items() if v is not None}
+        rows.append(_row_from_object(obj, loc, f"{split}_{i:04d}"))
+        where.append(loc)
     return rows, where
 
 
 def _ingest_json(p: Path, split: str) -> tuple[list[PromptRow], list[str]]:
+    text = _read_utf8(p)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise PromptFileError(f"{p}:{e.lineno}: invalid JSON: {e.msg}") from e
+    except RecursionError as e:
+        raise PromptFileError(f"{p}: invalid JSON: nested too deeply") from e
     if not isinstance(data, list):
         raise PromptFileError(f"{p}: expected a JSON list, got {type(data).__name__}")
     where = [f"{p}[{i}]" for i in range(len(data))]
@@ -327,10 +363,7 @@ def _ingest_jsonl(p: Path, split: str) -> tuple[list[PromptRow], list[str]]:
     where: list[str] = []
     for lineno, line in _nonblank_lines(p):
         loc = f"{p}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptFileError(f"{loc}: invalid JSON: {e.msg}") from e
+        obj = _loads(line, loc)
         rows.append(_row_from_object(obj, loc, f"{split}_{len(rows) + 1:04d}"))
         where.append(loc)
     return rows, where

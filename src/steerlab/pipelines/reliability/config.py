@@ -25,6 +25,8 @@ from steerlab.errors import SteerlabError
 from steerlab.resources import local_path, resolve
 
 STAGES = ("baseline", "build-directions", "sign-check", "sweep", "sanity", "report")
+# seeds are stored in int64 table columns and seed torch generators: signed 64-bit
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
 
 class _Strict(BaseModel):
@@ -57,7 +59,7 @@ class GenerationCfg(_Strict):
     max_new_tokens: int = Field(default=80, ge=1)
     temperature: float = Field(default=0.7, ge=0.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=SEED_MIN, le=SEED_MAX)
     batch_size: int = Field(default=32, ge=1)
 
 
@@ -131,7 +133,7 @@ class SanityCfg(_Strict):
     alt_prefixes: AltPrefixes = AltPrefixes()
     alpha: float = 1.0  # the one α rerun for template and seed robustness
     rerun_subset_n: int = Field(default=30, ge=1)
-    alt_seed: int = 42
+    alt_seed: int = Field(default=42, ge=SEED_MIN, le=SEED_MAX)
     sign_check_n: int = Field(default=8, ge=1)
 
 
@@ -207,14 +209,21 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
         where = str(file)
         try:
             data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise SteerlabError(f"{where}: not valid UTF-8 ({e.reason})") from e
+        except RecursionError as e:
+            raise SteerlabError(f"{where}: malformed YAML (nested too deeply)") from e
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
             problem = getattr(e, "problem", e)
             raise SteerlabError(f"{where}{line}: malformed YAML ({problem})") from e
-        data = data or {}
+        if data is None:  # an empty file
+            data = {}
         if not isinstance(data, dict):
-            raise SteerlabError(f"{where}: the config must be a YAML mapping")
+            raise SteerlabError(
+                f"{where}: the config must be a YAML mapping, got {_yaml_kind(data)}"
+            )
         section = data.get("data")
         if isinstance(section, dict):
             for key in DATA_PATHS:
@@ -223,12 +232,21 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     for key, value in (overrides or {}).items():
         node = data
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                section = ".".join(parts[: i + 1])
+                raise SteerlabError(
+                    f"{where}: {section} must be a mapping (to set {key}), got {_yaml_kind(node)}"
+                )
         if len(parts) == 2 and parts[0] == "data" and parts[1] in DATA_PATHS:
             value = _prompt_file(parts[1], value, None, "override")
         node[parts[-1]] = value
     return parse_config(data, where)
+
+
+def _yaml_kind(value: Any) -> str:
+    return "a list" if isinstance(value, list) else f"the scalar {value!r}"[:60]
 
 
 def dump_config(cfg: PipelineConfig) -> str:

@@ -298,6 +298,7 @@ def read_part(path: Path, stage: str) -> pd.DataFrame:
         return pd.read_parquet(path)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... depending on the damage
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = reason.split(f"{path}': ", 1)[-1]  # pyarrow repeats the path first
         raise SteerlabError(
             f"{path}: unreadable part file ({reason}); delete it and rerun the {stage} stage to "
             "recompute it"
