@@ -409,9 +409,9 @@ def main(argv: list[str] | None = None) -> None:
         except _abort_types():
             code, message = 130, "aborted"  # e.g. EOF at a prompt (Ctrl-C there: see below)
         except ClickException as e:
-            code, message = 2, f"error: {e.format_message()}"
+            code, message = 2, f"error: {_one_line(e.format_message())}"
         except (SteerlabError, OSError) as e:
-            code, message = 2, f"error: {e}"
+            code, message = 2, f"error: {_one_line(str(e))}"
         except typer.Exit as e:
             code = e.exit_code
         if received:  # whatever was being unwound, a signal decides the exit code
@@ -420,6 +420,11 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(message, err=True)
     if code:
         sys.exit(code)
+
+
+def _one_line(text: str) -> str:
+    """Errors are one line on stderr, whatever a library put into the message."""
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

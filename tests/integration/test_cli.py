@@ -29,7 +29,15 @@ PROMPTS = ("hi", "Tell me a joke")
 POS = ("I love this, it is great", "What a wonderful day")
 NEG = ("I hate this, it is awful", "What a terrible day")
 ROW_FIELDS = {"id", "prompt", "seed", "text", "token_ids", "logprobs", "entropies", "finish_reason"}
-STEER_FIELDS = {"layer", "alpha", "intervention", "positions", "scale", "hook_point"}
+STEER_FIELDS = {
+    "layer",
+    "alpha",
+    "intervention",
+    "positions",
+    "scale",
+    "hook_point",
+    "vector_model_id",
+}
 
 
 @dataclass

@@ -238,6 +238,8 @@ def run_generate(
                     "positions": steer.positions,
                     "scale": steer.scale,
                     "hook_point": iv.point,
+                    # provenance: a vector built on another model warns once and shows here
+                    "vector_model_id": vec.model_id,
                 }
             )
     elif steer.layers:

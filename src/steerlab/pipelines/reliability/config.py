@@ -216,7 +216,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
-            problem = getattr(e, "problem", e)
+            problem = " ".join(str(getattr(e, "problem", None) or e).split())
             raise SteerlabError(f"{where}{line}: malformed YAML ({problem})") from e
         if data is None:  # an empty file
             data = {}
