@@ -880,13 +880,27 @@ def assert_one_error_line(r: Result, must_contain: str) -> None:
     assert must_contain in lines[0], f"{must_contain!r} not in {lines[0]!r}"
 
 
+def _snapshot(root: Path, skip: Path) -> dict[str, bytes]:
+    """Every input file's bytes (a run directory's ``.lock`` is its lock, not an input)."""
+    return {
+        str(p): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.name != ".lock"
+        and skip not in p.parents
+        and p.stat().st_size < 1 << 22
+    }
+
+
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_input(name: str, files: Files, capsys) -> None:
     argv, must_contain = BAD[name](files)
+    before = _snapshot(files.dir, files.out)
     r = cli(capsys, *argv)
     assert_one_error_line(r, must_contain)
     written = sorted(p.name for p in files.out.rglob("*")) if files.out.exists() else []
     assert written == [], f"output left behind: {written}"
+    assert _snapshot(files.dir, files.out) == before, "an input file was changed or created"
 
 
 def test_failed_run_keeps_existing_output(files: Files, capsys) -> None:
