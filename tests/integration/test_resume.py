@@ -8,48 +8,27 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from tests.pipeline_helpers import KEY, run_cmd, tiny_run_config
 
 from steerlab.errors import SteerlabError
 from steerlab.pipelines.reliability.config import load_config
 from steerlab.pipelines.reliability.run import run_stages
 
-KEY = ["stage", "split", "prompt_id", "layer", "intervention", "alpha", "direction", "seed"]
-
 
 def _config(tmp: Path, out: str) -> Path:
-    cfg = {
-        "run_id": "resume",
-        "model": {"name": "tiny-llama"},
-        "data": {
-            "harm_train_path": "harm_train",  # the shipped prompt sets
-            "harm_test_path": "harm_test",
-            "benign_path": "benign",
-            "max_prompts_per_split": 8,
-        },
-        "generation": {"max_new_tokens": 5, "batch_size": 8, "temperature": 0.7, "top_p": 0.9},
-        "experiment": {"alphas": [0, 1, 4], "output_dir": str(tmp / out), "shard_size": 6},
-        "sanity_checks": {"rerun_subset_n": 3, "sign_check_n": 2},
-        "metrics": {"n_boot": 100},
-    }
-    path = tmp / f"{out}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return tiny_run_config(
+        tmp, out, "resume", prompts=8, alphas=(0, 1, 4), shard_size=6, rerun_subset_n=3
+    )
 
 
 def _rows(run_dir: Path) -> pd.DataFrame:
     df = pd.read_parquet(run_dir / "results.parquet")
     return df.sort_values(KEY).reset_index(drop=True)
-
-
-def _cmd(cfg: Path) -> list[str]:
-    return [sys.executable, "-m", "steerlab.cli", "run", "--config", str(cfg), "--quiet"]
 
 
 @pytest.mark.timeout(600)
@@ -70,7 +49,11 @@ def test_sigkill_at_random_points_then_resume_gives_exactly_the_uninterrupted_ro
     kills = 0
     for _ in range(4):
         proc = subprocess.Popen(
-            _cmd(cfg), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            run_cmd(cfg),
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         # interpreter start-up is a few seconds; kill somewhere inside the actual work
         time.sleep(rng.uniform(3.0, 3.0 + ref_seconds))
@@ -82,7 +65,7 @@ def test_sigkill_at_random_points_then_resume_gives_exactly_the_uninterrupted_ro
 
     parts = {p: p.stat().st_mtime_ns for p in run_dir.glob("parts/*/*.parquet")}
     done = subprocess.run(
-        _cmd(cfg), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        run_cmd(cfg), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-2000:]
     for p, mtime in parts.items():

@@ -13,38 +13,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from tests.pipeline_helpers import KEY, run_cmd, tiny_run_config
 
 from steerlab.errors import SteerlabError
 from steerlab.pipelines.reliability.config import load_config
 from steerlab.pipelines.reliability.run import run_stages
 from steerlab.pipelines.reliability.store import LOCK_NAME, RunDir
 
-KEY = ["stage", "split", "prompt_id", "layer", "intervention", "alpha", "direction", "seed"]
-
 
 def _config(tmp: Path, out: str = "runs") -> Path:
-    cfg = {
-        "run_id": "locked",
-        "model": {"name": "tiny-llama"},
-        "data": {
-            "harm_train_path": "harm_train",
-            "harm_test_path": "harm_test",
-            "benign_path": "benign",
-            "max_prompts_per_split": 4,
-        },
-        "generation": {"max_new_tokens": 3, "batch_size": 8, "temperature": 0.7, "top_p": 0.9},
-        "experiment": {"alphas": [0, 1], "output_dir": str(tmp / out), "shard_size": 4},
-        "sanity_checks": {"rerun_subset_n": 2, "sign_check_n": 2},
-        "metrics": {"n_boot": 100},
-    }
-    path = tmp / f"{out}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def _cmd(cfg: Path) -> list[str]:
-    return [sys.executable, "-m", "steerlab.cli", "run", "--config", str(cfg), "--quiet"]
+    return tiny_run_config(tmp, out, "locked", max_new_tokens=3)
 
 
 def _env() -> dict[str, str]:
@@ -83,7 +61,7 @@ def test_second_process_fails_naming_the_holder(tmp_path: Path) -> None:
             RunDir.open(cfg)
         # the CLI: one error line naming this pid, exit 2, before any model is loaded
         done = subprocess.run(
-            _cmd(cfg_path), capture_output=True, text=True, timeout=300, env=_env()
+            run_cmd(cfg_path), capture_output=True, text=True, timeout=300, env=_env()
         )
         assert done.returncode == 2, done.stderr[-2000:]
         lines = done.stderr.strip().splitlines()
@@ -168,7 +146,7 @@ def test_two_run_processes_on_one_run_directory(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "locked"
     procs = [
         subprocess.Popen(
-            _cmd(cfg),
+            run_cmd(cfg),
             cwd=tmp_path,
             env=_env(),
             stdout=subprocess.PIPE,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,45 +14,24 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import typer
-import yaml
+from tests.pipeline_helpers import KEY, run_cmd, tiny_run_config
 
 from steerlab import cli
 from steerlab.io import atomic_path
 from steerlab.pipelines.reliability.config import load_config
 from steerlab.pipelines.reliability.run import run_stages
 
-KEY = ["stage", "split", "prompt_id", "layer", "intervention", "alpha", "direction", "seed"]
 COLS = [*KEY, "text", "n_tokens", "refusal_score"]
 MESSAGE = "interrupted; rerun the same command to resume"
 
 
 def _config(tmp: Path, out: str) -> Path:
-    cfg = {
-        "run_id": "signals",
-        "model": {"name": "tiny-llama"},
-        "data": {
-            "harm_train_path": "harm_train",  # the shipped prompt sets
-            "harm_test_path": "harm_test",
-            "benign_path": "benign",
-            "max_prompts_per_split": 4,
-        },
-        "generation": {"max_new_tokens": 5, "batch_size": 8, "temperature": 0.7, "top_p": 0.9},
-        "experiment": {"alphas": [0, 1], "output_dir": str(tmp / out), "shard_size": 4},
-        "sanity_checks": {"rerun_subset_n": 2, "sign_check_n": 2},
-        "metrics": {"n_boot": 100},
-    }
-    path = tmp / f"{out}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return tiny_run_config(tmp, out, "signals")
 
 
 def _rows(run_dir: Path) -> pd.DataFrame:
     df = pd.read_parquet(run_dir / "results.parquet")
     return df.sort_values(KEY).reset_index(drop=True)[COLS]
-
-
-def _cmd(cfg: Path) -> list[str]:
-    return [sys.executable, "-m", "steerlab.cli", "run", "--config", str(cfg), "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +51,7 @@ def test_signal_mid_sweep_one_line_exit_code_and_resume(
     run_dir = tmp_path / "run" / "signals"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        _cmd(cfg),
+        run_cmd(cfg),
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -108,7 +86,7 @@ def test_signal_mid_sweep_one_line_exit_code_and_resume(
     mtimes = {p: p.stat().st_mtime_ns for p in parts}
 
     done = subprocess.run(
-        _cmd(cfg), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        run_cmd(cfg), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
     for p, mtime in mtimes.items():
