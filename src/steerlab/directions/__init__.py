@@ -6,6 +6,7 @@ from steerlab.directions.base import BuildResult, LayerStats
 from steerlab.directions.contrast import contrast, single
 from steerlab.directions.forced_prefix import forced_prefix
 from steerlab.directions.labeled import labeled
+from steerlab.directions.outcome import outcome_conditioned
 from steerlab.directions.pca import pca
 from steerlab.directions.record import Recording, record
 
@@ -19,6 +20,7 @@ __all__ = [
     "contrast",
     "forced_prefix",
     "labeled",
+    "outcome_conditioned",
     "pca",
     "record",
     "single",
