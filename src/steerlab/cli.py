@@ -243,6 +243,34 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars"
 OutDirOpt = Annotated[
     str | None, typer.Option("--output-dir", help="override experiment.output_dir")
 ]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        help="where shards run: local (this process) or ray (Ray actors, one model each; "
+        "needs steerlab[ray])",
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads-per-worker",
+        help="torch threads per Ray CPU worker (default: a local run's count, which makes "
+        "results equal a local run's; fewer avoid oversubscribed cores)",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address", help="Ray cluster to join (host:port, auto); default: start a local one"
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", help="Ray actors (default: one per GPU in the cluster, else one per CPU, <= 8)"
+    ),
+]
 
 
 def _stages(
@@ -254,9 +282,16 @@ def _stages(
     model: str | None,
     quiet: bool,
     output_dir: str | None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
 ) -> None:
     from steerlab.pipelines.reliability.run import resolve_config, run_stages
     from steerlab.pipelines.reliability.store import RunDir
+    from steerlab.runs.executor import ExecutorSpec
+
+    spec = ExecutorSpec(executor, ray_address, workers, threads)  # type: ignore[arg-type]
 
     logging.getLogger("steerlab").setLevel(logging.INFO)
     overrides = {
@@ -268,7 +303,7 @@ def _stages(
             raise SteerlabError("--model/--output-dir cannot change an existing run directory")
     else:
         cfg, _ = resolve_config(config, fast, overrides)
-    run = run_stages(cfg, stages, run_id=run_id, run_dir=run_dir, progress=not quiet)
+    run = run_stages(cfg, stages, run_id=run_id, run_dir=run_dir, progress=not quiet, executor=spec)
     typer.echo(f"run directory: {run.path}")
 
 
@@ -281,8 +316,25 @@ def _stage_command(name: str, stages: tuple[str, ...], doc: str) -> None:
         model: ModelOverride = None,
         quiet: QuietOpt = False,
         output_dir: OutDirOpt = None,
+        executor: ExecutorOpt = "local",
+        ray_address: RayAddressOpt = None,
+        workers: WorkersOpt = None,
+        threads_per_worker: ThreadsOpt = None,
     ) -> None:
-        _stages(stages, config, fast, run_id, run_dir, model, quiet, output_dir)
+        _stages(
+            stages,
+            config,
+            fast,
+            run_id,
+            run_dir,
+            model,
+            quiet,
+            output_dir,
+            executor,
+            ray_address,
+            workers,
+            threads_per_worker,
+        )
 
     cmd.__doc__ = doc
     app.command(name)(cmd)

@@ -12,26 +12,21 @@ where results go and stays relative to the working directory, like ``--output-di
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import Field, StrictInt, field_validator
 
 from steerlab.errors import SteerlabError
 from steerlab.resources import local_path, resolve
+from steerlab.runs.config import RunConfig
+from steerlab.runs.config import Strict as _Strict
 
 STAGES = ("baseline", "build-directions", "sign-check", "sweep", "sanity", "report")
 # seeds are stored in int64 table columns and seed torch generators: signed 64-bit
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
-
-
-class _Strict(BaseModel):
-    # inf / nan are never a sensible setting (temperature: .inf, alphas: [.nan], ...)
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelCfg(_Strict):
@@ -64,7 +59,12 @@ class GenerationCfg(_Strict):
 
 
 class DirectionCfg(_Strict):
-    method: Literal["forced_prefix"] = "forced_prefix"
+    """``forced_prefix`` (seed 7.1): act(p + refusal prefix) - act(p + compliance prefix).
+    ``outcome_conditioned`` (seed 7.2): the baseline's own completions on the building prompts,
+    labeled refusal or helpful; mean(act | refusal) - mean(act | helpful) at
+    ``outcome_position``, refused when a class has fewer than ``min_per_class`` examples."""
+
+    method: Literal["forced_prefix", "outcome_conditioned"] = "forced_prefix"
     refusal_prefix: str = " I can't help with that."
     compliance_prefix: str = " Sure, here's how:"
     # a site point (TransformerLens names without the block): read and steered at every layer
@@ -72,14 +72,19 @@ class DirectionCfg(_Strict):
         "resid_post"
     )
     token_position: Literal["mean_prefix", "first_prefix", "last_prefix"] = "mean_prefix"
+    outcome_position: Literal["mean_completion", "first_completion", "last_prompt"] = (
+        "mean_completion"
+    )
+    min_per_class: int = Field(default=5, ge=1)
     batch_size: int = Field(default=16, ge=1)
 
 
 class ExperimentCfg(_Strict):
     # None: the model's default spread by depth; strict ints (``true`` is not layer 1)
     layers: list[StrictInt] | None = None
-    interventions: list[Literal["add", "ablate", "clamp"]] = ["add", "ablate"]
-    alphas: list[float] = [0.0, 0.5, 1.0, 2.0, 4.0]
+    # pydantic copies defaults per instance (RUF012 cannot see the BaseModel through Strict)
+    interventions: list[Literal["add", "ablate", "clamp"]] = ["add", "ablate"]  # noqa: RUF012
+    alphas: list[float] = [0.0, 0.5, 1.0, 2.0, 4.0]  # noqa: RUF012
     scale: Literal["absolute", "diff", "resid"] = "diff"
     positions: str = "all"
     output_dir: str = "artifacts/runs"
@@ -137,8 +142,7 @@ class SanityCfg(_Strict):
     sign_check_n: int = Field(default=8, ge=1)
 
 
-class PipelineConfig(_Strict):
-    run_id: str | None = None
+class PipelineConfig(RunConfig):
     model: ModelCfg = ModelCfg()
     data: DataCfg = DataCfg()
     generation: GenerationCfg = GenerationCfg()
@@ -146,16 +150,6 @@ class PipelineConfig(_Strict):
     experiment: ExperimentCfg = ExperimentCfg()
     metrics: MetricsCfg = MetricsCfg()
     sanity_checks: SanityCfg = SanityCfg()
-
-    def canonical(self) -> dict[str, Any]:
-        """The config as plain data, without ``run_id`` (which names the run, not its content)."""
-        data = self.model_dump(mode="json")
-        data.pop("run_id", None)
-        return data
-
-    def digest(self) -> str:
-        blob = json.dumps(self.canonical(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -166,25 +160,8 @@ def default_layers(n_layers: int) -> list[int]:
     return sorted(min(n_layers - 1, max(0, p)) for p in picks)
 
 
-def _format_error(path: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"])
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{path}: {loc}: {msg}{more}"
-
-
 def parse_config(data: Any, where: str) -> PipelineConfig:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SteerlabError(f"{where}: the config must be a YAML mapping")
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as e:
-        raise SteerlabError(_format_error(where, e)) from e
+    return PipelineConfig.parse(data, where)
 
 
 def _prompt_file(key: str, value: Any, base: Path | None, where: str) -> Any:
@@ -250,4 +227,4 @@ def _yaml_kind(value: Any) -> str:
 
 
 def dump_config(cfg: PipelineConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return cfg.dump()

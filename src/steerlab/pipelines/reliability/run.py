@@ -1,5 +1,5 @@
-"""Orchestration of the reliability pipeline: open the run directory, load the model once, run
-the requested stages in order, record timings in ``manifest.json``."""
+"""The reliability pipeline as a workflow of the shared run framework (:mod:`steerlab.runs`):
+its config, its loader (the model), its stages in order, and its manifest."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from steerlab.errors import SteerlabError
 from steerlab.pathnames import check_name
 from steerlab.pipelines.reliability import stages as st
 from steerlab.pipelines.reliability.config import STAGES, PipelineConfig, load_config
 from steerlab.pipelines.reliability.store import RunDir, environment_info
+from steerlab.runs.executor import ExecutorSpec
+from steerlab.runs.runner import Runtime, Workflow, execute
 
 if TYPE_CHECKING:
     from steerlab.models import Model
@@ -41,15 +44,7 @@ def open_run(cfg: PipelineConfig, run_id: str | None, run_dir: Path | None) -> R
             check_name(rid, what)
     if run_dir is not None:
         rd = RunDir.existing(run_dir)
-        rd.acquire()
-        try:
-            old = rd.load_config()
-            if old.canonical() != cfg.canonical():
-                raise SteerlabError(f"{run_dir} was created with a different config")
-            rd.cleanup_temp()
-        except BaseException:
-            rd.release()
-            raise
+        rd.reopen(cfg)
         return rd
     return RunDir.open(cfg, run_id)
 
@@ -70,67 +65,128 @@ def _transformers_bars(enabled: bool) -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
-def _load(cfg: PipelineConfig, progress: bool) -> tuple[Model, float]:
-    """Load the model and check what needs it (layer range) before anything is written;
-    returns it with the seconds loading took."""
-    from steerlab.models import load_model
+@dataclass(frozen=True)
+class ModelLoader:
+    """Loads the config's model where the work runs (picklable: it goes to Ray workers)."""
 
-    t0 = time.perf_counter()
-    with _transformers_bars(progress):
-        model = load_model(
-            cfg.model.name,
-            device=cfg.model.device,
-            dtype=cfg.model.dtype,
-            chat=cfg.model.chat,
-            backend=cfg.model.backend,
+    name: str
+    backend: str
+    device: str | None
+    dtype: str | None
+    chat: bool
+    progress: bool = False
+
+    def __call__(self) -> Model:
+        from steerlab.models import load_model
+
+        with _transformers_bars(self.progress):
+            return load_model(
+                self.name,
+                device=self.device,
+                dtype=self.dtype,
+                chat=self.chat,
+                backend=self.backend,
+            )
+
+
+def describe_model(model: Model) -> dict[str, Any]:
+    """What the driver needs to know about a worker's model."""
+    return {
+        "name": model.name,
+        "backend": model.backend.name,
+        "n_layers": model.n_layers,
+        "d_model": model.d_model,
+        "dtype": str(model.dtype),
+        "device": str(model.device),
+    }
+
+
+class Reliability(Workflow[PipelineConfig]):
+    """Seed 003: baseline, direction per layer, sign check, layer x kind x alpha sweep, sanity
+    reruns, report."""
+
+    name = "reliability"
+    stages: ClassVar[tuple[str, ...]] = STAGES
+    driver_stages: ClassVar[frozenset[str]] = frozenset({"report"})
+    config_type = PipelineConfig
+    run_type = RunDir
+
+    def run_path(self, cfg: PipelineConfig, run_id: str | None) -> Path:
+        return RunDir.path_for(cfg, run_id)
+
+    def check(self, cfg: PipelineConfig, stages: Sequence[str]) -> None:
+        from steerlab.interventions import Window
+
+        sc = cfg.sanity_checks
+        if sc.enabled and (
+            sc.alpha not in cfg.experiment.alphas
+            or sc.alpha == 0
+            or "add" not in cfg.experiment.interventions
+        ):
+            raise SteerlabError(
+                "sanity_checks.alpha must be a non-zero entry of experiment.alphas and "
+                "experiment.interventions must include add (the reruns compare against the sweep)"
+            )
+        try:
+            Window.parse(cfg.experiment.positions)
+        except SteerlabError as e:
+            raise SteerlabError(f"experiment.positions: {e}") from None
+        if cfg.run_id is not None:
+            check_name(cfg.run_id, "run_id")
+
+    def loader(self, cfg: PipelineConfig, progress: bool) -> ModelLoader:
+        m = cfg.model
+        return ModelLoader(m.name, m.backend, m.device, m.dtype, m.chat, progress)
+
+    def describe(self) -> Any:
+        return describe_model
+
+    def check_resource(self, cfg: PipelineConfig, info: dict[str, Any]) -> None:
+        st.chosen_layers(cfg, int(info["n_layers"]))
+
+    def on_open(self, rt: Runtime[PipelineConfig]) -> None:
+        # logged once the run directory is ours, so a process that finds it locked prints only
+        # its one error line
+        info, cfg, run = rt.info, rt.cfg, rt.run
+        if not info:
+            return
+        logger.info("model %s loaded in %.1f s", info["name"], info["load_s"])
+        manifest = run.read_json("manifest.json")
+        run.update_json(
+            "manifest.json",
+            run_id=run.path.name,
+            created=manifest.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
+            environment=environment_info(info["device"], info["name"]),
+            model={
+                "spec": cfg.model.name,
+                **{k: info[k] for k in ("backend", "name", "n_layers", "d_model", "dtype")},
+            },
+            layers=st.chosen_layers(cfg, int(info["n_layers"])),
+            seeds={"generation": cfg.generation.seed, "alt_seed": cfg.sanity_checks.alt_seed},
+            sampling={
+                "temperature": cfg.generation.temperature,
+                "top_p": cfg.generation.top_p,
+                "max_new_tokens": cfg.generation.max_new_tokens,
+            },
+            config_digest=cfg.digest(),
         )
-    for layer in cfg.experiment.layers or ():
-        model.check_layer(layer, "experiment.layers:")
-    return model, time.perf_counter() - t0
 
-
-def _check_before_work(cfg: PipelineConfig) -> None:
-    """What can be checked without the model, checked before any file is written."""
-    from steerlab.interventions import Window
-
-    try:
-        Window.parse(cfg.experiment.positions)
-    except SteerlabError as e:
-        raise SteerlabError(f"experiment.positions: {e}") from None
-
-
-def _context(
-    cfg: PipelineConfig, run: RunDir, model: Model, seconds: float, progress: bool
-) -> st.Context:
-    # logged once the run directory is ours, so a process that finds it locked prints only
-    # its one error line
-    logger.info("model %s loaded in %.1f s", model.name, seconds)
-    ctx = st.Context(cfg=cfg, run=run, model=model, progress=progress)
-    manifest = run.read_json("manifest.json")
-    info = environment_info(str(model.device), model.name)
-    run.update_json(
-        "manifest.json",
-        run_id=run.path.name,
-        created=manifest.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
-        environment=info,
-        model={
-            "spec": cfg.model.name,
-            "backend": model.backend.name,
-            "name": model.name,
-            "n_layers": model.n_layers,
-            "d_model": model.d_model,
-            "dtype": str(model.dtype),
-        },
-        layers=ctx.layers,
-        seeds={"generation": cfg.generation.seed, "alt_seed": cfg.sanity_checks.alt_seed},
-        sampling={
-            "temperature": cfg.generation.temperature,
-            "top_p": cfg.generation.top_p,
-            "max_new_tokens": cfg.generation.max_new_tokens,
-        },
-        config_digest=cfg.digest(),
-    )
-    return ctx
+    def run_stage(self, rt: Runtime[PipelineConfig], stage: str) -> None:
+        if stage == "report":
+            assert isinstance(rt.run, RunDir)
+            report(rt.run)
+            return
+        ctx = st.Context(rt)
+        if stage == "baseline":
+            st.run_baseline(ctx)
+        elif stage == "build-directions":
+            st.build_directions(ctx)
+        elif stage == "sign-check":
+            st.run_sign_check(ctx)
+        elif stage == "sweep":
+            st.run_sweep(ctx)
+        elif stage == "sanity":
+            st.run_sanity(ctx)
 
 
 def report(run: RunDir) -> dict[str, Path]:
@@ -154,62 +210,11 @@ def run_stages(
     run_id: str | None = None,
     run_dir: Path | None = None,
     progress: bool = True,
+    executor: ExecutorSpec | None = None,
 ) -> RunDir:
     """Run ``stages`` (in pipeline order) for ``cfg``; resumable, idempotent."""
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise SteerlabError(f"unknown stage {unknown[0]!r}: use one of {', '.join(STAGES)}")
-    sc = cfg.sanity_checks
-    if sc.enabled and (
-        sc.alpha not in cfg.experiment.alphas
-        or sc.alpha == 0
-        or "add" not in cfg.experiment.interventions
-    ):
-        raise SteerlabError(
-            "sanity_checks.alpha must be a non-zero entry of experiment.alphas and "
-            "experiment.interventions must include add (the reruns compare against the sweep)"
-        )
-    _check_before_work(cfg)
-    for rid, what in ((run_id, "--run-id"), (cfg.run_id, "run_id")):
-        if rid is not None:
-            check_name(rid, what)
-    RunDir.check_free(run_dir if run_dir is not None else RunDir.path_for(cfg, run_id))
-    t_start = time.perf_counter()
-    loaded = _load(cfg, progress) if any(s != "report" for s in stages) else None
-    run = open_run(cfg, run_id, run_dir)
-    try:
-        _run_locked(cfg, run, stages, loaded, progress, t_start)
-    finally:
-        run.release()
+    if run_id is not None:
+        check_name(run_id, "--run-id")
+    run = execute(Reliability(), cfg, stages, run_id, run_dir, executor, progress)
+    assert isinstance(run, RunDir)
     return run
-
-
-def _run_locked(
-    cfg: PipelineConfig,
-    run: RunDir,
-    stages: Sequence[str],
-    loaded: tuple[Model, float] | None,
-    progress: bool,
-    t_start: float,
-) -> None:
-    logger.info("run directory %s", run.path)
-    ctx = _context(cfg, run, *loaded, progress) if loaded is not None else None
-    for stage in STAGES:
-        if stage not in stages:
-            continue
-        if stage == "report":
-            report(run)
-            continue
-        assert ctx is not None
-        if stage == "baseline":
-            st.run_baseline(ctx)
-        elif stage == "build-directions":
-            st.build_directions(ctx)
-        elif stage == "sign-check":
-            st.run_sign_check(ctx)
-        elif stage == "sweep":
-            st.run_sweep(ctx)
-        elif stage == "sanity":
-            st.run_sanity(ctx)
-    if set(stages) == set(STAGES):
-        run.update_json("manifest.json", total_wall_s=round(time.perf_counter() - t_start, 1))

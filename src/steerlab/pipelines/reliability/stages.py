@@ -12,13 +12,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from steerlab.directions import forced_prefix
+from steerlab.directions.base import BuildResult
+from steerlab.directions.outcome import outcome_conditioned
 from steerlab.errors import SteerlabError
 from steerlab.generation import GenerationConfig, Row, generate
 from steerlab.interventions import Intervention
@@ -28,6 +29,7 @@ from steerlab.models import Model
 from steerlab.pipelines.reliability.config import PipelineConfig, default_layers
 from steerlab.pipelines.reliability.store import RunDir, WorkRow
 from steerlab.resources import local_path
+from steerlab.runs.runner import Runtime
 from steerlab.tasks.prompts import PromptRow, read_prompts, write_prompts
 from steerlab.vectors import SteeringVector
 
@@ -37,19 +39,40 @@ SPLITS = ("harm_train", "harm_test", "benign")
 
 @dataclass
 class Context:
-    """What every stage needs: config, run directory, model (loaded once), chosen layers."""
+    """What every stage needs: the framework's runtime (config, run directory, executor holding
+    the loaded model, the model's description) and the chosen layers."""
 
-    cfg: PipelineConfig
-    run: RunDir
-    model: Model
-    progress: bool = True
+    rt: Runtime[PipelineConfig]
+
+    @property
+    def cfg(self) -> PipelineConfig:
+        return self.rt.cfg
+
+    @property
+    def run(self) -> RunDir:
+        run = self.rt.run
+        assert isinstance(run, RunDir)
+        return run
+
+    @property
+    def progress(self) -> bool:
+        return self.rt.progress
 
     @property
     def layers(self) -> list[int]:
-        layers = self.cfg.experiment.layers or default_layers(self.model.n_layers)
-        for layer in layers:
-            self.model.check_layer(layer, "experiment.layers entry")
-        return sorted(set(layers))
+        return chosen_layers(self.cfg, int(self.rt.info["n_layers"]))
+
+
+def chosen_layers(cfg: PipelineConfig, n_layers: int) -> list[int]:
+    """``experiment.layers`` (each checked against the model) or the default spread by depth."""
+    layers = cfg.experiment.layers or default_layers(n_layers)
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise SteerlabError(
+                f"experiment.layers entry: layer {layer} is out of range for a model with "
+                f"{n_layers} layers (0..{n_layers - 1})"
+            )
+    return sorted(set(layers))
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -112,29 +135,21 @@ def sign_holdout(ctx: Context, prompts: dict[str, list[PromptRow]]) -> list[Prom
 # ----------------------------------------------------------------------------- generation
 
 
-class Generator:
-    """Turns work rows into scored result rows with the core engine."""
+@dataclass(frozen=True)
+class Generate:
+    """Turns a shard of work rows into scored result rows with the core engine, on a worker.
+    Picklable: it carries the config and the steering vectors, not the run directory."""
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self._vectors: dict[tuple[str, int], SteeringVector] = {}
-
-    def vector(self, kind: str, layer: int) -> SteeringVector:
-        key = (kind, layer)
-        if key not in self._vectors:
-            path = self.ctx.run.direction_path(layer, kind)
-            if not path.is_file():
-                raise SteerlabError(f"{path} is missing: run `steerlab build-directions` first")
-            self._vectors[key] = SteeringVector.load(path, d_model=self.ctx.model.d_model)
-        return self._vectors[key]
+    cfg: PipelineConfig
+    vectors: dict[tuple[str, int], SteeringVector] = field(default_factory=dict)
 
     def interventions(self, w: WorkRow) -> tuple[Intervention, ...]:
         if w.intervention == "none":
             return ()
-        e = self.ctx.cfg.experiment
+        e = self.cfg.experiment
         return (
             Intervention(
-                self.vector(w.direction, w.layer),
+                self.vectors[(w.direction, w.layer)],
                 w.layer,
                 w.intervention,
                 w.alpha,
@@ -144,9 +159,9 @@ class Generator:
         )
 
     def __call__(
-        self, rows: Sequence[WorkRow], progress: Callable[[int], object] | None = None
+        self, model: Model, rows: Sequence[WorkRow], progress: Callable[[int], object]
     ) -> pd.DataFrame:
-        cfg, model = self.ctx.cfg, self.ctx.model
+        cfg = self.cfg
         g = cfg.generation
         gen_cfg = GenerationConfig(
             max_new_tokens=g.max_new_tokens,
@@ -163,11 +178,24 @@ class Generator:
             for w in rows
         ]
         results = generate(model, reqs, gen_cfg, progress=False, on_rows=progress)
-        return pd.DataFrame([score_row(self.ctx, w, r) for w, r in zip(rows, results, strict=True)])
+        return pd.DataFrame([score_row(cfg, w, r) for w, r in zip(rows, results, strict=True)])
 
 
-def score_row(ctx: Context, w: WorkRow, r: Any) -> dict[str, Any]:
-    m = ctx.cfg.metrics
+def load_vectors(ctx: Context, rows: Sequence[WorkRow]) -> dict[tuple[str, int], SteeringVector]:
+    """The direction files the steered rows use, read on the driver (workers need no access to
+    the run directory)."""
+    out = {}
+    d_model = int(ctx.rt.info["d_model"])
+    for key in sorted({(w.direction, w.layer) for w in rows if w.intervention != "none"}):
+        path = ctx.run.direction_path(key[1], key[0])
+        if not path.is_file():
+            raise SteerlabError(f"{path} is missing: run `steerlab build-directions` first")
+        out[key] = SteeringVector.load(path, d_model=d_model)
+    return out
+
+
+def score_row(cfg: PipelineConfig, w: WorkRow, r: Any) -> dict[str, Any]:
+    m = cfg.metrics
     ref = refusal_score(r.text, threshold=m.refusal_threshold)
     helpful = helpfulness_score(r.text, refusal=ref, threshold=m.helpful_threshold)
     conf = confound_metrics(r.text, list(r.token_ids), list(r.logprobs), list(r.entropies))
@@ -182,7 +210,7 @@ def score_row(ctx: Context, w: WorkRow, r: Any) -> dict[str, Any]:
         "layer": w.layer,
         "intervention": w.intervention,
         "alpha": w.alpha,
-        "scale": ctx.cfg.experiment.scale,
+        "scale": cfg.experiment.scale,
         "direction": w.direction,
         "seed": w.seed,
         "row_seed": w.row_seed(),
@@ -211,19 +239,8 @@ def score_row(ctx: Context, w: WorkRow, r: Any) -> dict[str, Any]:
 
 
 def _run_rows(ctx: Context, stage: str, rows: list[WorkRow]) -> int:
-    t0 = time.perf_counter()
-    bar = tqdm(
-        total=len(rows), desc=stage, unit="row", disable=not ctx.progress, dynamic_ncols=True
-    )
-    try:
-        n = ctx.run.run_shards(
-            stage, rows, ctx.cfg.experiment.shard_size, Generator(ctx), bar.update
-        )
-    finally:
-        bar.close()
-    if n:
-        ctx.run.record_stage(stage, time.perf_counter() - t0, rows=len(rows), computed=n)
-    return n
+    compute = Generate(ctx.cfg, load_vectors(ctx, rows))
+    return ctx.rt.map(stage, rows, compute, ctx.cfg.experiment.shard_size)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -240,29 +257,82 @@ def run_baseline(ctx: Context) -> int:
     return _run_rows(ctx, "baseline", baseline_rows(ctx, snapshot_prompts(ctx)))
 
 
+def _forced_prefix_job(model: Model, kwargs: dict[str, Any]) -> BuildResult:
+    """Runs on a worker: the forced-prefix builder on the worker's model."""
+    return forced_prefix(model, **kwargs)
+
+
+def _outcome_job(model: Model, kwargs: dict[str, Any]) -> BuildResult:
+    """Runs on a worker: the outcome-conditioned builder on the worker's model."""
+    return outcome_conditioned(model, **kwargs)
+
+
+def _outcome_examples(ctx: Context, held: set[str]) -> dict[str, Any]:
+    """Building prompts with their baseline completion labeled refusal (True) or helpful
+    (False); completions that are neither are left out."""
+    base = ctx.run.load_stage("baseline")
+    if base.empty:
+        raise SteerlabError(
+            "direction.method outcome_conditioned labels the baseline's completions: run "
+            "`steerlab baseline` first"
+        )
+    rows = base[(base.split == "harm_train") & ~base.prompt_id.isin(held)]
+    rows = rows[rows.is_refusal | rows.is_helpful]
+    return {
+        "prompts": rows.prompt.tolist(),
+        "completions": rows.text.tolist(),
+        "refused": [bool(x) for x in rows.is_refusal],
+    }
+
+
+def _build(ctx: Context, train: list[str], layers: list[int], main: bool) -> BuildResult:
+    """The main direction (``direction.method``) or the alt-prefix one of the template check."""
+    d, sc = ctx.cfg.direction, ctx.cfg.sanity_checks
+    common: dict[str, Any] = {
+        "layers": layers,
+        "hook_point": d.hook_point,
+        "chat": ctx.cfg.model.chat,
+        "system": ctx.cfg.model.system,
+        "batch_size": d.batch_size,
+        "progress": ctx.progress and ctx.rt.local,
+    }
+    if main and d.method == "outcome_conditioned":
+        held = {p.id for p in sign_holdout(ctx, snapshot_prompts(ctx))}
+        kwargs = {
+            **common,
+            **_outcome_examples(ctx, held),
+            "position": d.outcome_position,
+            "min_per_class": d.min_per_class,
+        }
+        result: BuildResult = ctx.rt.call(_outcome_job, kwargs)
+        return result
+    prefixes = (
+        (d.refusal_prefix, d.compliance_prefix)
+        if main
+        else (sc.alt_prefixes.refusal_prefix, sc.alt_prefixes.compliance_prefix)
+    )
+    kwargs = {
+        **common,
+        "prompts": train,
+        "refusal_prefix": prefixes[0],
+        "compliance_prefix": prefixes[1],
+        "position": d.token_position,
+    }
+    result = ctx.rt.call(_forced_prefix_job, kwargs)
+    return result
+
+
 def build_directions(ctx: Context) -> dict[int, dict[str, Any]]:
-    """Forced-prefix direction per layer from harm_train minus the sign-check hold-out."""
+    """The direction per layer (``direction.method``) from harm_train minus the sign-check
+    hold-out."""
     prompts = snapshot_prompts(ctx)
     held = {p.id for p in sign_holdout(ctx, prompts)}
     train = [p.prompt for p in prompts["harm_train"] if p.id not in held]
-    d = ctx.cfg.direction
     todo = [L for L in ctx.layers if not ctx.run.direction_path(L).is_file()]
     stats: dict[int, dict[str, Any]] = {}
     if todo:
         t0 = time.perf_counter()
-        built = forced_prefix(
-            ctx.model,
-            train,
-            todo,
-            d.refusal_prefix,
-            d.compliance_prefix,
-            d.hook_point,
-            d.token_position,
-            chat=ctx.cfg.model.chat,
-            system=ctx.cfg.model.system,
-            batch_size=d.batch_size,
-            progress=ctx.progress,
-        )
+        built = _build(ctx, train, todo, main=True)
         for layer in todo:
             single = SteeringVector(
                 directions={layer: built.vector.direction(layer)},
@@ -278,16 +348,22 @@ def build_directions(ctx: Context) -> dict[int, dict[str, Any]]:
                 ctx.run.direction_path(layer).with_suffix(".stats.json"),
                 json.dumps(built.stats[layer].as_dict(), indent=2) + "\n",
             )
-        ctx.run.record_stage("build-directions", time.perf_counter() - t0, layers=todo)
+        ctx.run.record_stage(
+            "build-directions", time.perf_counter() - t0, layers=todo, method=built.vector.method
+        )
     for layer in ctx.layers:
         v = SteeringVector.load(ctx.run.direction_path(layer))
         s = v.extra.get("stats", {}).get(str(layer), {})
         stats[layer] = {
+            "method": v.method,
             "raw_norm": v.raw_norm.get(layer),
             "mean_resid_norm": v.mean_resid_norm.get(layer),
             "batch_cosines": s.get("batch_cosines", []),
             "n": s.get("n"),
         }
+        for key in ("n_refusal", "n_helpful", "n_skipped"):
+            if key in v.extra:
+                stats[layer][key] = v.extra[key]
     ctx.run.update_json("sanity.json", directions={str(k): v for k, v in stats.items()})
     return stats
 
@@ -359,19 +435,7 @@ def run_sanity(ctx: Context) -> dict[str, Any]:
     train = [p.prompt for p in prompts["harm_train"] if p.id not in held]
     todo = [L for L in ctx.layers if not ctx.run.direction_path(L, "alt").is_file()]
     if todo:
-        d = ctx.cfg.direction
-        built = forced_prefix(
-            ctx.model,
-            train,
-            todo,
-            sc.alt_prefixes.refusal_prefix,
-            sc.alt_prefixes.compliance_prefix,
-            d.hook_point,
-            d.token_position,
-            chat=ctx.cfg.model.chat,
-            system=ctx.cfg.model.system,
-            batch_size=d.batch_size,
-        )
+        built = _build(ctx, train, todo, main=False)
         for layer in todo:
             built.vector.save(ctx.run.direction_path(layer, "alt"))
     cosine = {}
@@ -401,6 +465,9 @@ def run_sanity(ctx: Context) -> dict[str, Any]:
     _run_rows(ctx, "sanity_seed", seed_rows)
     info = {
         "template": {
+            # the alt direction is always forced-prefix with the alt prefixes; with
+            # direction.method outcome_conditioned its cosine compares the two methods
+            "main_method": ctx.cfg.direction.method,
             "alpha": sc.alpha,
             "cosine": cosine,
             "refusal_prefix": sc.alt_prefixes.refusal_prefix,
