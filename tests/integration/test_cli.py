@@ -529,6 +529,13 @@ def files(tmp_path: Path, vec_path: Path) -> Files:
 
 
 Case = Callable[[Files], tuple[list[object], str]]
+
+
+def run_args(f: Files, command: str = "run") -> list[object]:
+    """``steerlab run`` (or a stage command) on tiny-llama, its runs under ``f.out``."""
+    return [command, "--fast", "--model", "tiny-llama", "--output-dir", f.out, "--quiet"]
+
+
 BAD: dict[str, Case] = {
     "missing prompts file": lambda f: (
         [*GEN, "--prompts", f.missing, "-o", f.out_jsonl],
@@ -867,6 +874,33 @@ BAD: dict[str, Case] = {
     "empty contrast prompt": lambda f: (
         [*BUILD, "--layer", 1, "--positive", "", "--negative", "x", "-o", f.out_vec],
         "--positive prompt 1 is empty",
+    ),
+    "unknown executor": lambda f: ([*run_args(f), "--executor", "foo"], "unknown executor 'foo'"),
+    "unknown executor, stage command": lambda f: (
+        [*run_args(f, "sweep"), "--executor", "foo"],
+        "unknown executor 'foo'",
+    ),
+    "--workers without ray": lambda f: ([*run_args(f), "--workers", 2], "need --executor ray"),
+    "--ray-address without ray": lambda f: (
+        [*run_args(f), "--ray-address", "x:1"],
+        "need --executor ray",
+    ),
+    "--threads-per-worker without ray": lambda f: (
+        [*run_args(f), "--threads-per-worker", 2],
+        "need --executor ray",
+    ),
+    "zero ray workers": lambda f: (
+        [*run_args(f), "--executor", "ray", "--workers", 0],
+        "--workers must be >= 1, got 0",
+    ),
+    # starts (and stops) a local Ray cluster: more workers than it has CPUs
+    "more ray workers than CPUs": lambda f: (
+        [*run_args(f), "--executor", "ray", "--workers", 99],
+        "--workers 99: the Ray cluster has",
+    ),
+    "nothing listens at the ray address": lambda f: (
+        [*run_args(f), "--executor", "ray", "--ray-address", "127.0.0.1:1"],
+        "cannot start Ray on 127.0.0.1:1",
     ),
 }
 

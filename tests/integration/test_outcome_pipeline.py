@@ -80,3 +80,14 @@ def test_direction_is_the_labeled_mean_difference_of_the_baseline_completions(
         assert got.extra["n_refusal"] == int(train.is_refusal.sum())
     sanity = run.read_json("sanity.json")
     assert sanity["directions"]["1"]["method"] == "outcome_conditioned"
+
+
+def test_an_unfinished_baseline_is_refused_not_used(tmp_path: Path) -> None:
+    """A killed baseline leaves some part files: building from them would freeze a direction
+    made from part of the data, so the stage refuses until the baseline is complete."""
+    cfg = load_config(_config(tmp_path))
+    run = run_stages(cfg, ["baseline"], progress=False)
+    sorted(run.parts("baseline").glob("part-*.parquet"))[-1].unlink()
+    with pytest.raises(SteerlabError, match="to completion first"):
+        run_stages(cfg, ["build-directions"], progress=False)
+    assert not list(RunDir.existing(run.path).directions.glob("*.safetensors"))

@@ -10,6 +10,7 @@ it running) instead of starting its own, and ``steerlab run`` processes join it 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -181,6 +182,82 @@ def test_pipeline_on_two_ray_workers_equals_the_local_run(
     got = run("ray", RAY2)
     assert not expected.duplicated(KEY).any() and len(got) == len(expected)
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def _title(pid: int) -> bytes:
+    """A process's title (Ray names a worker after the actor method it runs); b"" once gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _our_workers_running(method: bytes) -> list[int]:
+    """Pids of this process's Ray workers now running ``method`` (title ``ray::<method>``).
+    Only descendants of this process count (the fixture's raylet is its child): other Ray
+    clusters may be running on the same machine."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):  # gone meanwhile
+                stat = (d / "stat").read_text()
+                parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return [p for p in parent if ours(p) and _title(p).startswith(b"ray::" + method)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds workers in /proc")
+def test_pipeline_worker_killed_mid_sweep_costs_one_shard_and_changes_no_row(
+    ray_address: str, tmp_path: Path
+) -> None:
+    def config(out: str) -> Path:
+        # 36 sweep shards of 4 rows x 64 tokens: a busy worker is busy for a while
+        return tiny_run_config(
+            tmp_path, out, "kill", prompts=8, alphas=(0, 1), shard_size=4, max_new_tokens=64
+        )
+
+    expected = _pipeline_rows(run_stages(load_config(config("local")), progress=False).path)
+    run_dir = tmp_path / "ray" / "kill"
+    cfg = load_config(config("ray"))
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run_stages, cfg, executor=RAY2, progress=False)
+        victim = None
+        deadline = time.monotonic() + 180
+        while victim is None and not running.done():
+            assert time.monotonic() < deadline, "no worker busy with the sweep within 180 s"
+            if any(run_dir.glob("parts/sweep/part-*.parquet")):  # the sweep is under way
+                for pid in _our_workers_running(b"_Worker.run"):
+                    # checked again just before the kill: only a shard in progress may die
+                    if _title(pid).startswith(b"ray::_Worker.run"):
+                        os.kill(pid, signal.SIGKILL)
+                        victim = pid
+                        break
+            time.sleep(0.01)
+        assert victim is not None, f"the run ended before the kill: {running.exception()!r}"
+        run = running.result(timeout=300)
+
+    got = _pipeline_rows(run.path)
+    assert not got.duplicated(KEY).any() and len(got) == len(expected)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+    summary = _manifest(run.path)["executor"]
+    killed = next(w["worker"] for w in summary["where"] if w["pid"] == victim)
+    # one death, one lost shard: work sent to the worker while Ray restarts it would fail too
+    assert summary["retries"] == 1, summary["retried"]
+    (retried,) = summary["retried"]
+    assert retried["worker"] == killed and retried["what"].startswith("shard sweep/"), retried
+    # each shard's result was taken once, none twice, though one was computed again
+    parts = list(run.path.glob("parts/*/part-*.parquet"))
+    assert sum(summary["shards_per_worker"].values()) == len(parts)
+    assert summary["dead_workers"] == []
 
 
 def test_a_killed_driver_is_resumed_by_rerunning_the_command(

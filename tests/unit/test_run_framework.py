@@ -126,7 +126,9 @@ def test_run_dir_config_and_manifest(tmp_path: Path) -> None:
     m = manifest(path)
     assert set(m["stage_wall_s"]) == {"squares"}
     assert set(m["timings_s"]) == set(m["stages"]) == {"squares"}
-    assert m["executor"] == {"executor": "local", "workers": 1, "shards": 5, "rows": 20}
+    summary = {k: v for k, v in m["executor"].items() if k != "finished"}
+    assert summary == {"executor": "local", "workers": 1, "shards": 5, "rows": 20}
+    assert [r["shards"] for r in m["executor_runs"]] == [5]  # one entry per invocation
     assert "total_wall_s" not in m  # not every stage ran
 
     run = execute(Toy(), cfg, progress=False)
@@ -139,7 +141,9 @@ def test_run_dir_config_and_manifest(tmp_path: Path) -> None:
     assert set(m["stage_wall_s"]) == set(STAGES)
     assert set(m["timings_s"]) == set(m["stages"]) == set(SHARDED)
     assert m["stages"]["cubes"]["rows"] == m["stages"]["cubes"]["computed"] == 20
-    assert m["executor"] == {"executor": "local", "workers": 1, "shards": 5, "rows": 20}
+    summary = {k: v for k, v in m["executor"].items() if k != "finished"}
+    assert summary == {"executor": "local", "workers": 1, "shards": 5, "rows": 20}
+    assert [r["shards"] for r in m["executor_runs"]] == [5, 5]  # one entry per invocation
     assert isinstance(m["total_wall_s"], float)
 
 

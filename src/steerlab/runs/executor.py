@@ -1,7 +1,8 @@
 """Where shards are computed: in this process (``local``) or on Ray actors (``ray``).
 
 An executor holds one *resource* per worker (for steering workflows, a loaded model) made by a
-picklable ``loader``. Work reaches it as picklable callables:
+``loader``. Work reaches it as callables; for Ray, loader, callables and arguments must be
+picklable by cloudpickle (what Ray uses; it handles more than the standard pickle):
 
 - ``call(fn, *args)`` runs ``fn(resource, *args)`` on one worker and returns its (picklable)
   result: building directions, describing the model.

@@ -5,8 +5,9 @@ One actor per GPU on a GPU cluster (``num_gpus=1``, so Ray gives each its own de
 at a time and writes every part file itself, so resume works as for a local run. An actor that
 dies mid-shard (killed, out of memory, node lost) costs only that shard: Ray restarts the actor
 (reloading the model), and the shard goes to another worker (the same one only when no other is
-free). A shard whose result was already taken is never written again. An error raised by the
-work itself (bad input, a bug) is not retried: it stops the run with its own message.
+free); the restarted actor gets work again once its model is loaded. A shard whose result was
+already taken is never written again. An error raised by the work itself (bad input, a bug) is
+not retried: it stops the run with its own message.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import collections
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -28,6 +31,7 @@ from steerlab.runs.shards import Shard
 logger = logging.getLogger(__name__)
 INSTALL_HINT = "--executor ray needs Ray: pip install 'steerlab[ray]'"
 MAX_DEFAULT_CPU_WORKERS = 8
+AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def _no_progress(n: int) -> None:
@@ -58,9 +62,13 @@ class _Worker:
         return {"host": socket.gethostname(), "pid": os.getpid(), "gpus": ray.get_gpu_ids()}
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.error is not None:  # a restarted actor whose loader failed this time
+            raise self.error
         return fn(self.resource, *args)
 
     def run(self, compute: Compute, rows: Sequence[Any]) -> pd.DataFrame:
+        if self.error is not None:
+            raise self.error
         return compute(self.resource, rows, _no_progress)
 
 
@@ -88,15 +96,33 @@ class RayExecutor(Executor):
         ray = self._ray
         if ray.is_initialized():
             return
+        address = self.spec.address
         try:
-            ray.init(
-                address=self.spec.address,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
+            with contextlib.ExitStack() as stack:
+                if address is not None:
+                    _probe(address)
+                    # Ray tries an unanswering GCS 20 times, ~40 s each (minutes in all); one
+                    # try tells a live cluster from a dead one. (When starting a cluster, the
+                    # same variable is how long its new GCS may take to start: left alone.)
+                    stack.enter_context(_env_default("RAY_gcs_server_port_wait_time_s", "1"))
+                else:
+                    # a new local cluster turns Ray's token authentication on (its default)
+                    # and says so in a warning line: noise on stderr for a private cluster
+                    stack.enter_context(_muted(AUTH_LOGGER))
+                # ray.init installs a SIGTERM handler that exits with code 15; keep ours (the
+                # CLI's: clean up, say "interrupted", exit 143)
+                handlers = _signal_handlers()
+                try:
+                    ray.init(
+                        address=address,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        logging_level=logging.WARNING,
+                    )
+                finally:
+                    _restore(handlers)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            where = self.spec.address or "a new local cluster"
+            where = address or "a new local cluster"
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise SteerlabError(f"cannot start Ray on {where}: {first}") from None
         self._owns_cluster = True
@@ -176,6 +202,25 @@ class RayExecutor(Executor):
         self._retried.append({"worker": f"w{worker}", "what": what, "reason": reason})
         logger.warning("ray: worker w%d died during %s (%s); retrying", worker, what, reason)
 
+    def _restarted(self, worker: int) -> Any:
+        """A ref that resolves once Ray has restarted a lost worker (model loaded again) and
+        fails once Ray gave up on it. Work sent to an actor while it restarts fails at once,
+        as if it had died again, so a lost worker gets no work before this resolves."""
+        return self._actors[worker].ready.options(max_task_retries=-1).remote()
+
+    def _check_restart(self, worker: int, ref: Any) -> bool:
+        """Whether the worker is back; if Ray gave up on it, it is not used again."""
+        ray = self._ray
+        try:
+            ray.get(ref)
+            return True
+        except ray.exceptions.RayTaskError as e:  # its loader failed this time
+            raise _cause(e) from None
+        except ray.exceptions.RayError as e:
+            self._dead.add(worker)
+            logger.warning("ray: worker w%d is gone (%s)", worker, _first_line(e)[:200])
+            return False
+
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         ray = self._ray
         for _attempt in range(self.spec.shard_retries + 1):
@@ -189,6 +234,8 @@ class RayExecutor(Executor):
                 raise _cause(e) from None
             except ray.exceptions.RayError as e:
                 self._lost(i, getattr(fn, "__name__", "a call"), e)
+                if i not in self._dead:
+                    self._check_restart(i, self._restarted(i))
         raise SteerlabError("every Ray worker died; see the Ray logs (ray logs / /tmp/ray)")
 
     def map(
@@ -200,6 +247,7 @@ class RayExecutor(Executor):
             (s, None) for s in shards
         )
         pending: dict[Any, tuple[Shard, int]] = {}
+        restarting: dict[Any, int] = {}  # lost workers, until Ray has them back
         idle = set(self._alive())
         attempts: collections.Counter[str] = collections.Counter()
         taken: set[str] = set()
@@ -211,9 +259,14 @@ class RayExecutor(Executor):
                 idle.discard(worker)
                 ref = self._actors[worker].run.remote(compute_ref, shard.rows)
                 pending[ref] = (shard, worker)
-            if not pending:
+            if not pending and not restarting:
                 raise SteerlabError("every Ray worker died; see the Ray logs (ray logs / /tmp/ray)")
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            (ref,), _ = ray.wait([*pending, *restarting], num_returns=1)
+            if ref in restarting:
+                worker = restarting.pop(ref)
+                if self._check_restart(worker, ref):
+                    idle.add(worker)
+                continue
             shard, worker = pending.pop(ref)
             try:
                 df = ray.get(ref)
@@ -228,7 +281,7 @@ class RayExecutor(Executor):
                         "(its worker died each time); see the Ray logs"
                     ) from None
                 if worker not in self._dead:
-                    idle.add(worker)
+                    restarting[self._restarted(worker)] = worker
                 queue.appendleft((shard, worker))
                 continue
             idle.add(worker)
@@ -250,6 +303,70 @@ class RayExecutor(Executor):
             "retried": self._retried,
             "dead_workers": sorted(f"w{i}" for i in self._dead),
         }
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when nothing listens at a ``host:port`` address: Ray would wait minutes.
+
+    Ray connects to a loopback address through this node's IP, so either answering will do.
+    Other forms (``auto``, ``ray://...``) are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or "://" in address or not port.isdigit():
+        return
+    hosts = [host.strip("[]")]
+    if hosts[0] in ("localhost", "127.0.0.1", "::1"):
+        from ray.util import get_node_ip_address
+
+        hosts.append(get_node_ip_address())
+    last: OSError | None = None
+    for h in hosts:
+        try:
+            socket.create_connection((h, int(port)), timeout=timeout_s).close()
+            return
+        except OSError as e:
+            last = e
+    reason = (last.strerror if last is not None else None) or type(last).__name__
+    raise ConnectionError(f"nothing answers at {address} ({reason})")
+
+
+@contextlib.contextmanager
+def _env_default(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block, unless the user set it."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def _muted(name: str) -> Iterator[None]:
+    """No records from logger ``name`` during the block."""
+    log = logging.getLogger(name)
+
+    def mute(record: logging.LogRecord) -> bool:
+        return False
+
+    log.addFilter(mute)
+    try:
+        yield
+    finally:
+        log.removeFilter(mute)
+
+
+def _signal_handlers() -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _local_threads() -> int:

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Generic
 from tqdm.auto import tqdm
 
 from steerlab.errors import SteerlabError
+from steerlab.pathnames import check_name
 from steerlab.runs.config import C
 from steerlab.runs.executor import Compute, Executor, ExecutorSpec, Loader, make_executor
 from steerlab.runs.rundir import RunDir
@@ -58,6 +59,12 @@ class Runtime(Generic[C]):
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(resource, *args)`` on a worker (``fn`` and its arguments must be picklable)."""
         return self._executor().call(fn, *args)
+
+    def pending(self, stage: str, rows: Sequence[WorkItem], shard_size: int) -> bool:
+        """Whether any shard of ``rows`` still lacks its part file (to skip loading what the
+        computation needs when the stage is already complete)."""
+        out = self.run.parts(stage)
+        return any(not (out / s.name).is_file() for s in plan_shards(stage, rows, shard_size))
 
     def map(self, stage: str, rows: Sequence[WorkItem], compute: Compute, shard_size: int) -> int:
         """Compute every shard of ``rows`` that has no part file yet; returns how many rows were
@@ -149,6 +156,9 @@ def execute(
     if unknown:
         raise SteerlabError(f"unknown stage {unknown[0]!r}: use one of {', '.join(wf.stages)}")
     spec = executor or ExecutorSpec()
+    for rid, what in ((run_id, "--run-id"), (cfg.run_id, "run_id")):
+        if rid is not None:
+            check_name(rid, what)
     wf.check(cfg, stages)
     path = run_dir if run_dir is not None else wf.run_path(cfg, run_id)
     if run_dir is not None:
@@ -181,24 +191,35 @@ def execute(
                 if stage in stages:
                     t_stage = time.perf_counter()
                     wf.run_stage(rt, stage)
+                    # summed over invocations: a resumed stage adds the time it took now
                     walls = run.read_json("manifest.json").get("stage_wall_s", {})
-                    walls[stage] = round(time.perf_counter() - t_stage, 2)
+                    spent = time.perf_counter() - t_stage
+                    walls[stage] = round(walls.get(stage, 0.0) + spent, 2)
                     run.update_json("manifest.json", stage_wall_s=walls)
-            if ex is not None:
-                summary = ex.summary()
-                run.update_json("manifest.json", executor=summary)
-                if not ex.local:
-                    logger.info("%s", format_summary(summary))
             if set(stages) == set(wf.stages):
                 run.update_json(
                     "manifest.json", total_wall_s=round(time.perf_counter() - t_start, 1)
                 )
         finally:
-            run.release()
+            try:
+                if ex is not None:  # also for a failed or interrupted invocation
+                    _record_executor(run, ex)
+            finally:
+                run.release()
     finally:
         if ex is not None:
             ex.close()
     return run
+
+
+def _record_executor(run: RunDir[Any], ex: Executor) -> None:
+    """The executor's summary for this invocation: ``executor`` (the latest) and one entry per
+    invocation in ``executor_runs``, so a resumed run keeps its earlier retries and workers."""
+    summary = {**ex.summary(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    runs = run.read_json("manifest.json").get("executor_runs", [])
+    run.update_json("manifest.json", executor=summary, executor_runs=[*runs, summary])
+    if not ex.local:
+        logger.info("%s", format_summary(summary))
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -151,6 +151,16 @@ class PipelineConfig(RunConfig):
     metrics: MetricsCfg = MetricsCfg()
     sanity_checks: SanityCfg = SanityCfg()
 
+    def canonical(self) -> dict[str, Any]:
+        """As :meth:`RunConfig.canonical`, without the outcome-conditioned method's settings
+        when that method is not used: they change nothing then, and leaving them out keeps the
+        default run directory of a forced-prefix config what it was before they existed."""
+        data = super().canonical()
+        if self.direction.method != "outcome_conditioned":
+            for key in ("outcome_position", "min_per_class"):
+                data["direction"].pop(key, None)
+        return data
+
 
 def default_layers(n_layers: int) -> list[int]:
     """A spread by depth: ~27%, 50%, 73% (``[8, 15, 22]`` on a 30-layer model)."""

@@ -69,8 +69,8 @@ def chosen_layers(cfg: PipelineConfig, n_layers: int) -> list[int]:
     for layer in layers:
         if not 0 <= layer < n_layers:
             raise SteerlabError(
-                f"experiment.layers entry: layer {layer} is out of range for a model with "
-                f"{n_layers} layers (0..{n_layers - 1})"
+                f"experiment.layers: {layer} is out of range: {cfg.model.name} has {n_layers} "
+                f"layers (valid: 0..{n_layers - 1})"
             )
     return sorted(set(layers))
 
@@ -239,8 +239,10 @@ def score_row(cfg: PipelineConfig, w: WorkRow, r: Any) -> dict[str, Any]:
 
 
 def _run_rows(ctx: Context, stage: str, rows: list[WorkRow]) -> int:
-    compute = Generate(ctx.cfg, load_vectors(ctx, rows))
-    return ctx.rt.map(stage, rows, compute, ctx.cfg.experiment.shard_size)
+    size = ctx.cfg.experiment.shard_size
+    if not ctx.rt.pending(stage, rows, size):  # complete: no direction files needed
+        return ctx.rt.map(stage, rows, Generate(ctx.cfg), size)
+    return ctx.rt.map(stage, rows, Generate(ctx.cfg, load_vectors(ctx, rows)), size)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -271,10 +273,12 @@ def _outcome_examples(ctx: Context, held: set[str]) -> dict[str, Any]:
     """Building prompts with their baseline completion labeled refusal (True) or helpful
     (False); completions that are neither are left out."""
     base = ctx.run.load_stage("baseline")
-    if base.empty:
+    if base.empty or ctx.rt.pending(
+        "baseline", baseline_rows(ctx, snapshot_prompts(ctx)), ctx.cfg.experiment.shard_size
+    ):
         raise SteerlabError(
             "direction.method outcome_conditioned labels the baseline's completions: run "
-            "`steerlab baseline` first"
+            "`steerlab baseline` to completion first"
         )
     rows = base[(base.split == "harm_train") & ~base.prompt_id.isin(held)]
     rows = rows[rows.is_refusal | rows.is_helpful]
