@@ -33,7 +33,7 @@ from tests.toy_workflow import Toy, ToyConfig
 from steerlab.errors import SteerlabError
 from steerlab.pipelines.reliability.config import load_config
 from steerlab.pipelines.reliability.run import run_stages
-from steerlab.runs import ExecutorSpec, execute, make_executor
+from steerlab.runs import ExecutorSpec, RunDir, execute, make_executor
 
 RAY2 = ExecutorSpec("ray", workers=2)
 TOY_KEY = ["stage", "i"]
@@ -311,3 +311,29 @@ def test_a_killed_driver_is_resumed_by_rerunning_the_command(
     new = len(list(run_dir.glob("parts/*/part-*.parquet"))) - len(parts)
     assert int(line[1]) >= 1 and int(line[2]) >= 1
     assert int(line[1]) + int(line[2]) == new
+
+
+def test_sigterm_during_a_ray_run_exits_143_and_stops_its_workers(
+    ray_address: str, tmp_path: Path
+) -> None:
+    """Ray installs its own SIGTERM handler (exit 15, C++ stack lines); the CLI's stays: one
+    'interrupted' line, exit 143, the lock released, and a rerun resumes."""
+    cfg = tiny_run_config(tmp_path, "term", "term", prompts=8, alphas=(0, 1), shard_size=4)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [*run_cmd(cfg), "--executor", "ray", "--workers", "2", "--ray-address", ray_address]
+    run_dir = tmp_path / "term" / "term"
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 180
+    while not list(run_dir.glob("parts/*/part-*.parquet")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no part file within 180 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted; rerun the same command to resume"
+    RunDir.check_free(run_dir)  # the lock was released
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not _pipeline_rows(run_dir).duplicated(KEY).any()
