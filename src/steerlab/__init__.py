@@ -42,6 +42,9 @@ _NAMES = {
     "Site": "steerlab.sites",
     "parse_site": "steerlab.sites",
     "SteerlabError": "steerlab.errors",
+    "create_contrast_vector": "steerlab.compat",
+    "generate_with_steering": "steerlab.compat",
+    "find_best_layers_for_steering": "steerlab.compat",
 }
 
 __all__ = ["__version__", *_NAMES]

@@ -16,6 +16,15 @@ from typing import Annotated, Any
 
 import typer
 
+from steerlab.cli_options import (
+    BackendOpt,
+    ExecutorOpt,
+    OutDirOpt,
+    QuietOpt,
+    RayAddressOpt,
+    ThreadsOpt,
+    WorkersOpt,
+)
 from steerlab.errors import SteerlabError
 from steerlab.pipelines.reliability.config import STAGES
 
@@ -39,9 +48,6 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if any)")]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16 (default: auto)")]
-BackendOpt = Annotated[
-    str, typer.Option(help="hf | transformer_lens | nnsight (who runs the model)")
-]
 SITE_HELP = (
     "resid_pre | attn_out | resid_mid | mlp_out | resid_post, or blocks.L.hook_POINT "
     "(TransformerLens names)"
@@ -239,38 +245,6 @@ FastOpt = Annotated[bool, typer.Option("--fast", help="use the shipped fast conf
 RunIdOpt = Annotated[str | None, typer.Option(help="run id (default: model + config hash)")]
 RunDirOpt = Annotated[Path | None, typer.Option(help="an existing run directory")]
 ModelOverride = Annotated[str | None, typer.Option("--model", "-m", help="override model.name")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
-OutDirOpt = Annotated[
-    str | None, typer.Option("--output-dir", help="override experiment.output_dir")
-]
-ExecutorOpt = Annotated[
-    str,
-    typer.Option(
-        "--executor",
-        help="where shards run: local (this process) or ray (Ray actors, one model each; "
-        "needs steerlab[ray])",
-    ),
-]
-ThreadsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--threads-per-worker",
-        help="torch threads per Ray CPU worker (default: a local run's count, which makes "
-        "results equal a local run's; fewer avoid oversubscribed cores)",
-    ),
-]
-RayAddressOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--ray-address", help="Ray cluster to join (host:port, auto); default: start a local one"
-    ),
-]
-WorkersOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--workers", help="Ray actors (default: one per GPU in the cluster, else one per CPU, <= 8)"
-    ),
-]
 
 
 def _stages(
@@ -395,6 +369,56 @@ def demo_cmd(
 
     run_demo(_load(model, None, None), layer=layer, max_new_tokens=max_new_tokens)
 
+
+@app.command("find-layers")
+def find_layers_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for layers.csv/.png")],
+    target_word: Annotated[str, typer.Option(help="word whose next-token probability to raise")],
+    test_prompt: Annotated[
+        list[str], typer.Option(help="prompt the target should follow (repeatable)")
+    ],
+    model: ModelOpt = "embedded",
+    positive: Annotated[list[str] | None, typer.Option(help="positive text (repeatable)")] = None,
+    negative: Annotated[list[str] | None, typer.Option(help="negative text (repeatable)")] = None,
+    vector: Annotated[Path | None, typer.Option(help="a vector .safetensors instead")] = None,
+    layers: Annotated[str | None, typer.Option(help="e.g. 0,2,4 (default: all)")] = None,
+    strength: Annotated[float, typer.Option(help="x mean residual norm at each layer")] = 1.0,
+    neutral: Annotated[list[str] | None, typer.Option(help="neutral prompt for the cost")] = None,
+    hook_point: Annotated[str | None, typer.Option(help=SITE_HELP + " (a point)")] = None,
+    rank_by: Annotated[str, typer.Option(help="effect | effect_per_cost")] = "effect",
+    chat: Annotated[bool, typer.Option("--chat/--no-chat", help="apply chat template")] = False,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    backend: BackendOpt = "hf",
+) -> None:
+    """Rank layers by how much steering there raises the target word's probability (one pass)."""
+    from steerlab.layer_finder import find_layers, parse_layers
+    from steerlab.vectors import SteeringVector
+
+    chosen = parse_layers(layers) if layers is not None else None
+    m = _load(model, device, dtype, chat=chat, backend=backend)
+    report = find_layers(
+        m,
+        test_prompt,
+        target_word,
+        vector=SteeringVector.load(vector, m.d_model) if vector is not None else None,
+        positive=positive,
+        negative=negative,
+        layers=chosen,
+        strength=strength,
+        neutral_prompts=neutral,
+        hook=hook_point,
+        chat=chat,
+        rank_by=rank_by,
+    )
+    typer.echo(report.format())
+    typer.echo(f"wrote {report.to_csv(out / 'layers.csv')} and {report.plot(out / 'layers.png')}")
+
+
+# commands kept in modules of their own (imported here, after the shared options exist)
+from steerlab import cli_questions  # noqa: E402
+
+cli_questions.register(app)
 
 INTERRUPTED = "interrupted; rerun the same command to resume"
 

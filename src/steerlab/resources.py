@@ -1,4 +1,4 @@
-"""Files shipped inside the package: pipeline configs and prompt sets.
+"""Files shipped inside the package: pipeline configs, prompt sets, questions, steering configs.
 
 They live under ``steerlab/data/<kind>/`` and are found through :mod:`importlib.resources`, so
 they are there wherever steerlab is installed and whatever the working directory is. A shipped
@@ -22,9 +22,19 @@ from typing import Any, Literal
 
 from steerlab.errors import SteerlabError
 
-Kind = Literal["configs", "prompts"]
-SUFFIX: dict[str, str] = {"configs": ".yaml", "prompts": ".jsonl"}
-_WHAT = {"configs": ("config file", "configs"), "prompts": ("prompt file", "prompt sets")}
+Kind = Literal["configs", "prompts", "questions", "steering"]
+SUFFIX: dict[str, str] = {
+    "configs": ".yaml",
+    "prompts": ".jsonl",
+    "questions": ".yaml",
+    "steering": ".yaml",
+}
+_WHAT = {
+    "configs": ("config file", "configs"),
+    "prompts": ("prompt file", "prompt sets"),
+    "questions": ("question file", "question files"),
+    "steering": ("steering config", "steering configs"),
+}
 
 
 def _dir(kind: Kind) -> Any:  # a Traversable (its import path differs across Python versions)

@@ -32,6 +32,24 @@ LAYERS = [0, 2]
 SYSTEM = "Be brief."
 
 
+def _block_output(model: Model, ids: list[int], layer: int) -> torch.Tensor:
+    """Block ``layer``'s output for every token (T, d). Not ``output_hidden_states``: Hugging
+    Face then installs output-capturing hooks and keeps them on the session-wide model."""
+    seen: list[torch.Tensor] = []
+
+    def keep(_module: object, _args: object, out: object) -> None:
+        t = out if isinstance(out, torch.Tensor) else out[0]  # type: ignore[index]
+        seen.append(t.detach().clone())
+
+    handle = model.hf.model.layers[layer].register_forward_hook(keep)
+    try:
+        with torch.inference_mode():
+            model.hf(input_ids=torch.tensor([ids]), use_cache=False)
+    finally:
+        handle.remove()
+    return seen[0][0].float()
+
+
 def _hand_direction(
     model: Model,
     prompts: list[str],
@@ -41,14 +59,12 @@ def _hand_direction(
     position: str,
 ) -> torch.Tensor:
     """mean(refusal) - mean(helpful) of resid_post at ``layer``, one unpadded HF forward per
-    example (``hidden_states[layer + 1]`` is block ``layer``'s output)."""
+    example, read by a plain torch hook on the decoder layer."""
     acts: dict[bool, list[torch.Tensor]] = {True: [], False: []}
     for prompt, completion, label in zip(prompts, completions, refused, strict=True):
         head = model.encode(model.format_prompt(prompt, system=SYSTEM))
         tail = model.tokenizer(completion, add_special_tokens=False)["input_ids"]
-        with torch.inference_mode():
-            out = model.hf(input_ids=torch.tensor([head + tail]), output_hidden_states=True)
-        h = out.hidden_states[layer + 1][0]  # (T, d)
+        h = _block_output(model, head + tail, layer)  # (T, d)
         sel = {
             "mean_completion": h[len(head) :],
             "first_completion": h[len(head) : len(head) + 1],

@@ -284,7 +284,21 @@ class HFBackend(Backend):
             yield
 
     def count_hooks(self) -> int:
-        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in self.hf.modules())
+        """Torch hooks on the model, except transformers' own machinery (an
+        ``output_hidden_states`` call installs output-capturing hooks that stay by design)."""
+        return count_torch_hooks(self.hf)
+
+
+def count_torch_hooks(module: nn.Module) -> int:
+    """Forward and pre-forward hooks in ``module``'s tree that transformers did not install."""
+
+    def ours(hooks: dict[Any, Any]) -> int:
+        return sum(
+            not str(getattr(h, "__module__", "")).startswith("transformers.")
+            for h in hooks.values()
+        )
+
+    return sum(ours(m._forward_hooks) + ours(m._forward_pre_hooks) for m in module.modules())
 
 
 def hf_call_info(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallInfo:

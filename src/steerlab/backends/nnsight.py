@@ -43,7 +43,7 @@ from steerlab.backends.base import (
     replace_first,
     run_edits,
 )
-from steerlab.backends.hf import architecture, find_layers, hf_call_info
+from steerlab.backends.hf import architecture, count_torch_hooks, find_layers, hf_call_info
 from steerlab.errors import SteerlabError
 from steerlab.sites import Site
 
@@ -365,9 +365,7 @@ class NNsightBackend(Backend):
     def count_hooks(self) -> int:
         """Torch hooks on the wrapped model, plus nnsight interventions of ours still registered
         (a running trace's workers, stored edits of :meth:`attach`)."""
-        hooks = sum(
-            len(m._forward_hooks) + len(m._forward_pre_hooks) for m in self.wrapped_hf.modules()
-        )
+        hooks = count_torch_hooks(self.wrapped_hf)
         return hooks + len(self.lm.interleaver.mediators) + len(self._stored)
 
 
