@@ -144,6 +144,23 @@ def test_judge_scores_are_joined_and_cached(tmp_path: Path) -> None:
     assert "judge_aligned" in set(pd.read_csv(out / "summary.csv").metric)
 
 
+def test_a_finished_run_can_be_judged_afterwards(tmp_path: Path) -> None:
+    """The judge is not part of what a run directory is compared on: rerunning a finished run
+    with judge options adds the scores without generating anything again."""
+    q, _ = _files(tmp_path)
+    out = tmp_path / "later"
+    _cli(_args(q, out))
+    parts = {p: p.stat().st_mtime_ns for p in (out / "parts" / "generate").glob("*.parquet")}
+    assert "judge_aligned" not in pd.read_parquet(out / "results.parquet").columns
+    with FakeOpenAI() as fake:
+        _cli(_args(q, out, "--judge-url", fake.url, "--judge-model", "fake-judge"))
+    df = pd.read_parquet(out / "results.parquet")
+    assert df.judge_aligned.notna().all()
+    assert {p: p.stat().st_mtime_ns for p in parts} == parts  # nothing regenerated
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["judge"]["model"] == "fake-judge"
+
+
 def test_killed_run_resumes_with_every_row_once(tmp_path: Path) -> None:
     q, s = _files(tmp_path)
     out = tmp_path / "killed"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -64,6 +64,14 @@ class EvalConfig(RunConfig):
     generation: EvalGenerationCfg = EvalGenerationCfg()
     judge: JudgeCfg | None = None
     shard_size: int = Field(default=64, ge=1)
+
+    def canonical(self) -> dict[str, Any]:
+        """Without ``judge``: the judge only scores answers already generated (its calls are
+        cached by judge model and prompt), so a finished run can be judged, or judged again by
+        another judge, by rerunning with other judge options; the manifest records which."""
+        data = super().canonical()
+        data.pop("judge", None)
+        return data
 
     @field_validator("steering")
     @classmethod

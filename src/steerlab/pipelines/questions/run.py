@@ -29,10 +29,9 @@ from steerlab.runs.runner import Runtime, Workflow
 from steerlab.runs.shards import read_part
 
 if TYPE_CHECKING:
-    from steerlab.tasks.questions import Question
-
     from steerlab.interventions import Intervention
     from steerlab.models import Model
+    from steerlab.tasks.questions import Question
 
 logger = logging.getLogger(__name__)
 STAGES = ("generate", "judge", "report")
@@ -61,9 +60,8 @@ def sample_seed(base: int, question_id: str, paraphrase_index: int, sample: int)
 
 
 def read_questions(cfg: EvalConfig) -> list[Question]:
-    from steerlab.tasks.questions import load_questions
-
     from steerlab.resources import local_path
+    from steerlab.tasks.questions import load_questions
 
     with local_path("questions", cfg.questions.path) as path:
         return load_questions(path)
@@ -265,4 +263,6 @@ def judge_stage(rt: Runtime[EvalConfig]) -> None:
         out.loc[i, f"judge_{metric}_kind"] = res.kind
     with atomic_path(rt.run.path / "parts" / "judge" / "judge.parquet") as tmp:
         out.to_parquet(tmp, index=False)
-    rt.run.record_stage("judge", time.perf_counter() - t0, calls=len(jobs))
+    rt.run.record_stage(
+        "judge", time.perf_counter() - t0, calls=len(jobs), url=cfg.judge.url, model=cfg.judge.model
+    )
