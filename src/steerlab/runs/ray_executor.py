@@ -89,6 +89,7 @@ class RayExecutor(Executor):
         self._failures: collections.Counter[int] = collections.Counter()
         self._shards: collections.Counter[int] = collections.Counter()
         self._retried: list[dict[str, Any]] = []
+        self._restarting: dict[Any, int] = {}  # ready-ref of a restarting worker -> worker
 
     # ------------------------------------------------------------------ start / stop
 
@@ -221,10 +222,25 @@ class RayExecutor(Executor):
             logger.warning("ray: worker w%d is gone (%s)", worker, _first_line(e)[:200])
             return False
 
+    def _usable(self) -> list[int]:
+        """Live workers not restarting; waits for a restart when every live one is."""
+        ray = self._ray
+        while True:
+            if self._restarting:
+                refs = list(self._restarting)
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                for ref in ready:
+                    self._check_restart(self._restarting.pop(ref), ref)
+            busy = set(self._restarting.values())
+            usable = [i for i in self._alive() if i not in busy]
+            if usable or not self._restarting:
+                return usable
+            ray.wait(list(self._restarting), num_returns=1)
+
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         ray = self._ray
         for _attempt in range(self.spec.shard_retries + 1):
-            alive = self._alive()
+            alive = self._usable()
             if not alive:
                 break
             i = alive[0]
@@ -235,7 +251,7 @@ class RayExecutor(Executor):
             except ray.exceptions.RayError as e:
                 self._lost(i, getattr(fn, "__name__", "a call"), e)
                 if i not in self._dead:
-                    self._check_restart(i, self._restarted(i))
+                    self._restarting[self._restarted(i)] = i
         raise SteerlabError("every Ray worker died; see the Ray logs (ray logs / /tmp/ray)")
 
     def map(
@@ -247,8 +263,10 @@ class RayExecutor(Executor):
             (s, None) for s in shards
         )
         pending: dict[Any, tuple[Shard, int]] = {}
-        restarting: dict[Any, int] = {}  # lost workers, until Ray has them back
-        idle = set(self._alive())
+        # lost workers until Ray has them back; kept across stages, so a worker still
+        # restarting when a stage ends gets no work in the next one before it is back
+        restarting = self._restarting
+        idle = set(self._alive()) - set(restarting.values())
         attempts: collections.Counter[str] = collections.Counter()
         taken: set[str] = set()
         while queue or pending:
