@@ -26,7 +26,9 @@ MESSAGE = "interrupted; rerun the same command to resume"
 
 
 def _config(tmp: Path, out: str) -> Path:
-    return tiny_run_config(tmp, out, "signals")
+    # long enough completions that the sweep lasts seconds: the signal must land inside it,
+    # not after the report was written (a race on a loaded machine with 5-token completions)
+    return tiny_run_config(tmp, out, "signals", max_new_tokens=40)
 
 
 def _rows(run_dir: Path) -> pd.DataFrame:
