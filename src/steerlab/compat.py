@@ -67,8 +67,9 @@ def create_contrast_vector(
 ) -> torch.Tensor:
     """``act(positive_prompt) - act(negative_prompt)`` at ``blocks.{layer}.hook_{hook_point}``.
 
-    Each side is the activation averaged over its prompt's tokens (a leading BOS token excluded:
-    it is identical on both sides and would otherwise leak in when the prompts differ in length).
+    Each side is the activation averaged over its prompt's tokens after the first (the first
+    token is an attention sink with a huge, nearly prompt-independent activation that would
+    otherwise leak in when the prompts differ in length).
     Returns a ``(d_model,)`` float32 CPU tensor, for ``generate_with_steering``'s ``vector``.
     """
     m = as_model(model)

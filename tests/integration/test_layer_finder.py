@@ -143,7 +143,7 @@ def reference(model: Model, layer: int, strength: float, targets: list[int]) -> 
     def acts(text: str) -> torch.Tensor:
         sink: list[torch.Tensor] = []
         hf_logprobs(model, text, layer, sink=sink)
-        return sink[0]  # (T, d); the tiny tokenizer adds no BOS
+        return sink[0][1:]  # (T-1, d): the first token (the attention sink) left out
 
     direction = acts(POS).mean(0) - acts(NEG).mean(0)
     r = sum(float(acts(p).norm(dim=-1).mean()) for p in TESTS + NEUTRAL) / len(TESTS + NEUTRAL)
@@ -263,11 +263,11 @@ def test_target_token_ids_dedupe_first_tokens(tiny_llama: Model) -> None:
         target_token_ids(tok, "  ")
 
 
-def test_content_positions_drop_only_a_leading_bos(tiny_llama: Model) -> None:
+def test_content_positions_drop_the_first_token(tiny_llama: Model) -> None:
     bos = tiny_llama.tokenizer.bos_token_id
     assert content_positions(tiny_llama, [bos, 70, 71]) == [1, 2]
-    assert content_positions(tiny_llama, [70, bos, 71]) == [0, 1, 2]
-    assert content_positions(tiny_llama, [bos]) == [0]
+    assert content_positions(tiny_llama, [70, bos, 71]) == [1, 2]  # BOS or not: the sink
+    assert content_positions(tiny_llama, [bos]) == [0]  # a lone token is kept
 
 
 def test_parse_layers() -> None:

@@ -90,9 +90,10 @@ def test_names_are_exported() -> None:
 def test_contrast_vector_is_the_mean_token_difference(tiny_llama: Model, layer: int) -> None:
     v = sl.create_contrast_vector(tiny_llama, POS, NEG, layer=layer)
     assert v.shape == (tiny_llama.d_model,) and v.dtype == torch.float32
-    want = hf_block_acts(tiny_llama, POS, layer).mean(0) - hf_block_acts(
+    # mean over tokens after the first (the attention sink)
+    want = hf_block_acts(tiny_llama, POS, layer)[1:].mean(0) - hf_block_acts(
         tiny_llama, NEG, layer
-    ).mean(0)
+    )[1:].mean(0)
     torch.testing.assert_close(v, want, atol=1e-5, rtol=1e-5)
     assert tiny_llama.backend.count_hooks() == 0
 
@@ -242,7 +243,7 @@ def test_hooked_transformer_from_the_same_weights_agrees() -> None:
     with torch.inference_mode():
         _, pos_cache = ht.run_with_cache(torch.tensor([ref.encode(POS)]), names_filter=name)
         _, neg_cache = ht.run_with_cache(torch.tensor([ref.encode(NEG)]), names_filter=name)
-    tl_v = pos_cache[name][0].mean(0) - neg_cache[name][0].mean(0)
+    tl_v = pos_cache[name][0][1:].mean(0) - neg_cache[name][0][1:].mean(0)
     torch.testing.assert_close(v, tl_v, atol=1e-5, rtol=1e-5)
 
     spec = [steer(v, layer, 3.0)]
