@@ -4,17 +4,16 @@ sentence naming the file, the vector and the key; and the check of its layers ag
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from steerlab.errors import SteerlabError
 from steerlab.resources import local_path, resolve
 from steerlab.steering_config.spec import VECTOR_KEYS, SteeringConfigError, SteeringConfigFile
 from steerlab.vectors import SteeringVector
+from steerlab.yamlfile import read_yaml
 
 
 def parse_steering_config(
@@ -119,46 +118,8 @@ def _kind(value: Any) -> str:
     return "a list" if isinstance(value, list) else f"the scalar {value!r}"[:60]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key written twice in one mapping (the plain loader
-    keeps the last silently); merge keys (``<<: *base``) may still be overridden."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Hashable, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, Hashable) and key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"found the key {key!r} twice",
-                key_node.start_mark,
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _read_yaml(file: Path) -> Any:
-    where = str(file)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise SteeringConfigError(f"{where}: not valid UTF-8 ({e.reason})") from e
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
-    except RecursionError as e:
-        raise SteeringConfigError(f"{where}: malformed YAML (nested too deeply)") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = " ".join(str(getattr(e, "problem", None) or e).split())
-        raise SteeringConfigError(f"{where}{line}: malformed YAML ({problem})") from e
+    return read_yaml(file, SteeringConfigError)
 
 
 # ----------------------------------------------------------------------------- model checks

@@ -35,17 +35,16 @@ from __future__ import annotations
 
 import os
 import string
-from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, StrictInt, StrictStr, ValidationError, field_validator
 
 from steerlab.errors import SteerlabError
 from steerlab.resources import local_path, resolve
 from steerlab.runs.config import Strict
+from steerlab.yamlfile import read_yaml
 
 #: Question types this reader knows; anything else is an error, never skipped.
 QUESTION_TYPES: tuple[str, ...] = ("free_form", "free_form_judge", "free_form_judge_0_100")
@@ -266,46 +265,5 @@ def _kind(value: Any) -> str:
 # ----------------------------------------------------------------------------- YAML
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key written twice in one mapping (which the plain
-    loader resolves silently to the last value). Merge keys (``<<: *base``) may still be
-    overridden by the mapping's own keys."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Hashable, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, Hashable) and key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"found the key {key!r} twice",
-                key_node.start_mark,
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _read_yaml(file: Path) -> Any:
-    """Parse ``file``; undecodable bytes, bad YAML (with its line) and runaway nesting are one
-    :class:`QuestionFileError` each."""
-    where = str(file)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise QuestionFileError(f"{where}: not valid UTF-8 ({e.reason})") from e
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
-    except RecursionError as e:
-        raise QuestionFileError(f"{where}: malformed YAML (nested too deeply)") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = " ".join(str(getattr(e, "problem", None) or e).split())
-        raise QuestionFileError(f"{where}{line}: malformed YAML ({problem})") from e
+    return read_yaml(file, QuestionFileError)
