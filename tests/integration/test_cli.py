@@ -536,6 +536,33 @@ def run_args(f: Files, command: str = "run") -> list[object]:
     return [command, "--fast", "--model", "tiny-llama", "--output-dir", f.out, "--quiet"]
 
 
+def eq_args(f: Files, questions: Path | None = None) -> list[object]:
+    """``steerlab eval-questions`` on tiny-llama, its run directory under ``f.out``."""
+    q = questions if questions is not None else _questions(f, "free_form")
+    return ["eval-questions", "--model", "tiny-llama", "--questions", q, "--out", f.out / "eq"]
+
+
+def _questions(f: Files, qtype: str) -> Path:
+    text = f"- id: q1\n  type: {qtype}\n  paraphrases: [Hello there]\n  samples_per_paraphrase: 1\n"
+    return f._write(f"q_{qtype}.yaml", text)
+
+
+def _steering(f: Files, extra: str, layer: int = 1) -> Path:
+    text = (
+        "vectors:\n  - name: v\n    positive_prompt: kind\n    negative_prompt: cruel\n"
+        f"    layer: {layer}\n    coefficient: 1.0\n{extra}"
+    )
+    return f._write(f"steer_{layer}_{len(extra)}.yaml", text)
+
+
+def fl_args(f: Files) -> list[object]:
+    """``steerlab find-layers`` on tiny-llama, writing under ``f.out``."""
+    return [
+        "find-layers", "--model", "tiny-llama", "--positive", "kind", "--negative", "cruel",
+        "--test-prompt", "Tell me", "--target-word", "a", "--out", f.out / "fl",
+    ]  # fmt: skip
+
+
 BAD: dict[str, Case] = {
     "missing prompts file": lambda f: (
         [*GEN, "--prompts", f.missing, "-o", f.out_jsonl],
@@ -874,6 +901,46 @@ BAD: dict[str, Case] = {
     "empty contrast prompt": lambda f: (
         [*BUILD, "--layer", 1, "--positive", "", "--negative", "x", "-o", f.out_vec],
         "--positive prompt 1 is empty",
+    ),
+    "eval-questions: unknown question type": lambda f: (
+        [*eq_args(f, _questions(f, "multiple_choice"))],
+        "unknown type 'multiple_choice'",
+    ),
+    "eval-questions: missing question file": lambda f: (
+        [*eq_args(f, f.missing)],
+        "nope.jsonl",
+    ),
+    "eval-questions: malformed question YAML": lambda f: (
+        [*eq_args(f, f._write("q_bad.yaml", "- id: [unclosed\n"))],
+        "q_bad.yaml:",
+    ),
+    "eval-questions: unknown steering key": lambda f: (
+        [*eq_args(f), "--steering-config", _steering(f, "    colour: red\n")],
+        "colour",
+    ),
+    "eval-questions: steering layer out of range": lambda f: (
+        [*eq_args(f), "--steering-config", _steering(f, "", layer=99)],
+        "layer 99 is out of range",
+    ),
+    "eval-questions: steering config missing": lambda f: (
+        [*eq_args(f), "--steering-config", f.missing],
+        "nope.jsonl",
+    ),
+    "eval-questions: judge url without model": lambda f: (
+        [*eq_args(f), "--judge-url", "http://127.0.0.1:1/v1"],
+        "--judge-url and --judge-model go together",
+    ),
+    "eval-questions: zero samples": lambda f: (
+        [*eq_args(f), "--n-per-question", 0],
+        "--n-per-question",
+    ),
+    "find-layers: bad layer list": lambda f: (
+        [*fl_args(f), "--layers", "1,x"],
+        "comma-separated list of layer indices",
+    ),
+    "find-layers: layer out of range": lambda f: (
+        [*fl_args(f), "--layers", "0,99"],
+        "layer 99 is out of range",
     ),
     "unknown executor": lambda f: ([*run_args(f), "--executor", "foo"], "unknown executor 'foo'"),
     "unknown executor, stage command": lambda f: (
