@@ -1,4 +1,5 @@
-"""Files shipped inside the package: pipeline configs, prompt sets, questions, steering configs.
+"""Files shipped inside the package: pipeline configs, prompt sets, questions, steering configs,
+code task sets.
 
 They live under ``steerlab/data/<kind>/`` and are found through :mod:`importlib.resources`, so
 they are there wherever steerlab is installed and whatever the working directory is. A shipped
@@ -22,14 +23,16 @@ from typing import Any, Literal
 
 from steerlab.errors import SteerlabError
 
-Kind = Literal["configs", "prompts", "questions", "steering"]
+Kind = Literal["code", "configs", "prompts", "questions", "steering"]
 SUFFIX: dict[str, str] = {
+    "code": ".jsonl",
     "configs": ".yaml",
     "prompts": ".jsonl",
     "questions": ".yaml",
     "steering": ".yaml",
 }
 _WHAT = {
+    "code": ("code task file", "code task sets"),
     "configs": ("config file", "configs"),
     "prompts": ("prompt file", "prompt sets"),
     "questions": ("question file", "question files"),
