@@ -5,6 +5,11 @@ Algebra, with ``u`` the unit direction, ``s`` the scale factor, ``h`` the residu
 - ``add``:    ``h + α·s·u``                     (α = 0 is exactly the unsteered model)
 - ``ablate``: ``h - α·(h·u)·u``                 (α = 1 removes the projection; scale unused)
 - ``clamp``:  ``h + (α·s - h·u)·u``             (sets the projection on ``u`` to ``α·s``)
+- ``sae_clamp``: ``h + (α - a(h))·d``           (sets an SAE feature's activation ``a`` to α)
+
+``sae_clamp`` takes the vector from ``steerlab.directions.sae(sae, feature)`` and that ``sae``;
+``d`` is the feature's decoder row, α the target activation in the SAE's own units (scale must be
+``absolute``). The SAE's reconstruction error is kept (see :mod:`steerlab.sae.clamp`).
 
 Scale ``s``: ``absolute`` = 1 (α is in residual units); ``diff`` = the norm of the vector's
 direction at that layer as it is now, so ``add`` with ``α`` adds exactly ``α`` times the stored
@@ -33,13 +38,16 @@ from typing import TYPE_CHECKING
 import torch
 
 from steerlab.errors import SteerlabError
+from steerlab.sae.clamp import SAEClamps, build_clamps, feature_of
+from steerlab.sae.model import SparseAutoencoder
 from steerlab.sites import Site, parse_point
 from steerlab.vectors import SteeringVector
 
 if TYPE_CHECKING:
     from steerlab.models import Model
 
-KINDS = ("add", "ablate", "clamp")
+KINDS = ("add", "ablate", "clamp", "sae_clamp")
+VECTOR_KINDS = ("add", "ablate", "clamp")  # what a vector file alone can do (no SAE)
 SCALES = ("absolute", "diff", "resid")
 POSITION_MODES = ("all", "prompt", "last-prompt", "generated")
 _INF = 1 << 40
@@ -97,6 +105,7 @@ class Intervention:
     built at one layer can be applied at another. ``hook_point`` is any site point
     (``resid_pre``, ``attn_out``, ``resid_mid``, ``mlp_out``, ``resid_post``) or a full name
     ``blocks.L.hook_POINT`` whose layer must equal ``layer``; default: the vector's own.
+    ``sae`` is the SAE of an ``sae_clamp`` (and only used there).
     """
 
     vector: SteeringVector
@@ -107,6 +116,7 @@ class Intervention:
     positions: str = "all"
     scale: str = "absolute"
     source_layer: int | None = None
+    sae: SparseAutoencoder | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -123,6 +133,10 @@ class Intervention:
             raise SteerlabError(f"alpha must be a finite number, got {self.alpha!r}")
         Window.parse(self.positions)
         self.vector.direction(self.src)  # raises when the vector lacks that layer
+        if self.kind == "sae_clamp":
+            feature_of(self)
+        elif self.sae is not None:
+            raise SteerlabError(f"sae= is only used by kind 'sae_clamp', not {self.kind!r}")
         if self.scale == "resid" and self.src not in self.vector.mean_resid_norm:
             raise SteerlabError(
                 f"scale 'resid' needs the mean residual norm at layer {self.src}, "
@@ -159,6 +173,11 @@ class Intervention:
         return float(self.vector.mean_resid_norm[self.src])
 
     def describe(self) -> str:
+        if self.kind == "sae_clamp":
+            return (
+                f"sae_clamp@{self.site.name} feature={feature_of(self)} target={self.alpha:g} "
+                f"positions={self.positions}"
+            )
         return (
             f"{self.kind}@{self.site.name} α={self.alpha:g} ({self.scale}) "
             f"positions={self.positions}"
@@ -175,6 +194,7 @@ class Slot:
     Shapes: ``add``/``unit`` (B, d_model) float32; ``coef``/``target`` (B,) float32;
     ``is_clamp`` (B,) bool; ``lo``/``hi`` (B,) int64 window bounds relative to the prompt end.
     Rows without a k-th intervention have zeros everywhere, which leaves them exactly unchanged.
+    ``sae`` holds the rows' ``sae_clamp`` tensors (None when no row of the slot has one).
     """
 
     add: torch.Tensor
@@ -185,14 +205,17 @@ class Slot:
     lo: torch.Tensor
     hi: torch.Tensor
     has_proj: bool
+    sae: SAEClamps | None = None
 
     def select(self, idx: torch.Tensor) -> Slot:
         t = {k: getattr(self, k).index_select(0, idx) for k in _SLOT_TENSORS}
-        return Slot(**t, has_proj=self.has_proj)
+        sae = None if self.sae is None else self.sae.select(idx)
+        return Slot(**t, has_proj=self.has_proj, sae=sae)
 
     def to(self, device: torch.device) -> Slot:
         t = {k: getattr(self, k).to(device) for k in _SLOT_TENSORS}
-        return Slot(**t, has_proj=self.has_proj)
+        sae = None if self.sae is None else self.sae.to(device)
+        return Slot(**t, has_proj=self.has_proj, sae=sae)
 
     def apply(self, h: torch.Tensor, rel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Return the steered residual. ``h`` (B, T, d); ``rel``/``valid`` (B, T)."""
@@ -205,6 +228,8 @@ class Slot:
                 self.is_clamp[:, None], self.target[:, None] - proj, -self.coef[:, None] * proj
             )
             delta = delta + dproj[..., None] * unit  # (B, T, d)
+        if self.sae is not None:
+            delta = delta + self.sae.delta(h)  # (B, T, d)
         return h + (mask[..., None] * delta).to(h.dtype)
 
     def apply_tokens(self, h: torch.Tensor, row: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
@@ -226,6 +251,8 @@ class Slot:
                 -self.coef.index_select(0, row) * proj,
             )
             delta = delta + dproj[:, None] * unit  # (N, d)
+        if self.sae is not None:
+            delta = delta + self.sae.delta(h, row)  # (N, d)
         return h + (mask[:, None] * delta).to(h.dtype)
 
 
@@ -284,6 +311,8 @@ def compile_plan(
             if model is not None:
                 model.check_layer(iv.layer)
                 model.backend.check_site(iv.site)
+            if model is not None and iv.sae is not None:
+                iv.sae.check_model(model)
             if d_model is not None:
                 iv.vector.check_d_model(d_model)
             if model is not None:
@@ -333,6 +362,8 @@ def _build_slot(col: Sequence[Intervention | None], device: torch.device) -> Slo
         if iv is None:
             continue
         lo[r], hi[r] = iv.window.bounds
+        if iv.kind == "sae_clamp":
+            continue  # its tensors are built by build_clamps
         if iv.kind == "add":
             if iv.alpha != 0:
                 add[r] = iv.alpha * iv.scale_factor() * iv.vector.unit(iv.src)
@@ -352,4 +383,5 @@ def _build_slot(col: Sequence[Intervention | None], device: torch.device) -> Slo
         lo=lo.to(device),
         hi=hi.to(device),
         has_proj=bool(unit.abs().sum() > 0),
+        sae=build_clamps(col, d, device),
     )

@@ -9,6 +9,7 @@ from steerlab.directions.labeled import labeled
 from steerlab.directions.outcome import outcome_conditioned
 from steerlab.directions.pca import pca
 from steerlab.directions.record import Recording, record
+from steerlab.directions.sae import sae
 
 METHODS = ("contrast", "single", "forced-prefix", "labeled", "pca")
 
@@ -23,5 +24,6 @@ __all__ = [
     "outcome_conditioned",
     "pca",
     "record",
+    "sae",
     "single",
 ]
