@@ -200,10 +200,12 @@ def generate_cmd(
 
 def _check_steer_options(kind: str, positions: str, scale: str) -> None:
     """Validate steering options even when no vector is given (a typo is never ignored)."""
-    from steerlab.interventions import KINDS, SCALES, Window
+    from steerlab.interventions import SCALES, VECTOR_KINDS, Window
 
-    if kind not in KINDS:
-        raise SteerlabError(f"unknown --intervention {kind!r}: use one of {', '.join(KINDS)}")
+    if kind not in VECTOR_KINDS:
+        raise SteerlabError(
+            f"unknown --intervention {kind!r}: use one of {', '.join(VECTOR_KINDS)}"
+        )
     if scale not in SCALES:
         raise SteerlabError(f"unknown --scale {scale!r}: use one of {', '.join(SCALES)}")
     Window.parse(positions)
@@ -416,9 +418,10 @@ def find_layers_cmd(
 
 
 # commands kept in modules of their own (imported here, after the shared options exist)
-from steerlab import cli_questions  # noqa: E402
+from steerlab import cli_code, cli_questions  # noqa: E402
 
 cli_questions.register(app)
+cli_code.register(app)
 
 INTERRUPTED = "interrupted; rerun the same command to resume"
 

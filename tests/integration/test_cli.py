@@ -563,6 +563,23 @@ def fl_args(f: Files) -> list[object]:
     ]  # fmt: skip
 
 
+def _code_tasks(f: Files, lines: str = "") -> Path:
+    good = (
+        '{"task_id": 1, "text": "Write f(x) returning x.", "code": "def f(x):\\n    return x", '
+        '"test_list": ["assert f(1) == 1"], "test_setup_code": ""}\n'
+    )
+    return f._write(f"code_{len(lines)}.jsonl", good + lines)
+
+
+def sc_args(f: Files, *vector: object) -> list[object]:
+    """``steerlab select-coefficients`` on tiny-llama, its run directory under ``f.out``."""
+    vec = list(vector) if vector else ["--vector", f.vec, "--layer", 1]
+    return [
+        "select-coefficients", "--model", "tiny-llama", "--tasks", _code_tasks(f),
+        "--prompt-mode", "completion", "--out", f.out / "sc", "--quiet", *vec,
+    ]  # fmt: skip
+
+
 BAD: dict[str, Case] = {
     "missing prompts file": lambda f: (
         [*GEN, "--prompts", f.missing, "-o", f.out_jsonl],
@@ -941,6 +958,54 @@ BAD: dict[str, Case] = {
     "find-layers: layer out of range": lambda f: (
         [*fl_args(f), "--layers", "0,99"],
         "layer 99 is out of range",
+    ),
+    "select-coefficients: no vector": lambda f: (
+        sc_args(f, "--layer", 1),
+        "give a vector file (--vector) or --vector-from-baseline",
+    ),
+    "select-coefficients: missing task file": lambda f: (
+        [*sc_args(f), "--tasks", f.missing],
+        "nope.jsonl",
+    ),
+    "select-coefficients: malformed task line": lambda f: (
+        [*sc_args(f), "--tasks", _code_tasks(f, "{not json\n")],
+        ":2",
+    ),
+    "select-coefficients: task line without test_list": lambda f: (
+        [*sc_args(f), "--tasks", _code_tasks(f, '{"task_id": 2, "text": "t", "code": "x = 1"}\n')],
+        "test_list",
+    ),
+    "select-coefficients: vector of another width": lambda f: (
+        sc_args(f, "--vector", f.small_vec, "--layer", 1),
+        "d_model",
+    ),
+    "select-coefficients: vector layer out of range": lambda f: (
+        sc_args(f, "--vector", f.vec, "--layer", 99),
+        "the model has layers",
+    ),
+    "select-coefficients: bad coefficient list": lambda f: (
+        [*sc_args(f), "--coefficients", "1,x"],
+        "--coefficients",
+    ),
+    "select-coefficients: repeated coefficient": lambda f: (
+        [*sc_args(f), "--coefficients", "1,1"],
+        "coefficients must be distinct",
+    ),
+    "select-coefficients: bad --select": lambda f: (
+        [*sc_args(f), "--select", "foo"],
+        "VECTOR=COEFFICIENT",
+    ),
+    "select-coefficients: unknown prompt mode": lambda f: (
+        [*sc_args(f), "--prompt-mode", "poetry"],
+        "--prompt-mode 'poetry'",
+    ),
+    "select-coefficients: missing baseline file": lambda f: (
+        [*sc_args(f), "--baseline", f.missing],
+        "--baseline",
+    ),
+    "select-coefficients: baseline that is not parquet": lambda f: (
+        [*sc_args(f), "--baseline", f.not_vec],
+        "not a readable Parquet file",
     ),
     "unknown executor": lambda f: ([*run_args(f), "--executor", "foo"], "unknown executor 'foo'"),
     "unknown executor, stage command": lambda f: (

@@ -91,3 +91,20 @@ def bootstrap_diff_ci(
     my = _boot_means(y, n_boot, rng) if y.size > 1 else np.full(n_boot, y[0])
     lo, hi = np.quantile(mx - my, [alpha / 2, 1 - alpha / 2])
     return diff, float(lo), float(hi)
+
+
+def wilson_ci(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float, float]:
+    """``(rate, lo, hi)``: the Wilson score interval (95% by default) for ``successes`` of ``n``.
+
+    Unlike a bootstrap, it stays informative at 0 or ``n`` successes out of a handful (10 of 10
+    gives [0.72, 1], not [1, 1]). ``n == 0`` gives NaN everywhere.
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)

@@ -1,0 +1,1 @@
+"""Code steering (seed 001): flips, drift and coefficient selection."""
