@@ -132,6 +132,9 @@ def select_coefficients_cmd(
         list[str] | None,
         typer.Option(help="VECTOR=COEF: use this coefficient instead of the suggestion"),
     ] = None,
+    baseline_only: Annotated[
+        bool, typer.Option(help="only generate and execute the baseline (its pass rate)")
+    ] = False,
     shard_size: Annotated[
         int, typer.Option(min=1, help="rows per part file (the unit of resume)")
     ] = 64,
@@ -213,8 +216,14 @@ def select_coefficients_cmd(
         shard_size=shard_size,
     )
     cfg = CodeConfig.parse(data, "select-coefficients")
-    run = execute(SelectCoefficients(), cfg, executor=spec, progress=not quiet)
+    stages = ("baseline",) if baseline_only else None
+    run = execute(SelectCoefficients(), cfg, stages=stages, executor=spec, progress=not quiet)
     typer.echo(f"run directory: {run.path}")
+    if baseline_only:
+        from steerlab.pipelines.code.run import baseline_summary
+
+        typer.echo(baseline_summary(run.path))
+        return
     typer.echo((run.path / "report.md").read_text(encoding="utf-8"))
 
 

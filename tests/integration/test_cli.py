@@ -961,7 +961,7 @@ BAD: dict[str, Case] = {
     ),
     "select-coefficients: no vector": lambda f: (
         sc_args(f, "--layer", 1),
-        "give a vector file (--vector) or --vector-from-baseline",
+        "--incorrect-vector) or --vector-from-baseline",
     ),
     "select-coefficients: missing task file": lambda f: (
         [*sc_args(f), "--tasks", f.missing],

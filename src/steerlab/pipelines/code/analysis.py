@@ -225,7 +225,7 @@ def select(summary: pd.DataFrame, sel: SelectionCfg, floor_hi: float) -> dict[st
         if ok.empty:
             entry |= {
                 "suggested": None,
-                "reason": "no coefficient meets the rule (see the table in report.md)",
+                "reason": "no coefficient meets the rule; see the table below",
             }
         else:
             best = ok.sort_values([metric, "coefficient"], ascending=[False, True]).iloc[0]

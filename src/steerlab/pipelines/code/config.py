@@ -113,9 +113,7 @@ class CodeConfig(RunConfig):
         return v
 
     @model_validator(mode="after")
-    def _some_vector(self) -> CodeConfig:
-        if not self.vectors and self.from_baseline is None:
-            raise ValueError("give a vector file (--vector) or --vector-from-baseline")
+    def _names_free(self) -> CodeConfig:
         if self.from_baseline is not None and {"correct", "incorrect"} & {
             r.name for r in self.vectors
         }:

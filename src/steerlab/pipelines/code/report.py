@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from steerlab.io import atomic_path, atomic_write_text
@@ -104,17 +105,29 @@ def plot(summary: pd.DataFrame, floor: dict[str, Any], path: Path) -> Path:
         ("syntax_valid_rate", "syntax-valid rate"),
         ("char_similarity", "char similarity to baseline"),
     )
+    colors = {v: f"C{i}" for i, v in enumerate(sorted(steered["vector"].unique()))}
     for ax, (metric, title) in zip(axes, panels, strict=True):
         for vector, g in steered.groupby("vector", sort=True):
+            color = colors[vector]
             g = g.sort_values("coefficient")
             x = g["coefficient"].to_numpy(dtype=float)
             y = g[metric].to_numpy(dtype=float)
-            err = [y - g[f"{metric}_lo"].to_numpy(float), g[f"{metric}_hi"].to_numpy(float) - y]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=str(vector))
+            lo, hi = g[f"{metric}_lo"].to_numpy(float), g[f"{metric}_hi"].to_numpy(float)
+            # a percentile interval can sit a rounding error off its mean; NaN: no interval
+            err = np.nan_to_num(np.clip(np.stack([y - lo, hi - y]), 0.0, None))
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=color, label=str(vector))
             if metric == "flip_rate" and "intended_rate" in g:
                 iy = g["intended_rate"].to_numpy(dtype=float)
                 if not all(math.isnan(v) for v in iy):
-                    ax.plot(x, iy, ls="--", marker="x", alpha=0.7, label=f"{vector}: intended")
+                    ax.plot(
+                        x,
+                        iy,
+                        ls="--",
+                        marker="x",
+                        color=color,
+                        alpha=0.7,
+                        label=f"{vector}: intended flip",
+                    )
         if metric == "flip_rate" and floor.get("n"):
             ax.axhspan(0, floor["flip_rate_hi"], color="grey", alpha=0.2, label="noise floor")
         ax.set_xscale("log")

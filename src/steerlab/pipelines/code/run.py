@@ -208,6 +208,11 @@ class SelectCoefficients(Workflow[CodeConfig]):
         return describe_model
 
     def check(self, cfg: CodeConfig, stages: Sequence[str]) -> None:
+        if not cfg.vector_names() and any(s in stages for s in ("vectors", "grid")):
+            raise SteerlabError(
+                "give a vector file (--vector, --correct-vector, --incorrect-vector) or "
+                "--vector-from-baseline"
+            )
         if not task_list(cfg):
             raise SteerlabError(f"{cfg.tasks}: no code tasks")
         for ref in cfg.vectors:
@@ -313,6 +318,19 @@ def load_baseline(run: Path) -> pd.DataFrame:
     if not path.is_file():
         raise SteerlabError(f"{run}: no baseline yet; run the baseline stage first")
     return pd.read_parquet(path)
+
+
+def baseline_summary(run: Path) -> str:
+    """One paragraph: the baseline's pass rate overall and per complexity."""
+    df = load_baseline(run)
+    ok = df["status"] == "pass"
+    by = df.assign(ok=ok).groupby("complexity")["ok"].agg(["sum", "size"])
+    strata = ", ".join(f"{c}: {int(r['sum'])}/{int(r['size'])}" for c, r in by.iterrows())
+    mix = ", ".join(f"{k} {v}" for k, v in df["status"].value_counts().items())
+    return (
+        f"baseline: {int(ok.sum())} of {len(df)} pass ({100 * ok.mean():.1f}%); statuses {mix}; "
+        f"passing by complexity {strata}"
+    )
 
 
 def baseline_stage(rt: Runtime[CodeConfig]) -> None:
