@@ -1,5 +1,6 @@
 """Files shipped inside the package: pipeline configs, prompt sets, questions, steering configs,
-code task sets.
+code task sets, classification tasks (a task config ``classify/<name>.yaml`` with the data it
+names beside it).
 
 They live under ``steerlab/data/<kind>/`` and are found through :mod:`importlib.resources`, so
 they are there wherever steerlab is installed and whatever the working directory is. A shipped
@@ -23,8 +24,9 @@ from typing import Any, Literal
 
 from steerlab.errors import SteerlabError
 
-Kind = Literal["code", "configs", "prompts", "questions", "steering"]
+Kind = Literal["classify", "code", "configs", "prompts", "questions", "steering"]
 SUFFIX: dict[str, str] = {
+    "classify": ".yaml",
     "code": ".jsonl",
     "configs": ".yaml",
     "prompts": ".jsonl",
@@ -32,6 +34,7 @@ SUFFIX: dict[str, str] = {
     "steering": ".yaml",
 }
 _WHAT = {
+    "classify": ("classification task config", "classification tasks"),
     "code": ("code task file", "code task sets"),
     "configs": ("config file", "configs"),
     "prompts": ("prompt file", "prompt sets"),

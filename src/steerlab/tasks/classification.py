@@ -1,0 +1,662 @@
+"""Classification tasks: labelled texts, the question a model is asked about each, and reading
+its answer back as a label.
+
+A task is two files, a YAML config and the JSONL examples it names::
+
+    name: vuln
+    prompt_template: |              # must use {text}; may use {group} and {group_name}
+      Is the following code vulnerable to {group_name}? ...
+      {text}
+    labels: [vulnerable, secure]    # the allowed answers
+    positive: vulnerable            # the positive class, for rates and curves
+    answer_words:                   # per label: words that state it, read in generated text
+      vulnerable: [vulnerable, "yes"]  # and, in logit mode, whose first tokens count
+      secure: [secure, safe, "no"]
+    uncertain_label: uncertain      # what an answer that states no label is read as
+    groups: {CWE-89: SQL injection} # group id -> the name {group_name} is filled with
+    intended: {target: vulnerable, direction: raise}  # the effect steering should have
+    data: vuln.jsonl                # relative to this file
+    build_split: build              # examples vectors are built from
+    eval_split: eval                # held-out examples the effect is measured on
+    chat: true                      # send the prompt through the model's chat template
+    system: null                    # a system prompt for that template, or null
+    parser: {...}                   # how answers are read; see AnswerParser
+
+and one example per line of the data file::
+
+    {"id": "cwe-89-01", "text": "def f(db, name): ...", "label": "vulnerable",
+     "group": "CWE-89", "split": "build", "pair": "cwe-89-p1"}
+
+``split`` is a field of every example (one file per task, so a pair can never straddle two
+files); ``pair`` is optional and ties examples that differ minimally, one per label, which must
+share a group and a split. Every group holds every label in both splits, ids are unique, and any
+unknown key, unknown label or misspelt group is an error naming ``file:line`` (or the config
+file and key): an example silently dropped would shift every rate computed from the answers.
+
+Shipped tasks are package data under ``steerlab/data/classify/``, loaded by name (``vuln``);
+their data file lies next to the config.
+
+:func:`parse_answer` reads a generated answer as ``(label, explanation)`` and
+:func:`answer_token_ids` gives, per label, the first tokens that count as stating it when the
+answer is read from the next-token distribution instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import string
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.resources import as_file, files
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
+
+from steerlab.errors import SteerlabError
+from steerlab.jsonl import read_jsonl
+from steerlab.resources import Kind, is_shipped, local_path, resolve
+from steerlab.runs.config import Strict
+from steerlab.yamlfile import read_yaml
+
+__all__ = [
+    "BUILD_SPLIT",
+    "EVAL_SPLIT",
+    "EXAMPLE_KEYS",
+    "AnswerParser",
+    "ClassificationTask",
+    "ClassificationTaskError",
+    "Example",
+    "Intended",
+    "TaskConfig",
+    "answer_token_ids",
+    "load_task",
+    "parse_answer",
+    "parse_config",
+]
+
+KIND: Kind = "classify"
+#: The default split names: examples vectors are built from, and held-out examples.
+BUILD_SPLIT = "build"
+EVAL_SPLIT = "eval"
+#: Keys of one JSONL example; ``pair`` is optional.
+EXAMPLE_KEYS: tuple[str, ...] = ("id", "text", "label", "group", "split", "pair")
+#: The fields a prompt template may name.
+TEMPLATE_FIELDS: frozenset[str] = frozenset({"text", "group", "group_name"})
+
+DEFAULT_NEGATIONS: tuple[str, ...] = ("not", "n't", "never", "no", "cannot", "hardly")
+DEFAULT_HEDGES: tuple[str, ...] = (
+    "not sure",
+    "unsure",
+    "uncertain",
+    "unclear",
+    "cannot determine",
+    "can't determine",
+    "cannot tell",
+    "can't tell",
+    "hard to say",
+    "difficult to say",
+    "impossible to say",
+    "it depends",
+    "not enough information",
+    "insufficient information",
+)
+DEFAULT_CONDITIONALS: tuple[str, ...] = ("whether", "if")
+#: Words that may stand before an opening verdict ("Answer: secure.") and still leave the rest of
+#: the answer as its explanation.
+_PREFIX_WORDS = frozenset({"answer", "verdict", "final", "label", "classification"})
+
+
+class ClassificationTaskError(SteerlabError):
+    """A task config or data file is malformed; the message names the file (and line or key)."""
+
+
+# ----------------------------------------------------------------------------- the config
+
+
+class Intended(Strict):
+    """The effect steering should have: ``raise`` (or ``lower``) the probability of ``target``."""
+
+    target: StrictStr
+    direction: Literal["raise", "lower"]
+
+
+class AnswerParser(Strict):
+    """How :func:`parse_answer` reads a generated answer (see there for the rules).
+
+    ``leading_only``: answer words that count only as the whole first clause ("Yes." / "No,"),
+    since "no" inside a sentence ("no bounds check") states nothing (an entry that is no label's
+    answer word has no effect). ``extra_words``: per label, more words that state it in
+    generated text but whose first tokens are too common to count in logit mode ("insecure"
+    starts with the token "in"). ``negations``: words that turn a following answer word into the
+    other label (``n't`` matches "isn't", "doesn't"); with more than two labels a negated word is
+    ignored instead. ``negation_window``: how many words may stand between a negation and the
+    word it turns. ``hedges``: phrases that make the answer uncertain when they come before its
+    first verdict. ``conditionals``: words that make an answer word in the rest of their clause
+    a condition, not a verdict ("whether it is vulnerable"). ``conflict``: when the verdicts
+    disagree, ``first`` takes the first stated, ``uncertain`` gives up.
+    """
+
+    leading_only: list[StrictStr] = Field(default_factory=lambda: ["yes", "no"])
+    extra_words: dict[StrictStr, list[StrictStr]] = Field(default_factory=dict)
+    negations: list[StrictStr] = Field(default_factory=lambda: list(DEFAULT_NEGATIONS))
+    negation_window: StrictInt = Field(default=3, ge=0, le=10)
+    hedges: list[StrictStr] = Field(default_factory=lambda: list(DEFAULT_HEDGES))
+    conditionals: list[StrictStr] = Field(default_factory=lambda: list(DEFAULT_CONDITIONALS))
+    conflict: Literal["first", "uncertain"] = "first"
+
+
+class TaskConfig(Strict):
+    """A classification task as written in its YAML file (see the module docstring)."""
+
+    name: StrictStr
+    prompt_template: StrictStr
+    labels: list[StrictStr] = Field(min_length=2)
+    positive: StrictStr
+    answer_words: dict[StrictStr, list[StrictStr]]
+    uncertain_label: StrictStr = "uncertain"
+    groups: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    intended: Intended
+    data: StrictStr
+    build_split: StrictStr = BUILD_SPLIT
+    eval_split: StrictStr = EVAL_SPLIT
+    chat: StrictBool = True
+    system: StrictStr | None = None
+    parser: AnswerParser = Field(default_factory=AnswerParser)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskConfig:
+        for key in ("name", "data", "build_split", "eval_split", "uncertain_label"):
+            if not getattr(self, key).strip():
+                raise ValueError(f"{key}: is empty")
+        if self.system is not None and not self.system.strip():
+            raise ValueError("system: is empty: leave the key out instead")
+        labels = self.labels
+        for label in labels:
+            if not label.strip():
+                raise ValueError("labels: a label is empty")
+        _no_repeats("labels", labels)
+        if self.uncertain_label in labels:
+            raise ValueError(f"uncertain_label: {self.uncertain_label!r} is also one of the labels")
+        shown = ", ".join(labels)
+        for key, label in (("positive", self.positive), ("intended.target", self.intended.target)):
+            if label not in labels:
+                raise ValueError(f"{key}: {label!r} is not one of the labels ({shown})")
+        if self.build_split == self.eval_split:
+            raise ValueError(f"eval_split: {self.eval_split!r} is also the build_split")
+        _check_words("answer_words", self.answer_words, labels, every_label=True)
+        _check_words("parser.extra_words", self.parser.extra_words, labels, every_label=False)
+        owner: dict[str, str] = {}
+        for where, words_of in (
+            ("answer_words", self.answer_words),
+            ("parser.extra_words", self.parser.extra_words),
+        ):
+            for label, words in words_of.items():
+                for word in words:
+                    key = _norm(word)
+                    if owner.setdefault(key, label) != label:
+                        raise ValueError(
+                            f"{where}.{label}: {word!r} also states {owner[key]!r}, "
+                            "so an answer using it could not be read"
+                        )
+        for key in ("leading_only", "negations", "hedges", "conditionals"):
+            for word in getattr(self.parser, key):
+                if not word.strip():
+                    raise ValueError(f"parser.{key}: an entry is empty")
+        for group, display in self.groups.items():
+            if not group.strip() or not display.strip():
+                raise ValueError(f"groups: {group!r}: the group id and its name must be non-empty")
+        _check_template(self.prompt_template, bool(self.groups))
+        return self
+
+    def group_name(self, group: str) -> str:
+        """What ``{group_name}`` is filled with for ``group``: its name, else the id itself."""
+        return self.groups.get(group, group)
+
+
+def _no_repeats(key: str, items: list[str]) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item in seen:
+            raise ValueError(f"{key}: {item!r} is listed twice")
+        seen.add(item)
+
+
+def _check_words(
+    key: str, words_of: dict[str, list[str]], labels: list[str], every_label: bool
+) -> None:
+    for label, words in words_of.items():
+        if label not in labels:
+            raise ValueError(f"{key}: {label!r} is not one of the labels ({', '.join(labels)})")
+        if not words:
+            raise ValueError(f"{key}.{label}: give at least one word")
+        for word in words:
+            if not word.strip():
+                raise ValueError(f"{key}.{label}: a word is empty")
+    if every_label:
+        for label in labels:
+            if label not in words_of:
+                raise ValueError(f"{key}: no words for the label {label!r}")
+
+
+def _check_template(template: str, has_groups: bool) -> None:
+    """Raise ``ValueError`` unless ``template.format(text=..., group=..., group_name=...)``
+    works and shows the text."""
+    try:
+        names = {n for _, n, _, _ in string.Formatter().parse(template) if n is not None}
+    except ValueError as e:
+        raise ValueError(
+            f"prompt_template: not a format template ({e}); write a literal brace as {{{{ or }}}}"
+        ) from e
+    unknown = sorted(names - TEMPLATE_FIELDS)
+    if unknown:
+        shown = ", ".join("{" + n + "}" for n in unknown)
+        raise ValueError(
+            f"prompt_template: unknown field {shown}: a template may use only {{text}}, {{group}} "
+            "and {group_name} (write a literal brace as {{ or }})"
+        )
+    if "text" not in names:
+        raise ValueError("prompt_template: lacks {text}, so the model never sees the example")
+    if "group_name" in names and not has_groups:
+        raise ValueError(
+            "prompt_template: uses {group_name} but the config has no groups mapping "
+            "(group id -> name)"
+        )
+
+
+def parse_config(data: Any, where: str) -> TaskConfig:
+    """A :class:`TaskConfig` from parsed YAML ``data``; errors name ``where`` and the key."""
+    if data is None:
+        raise ClassificationTaskError(f"{where}: the file is empty: write a YAML mapping")
+    if not isinstance(data, dict):
+        raise ClassificationTaskError(f"{where}: a task config must be a YAML mapping")
+    try:
+        return TaskConfig.model_validate(data)
+    except ValidationError as e:
+        raise ClassificationTaskError(_format_error(where, e)) from e
+
+
+def _format_error(where: str, err: ValidationError, known: tuple[str, ...] = ()) -> str:
+    """The first validation error as one sentence: ``where: key: problem``."""
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"])
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        hint = f" (known keys: {', '.join(known)})" if known else ""
+        return f"{where}: unknown key {loc!r}{hint}{more}"
+    if first["type"] == "missing":
+        return f"{where}: missing key {loc!r}{more}"
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    return f"{where}: {loc}: {msg}{more}" if loc else f"{where}: {msg}{more}"
+
+
+# ----------------------------------------------------------------------------- the examples
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled text; ``pair`` ties it to its minimally different twin, when it has one."""
+
+    id: str
+    text: str
+    label: str
+    group: str
+    split: str
+    pair: str | None = None
+
+
+class _Row(Strict):
+    id: StrictStr
+    text: StrictStr
+    label: StrictStr
+    group: StrictStr
+    split: StrictStr
+    pair: StrictStr | None = None
+
+
+@dataclass(frozen=True)
+class ClassificationTask:
+    """A validated task: its config, its examples in file order, and where it came from
+    (``source``: the shipped name, or the absolute path of the config)."""
+
+    config: TaskConfig
+    examples: tuple[Example, ...]
+    source: str
+
+    def split(self, name: str) -> list[Example]:
+        """The examples of split ``name`` (the config's ``build_split`` or ``eval_split``)."""
+        cfg = self.config
+        if name not in (cfg.build_split, cfg.eval_split):
+            raise ClassificationTaskError(
+                f"task {cfg.name!r} has no split {name!r} (splits: {cfg.build_split}, "
+                f"{cfg.eval_split})"
+            )
+        return [ex for ex in self.examples if ex.split == name]
+
+    def groups(self) -> list[str]:
+        """Group ids in the config's order (else in order of first appearance)."""
+        if self.config.groups:
+            return list(self.config.groups)
+        return list(dict.fromkeys(ex.group for ex in self.examples))
+
+    def prompt(self, ex: Example, format_chat: Callable[[str], str] | None = None) -> str:
+        """The prompt for ``ex``: the template filled in, then passed through ``format_chat``
+        (the model's chat template, with the config's ``system`` prompt if the caller honours
+        it) when the config says ``chat: true`` and one is given."""
+        cfg = self.config
+        filled = cfg.prompt_template.format(
+            text=ex.text, group=ex.group, group_name=cfg.group_name(ex.group)
+        )
+        return format_chat(filled) if cfg.chat and format_chat is not None else filled
+
+
+def load_task(
+    path_or_shipped_name: str | os.PathLike[str], base: Path | None = None
+) -> ClassificationTask:
+    """Read a task config and its data, or a shipped task by name (``vuln``).
+
+    A relative path is taken from ``base`` (default: the working directory), and the config's
+    ``data`` from the config's own directory; an existing file wins over a shipped task of the
+    same name.
+    """
+    ref = resolve(KIND, path_or_shipped_name, base)
+    with local_path(KIND, ref) as file:
+        where = str(file)
+        cfg = parse_config(read_yaml(file, ClassificationTaskError), where)
+        with _data_path(ref, file, cfg.data) as data:
+            examples = _examples(data, cfg, where)
+    return ClassificationTask(config=cfg, examples=tuple(examples), source=ref)
+
+
+def _data_path(ref: str, config_file: Path, data: str) -> contextlib.AbstractContextManager[Path]:
+    if is_shipped(KIND, ref):
+        shipped = files("steerlab") / "data" / KIND
+        for part in PurePosixPath(data).parts:
+            shipped = shipped / part
+        return as_file(shipped)
+    path = Path(data).expanduser()
+    return contextlib.nullcontext(path if path.is_absolute() else config_file.parent / path)
+
+
+def _examples(data: Path, cfg: TaskConfig, config_where: str) -> list[Example]:
+    if not data.is_file():
+        raise ClassificationTaskError(f"{config_where}: data: {data}: no such file")
+    rows = _read_rows(data)
+    labels, splits = cfg.labels, (cfg.build_split, cfg.eval_split)
+    out: list[Example] = []
+    line_of: dict[str, int] = {}
+    for n, obj in rows:
+        where = f"{data}:{n}"
+        try:
+            row = _Row.model_validate(obj)
+        except ValidationError as e:
+            raise ClassificationTaskError(_format_error(where, e, EXAMPLE_KEYS)) from e
+        for key in ("id", "text", "group", "split"):
+            if not getattr(row, key).strip():
+                raise ClassificationTaskError(f"{where}: {key} is empty")
+        if row.pair is not None and not row.pair.strip():
+            raise ClassificationTaskError(f"{where}: pair is empty: leave the key out instead")
+        if row.id in line_of:
+            raise ClassificationTaskError(
+                f"{where}: duplicate id {row.id!r} (first at line {line_of[row.id]})"
+            )
+        line_of[row.id] = n
+        if row.label not in labels:
+            raise ClassificationTaskError(
+                f"{where}: label {row.label!r} is not an allowed answer ({', '.join(labels)})"
+            )
+        if row.split not in splits:
+            raise ClassificationTaskError(
+                f"{where}: split {row.split!r} is neither the build_split nor the eval_split "
+                f"({', '.join(splits)})"
+            )
+        if cfg.groups and row.group not in cfg.groups:
+            raise ClassificationTaskError(
+                f"{where}: group {row.group!r} is not in the config's groups "
+                f"({', '.join(cfg.groups)})"
+            )
+        text = row.text.replace("\r\n", "\n")
+        out.append(Example(row.id, text, row.label, row.group, row.split, row.pair))
+    _check_pairs(out, line_of, data)
+    _check_coverage(out, cfg, data, config_where)
+    return out
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        return read_jsonl(path)
+    except SteerlabError as e:
+        raise ClassificationTaskError(str(e)) from e
+
+
+def _check_pairs(examples: list[Example], line_of: dict[str, int], data: Path) -> None:
+    members: dict[str, list[Example]] = {}
+    for ex in examples:
+        if ex.pair is not None:
+            members.setdefault(ex.pair, []).append(ex)
+    for pair, exs in members.items():
+        where = f"{data}:{line_of[exs[-1].id]}"
+        labels = sorted(ex.label for ex in exs)
+        if len(set(labels)) != len(labels) or len(exs) < 2:
+            raise ClassificationTaskError(
+                f"{where}: pair {pair!r} must hold one example of each of two or more labels, "
+                f"holds {', '.join(labels)}"
+            )
+        for key in ("group", "split"):
+            values = {getattr(ex, key) for ex in exs}
+            if len(values) > 1:
+                raise ClassificationTaskError(
+                    f"{where}: pair {pair!r} spans {key}s {', '.join(sorted(values))}: "
+                    f"a pair keeps to one {key}"
+                )
+
+
+def _check_coverage(examples: list[Example], cfg: TaskConfig, data: Path, config: str) -> None:
+    seen = {(ex.group, ex.split, ex.label) for ex in examples}
+    present = list(dict.fromkeys(ex.group for ex in examples))
+    for group in cfg.groups:
+        if group not in present:
+            raise ClassificationTaskError(f"{config}: groups: {group!r} has no examples in {data}")
+    for group in present:
+        for split in (cfg.build_split, cfg.eval_split):
+            for label in cfg.labels:
+                if (group, split, label) not in seen:
+                    raise ClassificationTaskError(
+                        f"{data}: group {group!r} has no {label!r} example in split {split!r}: "
+                        "every group needs every label in both splits"
+                    )
+
+
+# ----------------------------------------------------------------------------- answers
+
+
+@dataclass(frozen=True)
+class _Mention:
+    """An answer word found in the text: the label it states, where, and how it is meant."""
+
+    label: str
+    start: int
+    end: int
+    negated: bool
+    muted: bool  # in a question or under a condition: it states no verdict
+
+
+_MARKUP = " \t\r\n*_`'\"#>"  # markdown and quotes around a verdict ("**Secure**")
+_M = re.escape(_MARKUP)
+_CLAUSE_END = re.compile(r"[.,;:!?\n—–]|\s-\s")
+_SENTENCE_END = re.compile(r"[.!\n]|(?<=\S)\?")  # not "p ? a : b" in quoted code
+_STANDS_ALONE = re.compile(r"$|[.,;:!?\n—–-]")
+_JUNK = re.compile(f"^[{_M}.,;:!—–-]*")
+_OPENING = re.compile(
+    f"^[{_M}]*(?:(?:{'|'.join(sorted(_PREFIX_WORDS))})\\b[{_M}:.,-]*)*", re.IGNORECASE
+)
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+
+
+def _norm(word: str) -> str:
+    return " ".join(word.casefold().split())
+
+
+def _phrases(words: list[str]) -> str:
+    """An alternation matching any of ``words`` as whole words, the longest first, any run of
+    spaces between the words of a phrase."""
+    ordered = sorted(dict.fromkeys(_norm(w) for w in words), key=len, reverse=True)
+    return "|".join(r"\s+".join(re.escape(part) for part in w.split()) for w in ordered)
+
+
+def _tokens(text: str) -> list[str]:
+    """Lower-cased words, "n't" split off ("isn't" -> "is", "n't")."""
+    out: list[str] = []
+    for word in _WORD.findall(text.casefold()):
+        if word.endswith("n't"):
+            out += [word[:-3], "n't"] if len(word) > 3 else ["n't"]
+        else:
+            out.append(word)
+    return out
+
+
+def _opens(text: str, m: re.Match[str], opening: int) -> bool:
+    """Whether ``m`` is a whole first clause: of the answer, or right after a question the
+    answer restates ("Is it vulnerable? No.")."""
+    first = m.start() == opening or text[: m.start()].rstrip(_MARKUP).endswith("?")
+    return first and _STANDS_ALONE.match(text[m.end() :].lstrip(_MARKUP)) is not None
+
+
+def _mentions(text: str, cfg: TaskConfig) -> list[_Mention]:
+    """Every answer word in ``text``, in order (rules 2 to 4 of :func:`parse_answer`)."""
+    p = cfg.parser
+    label_of = {
+        _norm(w): label
+        for words_of in (cfg.answer_words, p.extra_words)
+        for label, words in words_of.items()
+        for w in words
+    }
+    pattern = re.compile(f"(?<![\\w-])(?:{_phrases(list(label_of))})(?![\\w-])", re.IGNORECASE)
+    leading = {_norm(w) for w in p.leading_only}
+    negations = {n.casefold() for n in p.negations}
+    conditionals = {c.casefold() for c in p.conditionals}
+    first = _OPENING.match(text)
+    opening = first.end() if first else 0
+    out: list[_Mention] = []
+    for m in pattern.finditer(text):
+        key = _norm(m.group())
+        if key in leading and not _opens(text, m, opening):
+            continue
+        ends = [c.end() for c in _CLAUSE_END.finditer(text, 0, m.start())]
+        before = _tokens(text[ends[-1] if ends else 0 : m.start()])
+        near = before[len(before) - p.negation_window - 1 :] if before else []
+        negated = sum(t in negations for t in near) % 2 == 1
+        stop = _SENTENCE_END.search(text, m.end())
+        question = stop is not None and stop.group() == "?"
+        conditional = any(t in conditionals for t in before)
+        out.append(_Mention(label_of[key], m.start(), m.end(), negated, question or conditional))
+    return out
+
+
+def parse_answer(text: str, cfg: TaskConfig) -> tuple[str, str]:
+    """Read a generated ``text`` as ``(label, explanation)``; the label is one of
+    ``cfg.labels`` or ``cfg.uncertain_label``.
+
+    Rules, in order (matching is case-insensitive, on whole words, ignoring markdown):
+
+    1. An empty answer is uncertain.
+    2. Every answer word of a label (``answer_words`` and ``parser.extra_words``) found in the
+       text is a mention of that label; a ``parser.leading_only`` word ("yes", "no") counts only
+       as a whole first clause: of the answer ("No.", "**Yes**, it ...") or right after a
+       question ("Is it vulnerable? No.").
+    3. A mention in a sentence that ends with "?", or after a conditional ("whether", "if") in
+       its clause, states no verdict. Two mentions of different labels joined by "or"
+       ("vulnerable or secure") restate the question and state none either.
+    4. A mention with an odd number of negations among the ``negation_window + 1`` words before
+       it in its clause ("not secure", "isn't vulnerable", "does not appear to be vulnerable")
+       states the other label when there are two labels, and nothing when there are more.
+    5. A hedge ("not sure", "it depends") before the first verdict makes the answer uncertain;
+       so does an answer with no verdict.
+    6. Verdicts that disagree are read by ``parser.conflict``: ``first`` (the default) takes the
+       first stated, ``uncertain`` gives up.
+
+    The explanation is the rest of the answer after the verdict when the answer opens with it
+    ("Vulnerable. The buffer ..." -> "The buffer ..."; a negation, "Answer:" or a restated
+    question may come first), else the whole answer; stripped either way.
+    """
+    stripped = text.strip()
+    uncertain = cfg.uncertain_label
+    if not stripped:
+        return uncertain, ""
+    text = stripped.replace("\u2019", "'")  # same length: offsets hold for ``stripped`` too
+    found = _mentions(text, cfg)
+    alternative = re.compile(f"[{_M}]*,?[{_M}]*(?:or|nor)[{_M}]*", re.IGNORECASE)
+    dropped: set[int] = set()
+    for i, (a, b) in enumerate(itertools.pairwise(found)):
+        if a.label != b.label and alternative.fullmatch(text, a.end, b.start):
+            dropped |= {i, i + 1}
+    labels = cfg.labels
+    verdicts: list[tuple[str, _Mention]] = []
+    for i, m in enumerate(found):
+        if i in dropped or m.muted:
+            continue
+        if not m.negated:
+            verdicts.append((m.label, m))
+        elif len(labels) == 2:
+            verdicts.append((labels[1 - labels.index(m.label)], m))
+    if not verdicts:
+        return uncertain, stripped
+    label, first = verdicts[0]
+    if cfg.parser.hedges:
+        hedge = re.compile(f"(?<!\\w)(?:{_phrases(cfg.parser.hedges)})(?!\\w)", re.IGNORECASE)
+        h = hedge.search(text)
+        if h is not None and h.start() < first.start:
+            return uncertain, stripped
+    if cfg.parser.conflict == "uncertain" and len({v for v, _ in verdicts}) > 1:
+        return uncertain, stripped
+    negations = {n.casefold() for n in cfg.parser.negations}
+    head = text[: first.start]
+    head = head[head.rfind("?") + 1 :]  # a restated question may come first
+    if all(t in negations or t in _PREFIX_WORDS for t in _tokens(head)):
+        return label, _JUNK.sub("", stripped[first.end :]).strip()
+    return label, stripped
+
+
+# ----------------------------------------------------------------------------- logit mode
+
+
+def answer_token_ids(
+    encode: Callable[[str], list[int]], words: TaskConfig | Mapping[str, Sequence[str]]
+) -> dict[str, list[int]]:
+    """Per label, the sorted first-token ids of its answer words (a config's ``answer_words``,
+    or a mapping label -> words) in every spelling a model may open its answer with: as
+    written, lower-cased and capitalized, each with and without a leading space.
+
+    ``encode`` turns text into token ids without special tokens (with Hugging Face:
+    ``lambda s: tok.encode(s, add_special_tokens=False)``). Two labels sharing a first token
+    could not be told apart from the next-token distribution, so that is an error naming both
+    words.
+    """
+    words_of = words.answer_words if isinstance(words, TaskConfig) else words
+    what = f"task {words.name!r}" if isinstance(words, TaskConfig) else "answer words"
+    ids: dict[str, set[int]] = {label: set() for label in words_of}
+    owner: dict[int, tuple[str, str]] = {}
+    for label, label_words in words_of.items():
+        for word in label_words:
+            bare = word.strip()
+            spellings = dict.fromkeys((bare, bare.lower(), bare[:1].upper() + bare[1:]))
+            for spelling in spellings:
+                for variant in (spelling, " " + spelling):
+                    tokens = encode(variant)
+                    if not tokens:
+                        raise ClassificationTaskError(
+                            f"{what}: answer word {variant!r} encodes to no tokens"
+                        )
+                    tid = int(tokens[0])
+                    other = owner.setdefault(tid, (label, variant))
+                    if other[0] != label:
+                        raise ClassificationTaskError(
+                            f"{what}: {variant!r} ({label}) and {other[1]!r} "
+                            f"({other[0]}) start with the same token {tid}, so logit mode "
+                            "cannot tell them apart (does encode add a BOS token?)"
+                        )
+                    ids[label].add(tid)
+    return {label: sorted(v) for label, v in ids.items()}
