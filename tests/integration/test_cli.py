@@ -580,6 +580,29 @@ def sc_args(f: Files, *vector: object) -> list[object]:
     ]  # fmt: skip
 
 
+def _cl_task(f: Files, extra: str = "") -> Path:
+    rows = [
+        {"id": f"{g}{p}{lab[0]}", "text": f"x{p}", "label": lab, "group": g, "split": sp}
+        for g in ("A", "B")
+        for sp, p in (("build", 1), ("eval", 2))
+        for lab in ("vulnerable", "secure")
+    ]
+    f._write("cl.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    text = (
+        "name: t\nprompt_template: 'Is {text} bad? Answer:'\nlabels: [vulnerable, secure]\n"
+        "positive: vulnerable\nanswer_words: {vulnerable: [vulnerable], secure: [secure]}\n"
+        "groups: {A: a, B: b}\nintended: {target: vulnerable, direction: raise}\n"
+        f"data: cl.jsonl\nchat: false\n{extra}"
+    )
+    return f._write(f"cl_{len(extra)}.yaml", text)
+
+
+def cl_args(f: Files, task: Path | None = None) -> list[object]:
+    """``steerlab classify`` on tiny-llama, its run directory under ``f.out``."""
+    t = task if task is not None else _cl_task(f)
+    return ["classify", "--model", "tiny-llama", "--task", t, "--out", f.out / "cl", "--quiet"]
+
+
 BAD: dict[str, Case] = {
     "missing prompts file": lambda f: (
         [*GEN, "--prompts", f.missing, "-o", f.out_jsonl],
@@ -1007,6 +1030,22 @@ BAD: dict[str, Case] = {
         [*sc_args(f), "--baseline", f.not_vec],
         "not a readable Parquet file",
     ),
+    "classify: missing task file": lambda f: (cl_args(f, f.missing), "nope.jsonl"),
+    "classify: unknown task key": lambda f: (cl_args(f, _cl_task(f, "colour: red\n")), "colour"),
+    "classify: bad layer list": lambda f: ([*cl_args(f), "--layers", "1,x"], "--layers"),
+    "classify: layer out of range": lambda f: (
+        [*cl_args(f), "--layers", "99"],
+        "layer 99 is out of range",
+    ),
+    "classify: negative strength": lambda f: (
+        [*cl_args(f), "--strengths", "-1"],
+        "strengths must be distinct and positive",
+    ),
+    "classify: steering only generated tokens": lambda f: (
+        [*cl_args(f), "--positions", "generated"],
+        "--positions generated",
+    ),
+    "classify: unknown scale": lambda f: ([*cl_args(f), "--scale", "huge"], "scale"),
     "unknown executor": lambda f: ([*run_args(f), "--executor", "foo"], "unknown executor 'foo'"),
     "unknown executor, stage command": lambda f: (
         [*run_args(f, "sweep"), "--executor", "foo"],

@@ -633,12 +633,14 @@ def answer_token_ids(
     ``encode`` turns text into token ids without special tokens (with Hugging Face:
     ``lambda s: tok.encode(s, add_special_tokens=False)``). Two labels sharing a first token
     could not be told apart from the next-token distribution, so that is an error naming both
-    words.
+    words. A leading-space spelling whose space is a token of its own (byte-level tokenizers)
+    adds nothing: every such word would start with the same space token.
     """
     words_of = words.answer_words if isinstance(words, TaskConfig) else words
     what = f"task {words.name!r}" if isinstance(words, TaskConfig) else "answer words"
     ids: dict[str, set[int]] = {label: set() for label in words_of}
     owner: dict[int, tuple[str, str]] = {}
+    space = list(encode(" "))
     for label, label_words in words_of.items():
         for word in label_words:
             bare = word.strip()
@@ -650,6 +652,8 @@ def answer_token_ids(
                         raise ClassificationTaskError(
                             f"{what}: answer word {variant!r} encodes to no tokens"
                         )
+                    if variant.startswith(" ") and space and list(tokens[: len(space)]) == space:
+                        continue  # the space is a token of its own (byte-level): says nothing
                     tid = int(tokens[0])
                     other = owner.setdefault(tid, (label, variant))
                     if other[0] != label:

@@ -1,0 +1,1 @@
+"""Classification steering (seed 004): per-group vectors, sign check, sweep, report."""

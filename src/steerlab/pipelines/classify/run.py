@@ -1,0 +1,422 @@
+"""``steerlab classify`` (seed 004) as a workflow of the run framework.
+
+Stages:
+
+- ``vectors``: per-group and pooled labeled mean-diff vectors, ``mean(positive) − mean(negative)``
+  (the intended target class minus the other), at each layer, from the build split; streamed.
+- ``signcheck``: before any sweep, on the held-out split: does ``+α`` of the pooled vector move
+  P(target) the intended way, and ``−α`` the other? A backwards sign is written at the top of
+  the log and the report with the flipped vector's effect, and ``--flip-sign`` is offered.
+- ``grid``: logit mode: every held-out example, unsteered and under its own group's vector and
+  the pooled vector at every layer and strength, and (cross-group) under every other group's
+  vector at the sign-check strength; all rows in shared batches, one forward pass each.
+- ``generate``: generation mode: the baseline and, per group, the best own-vector setting of the
+  grid, generated greedily and parsed (the text is always kept).
+- ``report``: tables, heatmap, plots.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pandas as pd
+
+from steerlab.errors import SteerlabError
+from steerlab.io import atomic_write_text
+from steerlab.pipelines.classify.config import BASELINE, POOLED, ClassifyConfig
+from steerlab.pipelines.reliability.run import ModelLoader, describe_model
+from steerlab.runs.runner import Runtime, Workflow
+from steerlab.runs.shards import read_part
+
+if TYPE_CHECKING:
+    from steerlab.classify import LogitScores
+    from steerlab.interventions import Intervention
+    from steerlab.models import Model
+    from steerlab.tasks.classification import ClassificationTask, Example
+    from steerlab.vectors import SteeringVector
+
+logger = logging.getLogger(__name__)
+STAGES = ("vectors", "signcheck", "grid", "generate", "report")
+
+
+@functools.lru_cache(maxsize=4)
+def _task(ref: str) -> ClassificationTask:
+    from steerlab.tasks.classification import load_task
+
+    return load_task(ref)
+
+
+@dataclass(frozen=True)
+class KRow:
+    """One example under one setting (``vector`` = ``baseline``, ``pooled`` or a group)."""
+
+    example_id: str
+    vector: str = BASELINE
+    layer: int = -1
+    strength: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.example_id}|{self.vector}|{self.layer}|{self.strength:g}"
+
+
+def _prompt(model: Model, task: ClassificationTask, ex: Example) -> str:
+    cfg = task.config
+
+    def fmt(text: str) -> str:
+        return model.format_prompt(text, system=cfg.system, chat=True)
+
+    return task.prompt(ex, fmt)
+
+
+def _answer_ids(model: Model, task: ClassificationTask) -> dict[str, list[int]]:
+    from steerlab.tasks.classification import answer_token_ids
+
+    tok = model.tokenizer
+    return answer_token_ids(lambda s: list(tok.encode(s, add_special_tokens=False)), task.config)
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Vectors by name and how they are applied (picklable)."""
+
+    cfg: ClassifyConfig
+    vectors: dict[str, SteeringVector] = field(default_factory=dict)
+
+    def interventions(self, row: KRow) -> tuple[Intervention, ...]:
+        from steerlab.interventions import Intervention
+
+        if row.vector == BASELINE:
+            return ()
+        sign = -1.0 if self.cfg.flip_sign else 1.0
+        iv = Intervention(
+            self.vectors[row.vector],
+            row.layer,
+            kind="add",
+            alpha=sign * row.strength,
+            hook_point=self.cfg.hook_point,
+            positions=self.cfg.positions,
+            scale=self.cfg.scale,
+        )
+        return (iv,)
+
+
+def margins(
+    model: Model,
+    steer: Steer,
+    rows: Sequence[KRow],
+    on_rows: Callable[[int], object] | None = None,
+) -> LogitScores:
+    from steerlab.classify import answer_margins
+
+    task = _task(steer.cfg.task)
+    c = task.config
+    by_id = {e.id: e for e in task.examples}
+    negative = next(label for label in c.labels if label != c.positive)
+    return answer_margins(
+        model,
+        [_prompt(model, task, by_id[r.example_id]) for r in rows],
+        _answer_ids(model, task),
+        c.positive,
+        negative,
+        [steer.interventions(r) for r in rows],
+        batch_size=steer.cfg.batch_size,
+        on_rows=on_rows,
+    )
+
+
+@dataclass(frozen=True)
+class Score:
+    """Runs on a worker: the logit-mode scores of a shard."""
+
+    steer: Steer
+
+    def __call__(
+        self, model: Model, rows: Sequence[KRow], progress: Callable[[int], object]
+    ) -> pd.DataFrame:
+        task = _task(self.steer.cfg.task)
+        by_id = {e.id: e for e in task.examples}
+        s = margins(model, self.steer, rows, progress)
+        return pd.DataFrame(
+            {
+                **_row_columns(rows, by_id),
+                "logp_positive": s.log_prob(s.positive).tolist(),
+                "logp_negative": s.log_prob(s.negative).tolist(),
+                "margin": s.margin.tolist(),
+                "p_positive": s.p_positive.tolist(),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Runs on a worker: generate a shard's answers greedily and parse them."""
+
+    steer: Steer
+
+    def __call__(
+        self, model: Model, rows: Sequence[KRow], progress: Callable[[int], object]
+    ) -> pd.DataFrame:
+        from steerlab.generation import GenerationConfig, Row, generate
+        from steerlab.tasks.classification import parse_answer
+
+        cfg = self.steer.cfg
+        task = _task(cfg.task)
+        by_id = {e.id: e for e in task.examples}
+        reqs = [
+            Row(_prompt(model, task, by_id[r.example_id]), self.steer.interventions(r))
+            for r in rows
+        ]
+        gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        results = generate(model, reqs, gen, progress=False, on_rows=progress)
+        parsed = [parse_answer(res.text, task.config) for res in results]
+        return pd.DataFrame(
+            {
+                **_row_columns(rows, by_id),
+                "answer": [res.text for res in results],
+                "parsed": [p[0] for p in parsed],
+                "explanation": [p[1] for p in parsed],
+                "n_tokens": [len(res.token_ids) for res in results],
+            }
+        )
+
+
+def _row_columns(rows: Sequence[KRow], by_id: dict[str, Example]) -> dict[str, list[Any]]:
+    return {
+        "example_id": [r.example_id for r in rows],
+        "group": [by_id[r.example_id].group for r in rows],
+        "label": [by_id[r.example_id].label for r in rows],
+        "vector": [r.vector for r in rows],
+        "layer": [r.layer for r in rows],
+        "strength": [r.strength for r in rows],
+    }
+
+
+# ----------------------------------------------------------------------------- worker jobs
+
+
+def _build_vectors(
+    model: Model, ref: str, layers: list[int], hook_point: str, position: str
+) -> dict[str, Any]:
+    """Runs on a worker: per-group and pooled vectors from the build split."""
+    from steerlab.classify import group_vectors
+
+    task = _task(ref)
+    c = task.config
+    # +vector points toward the intended effect: to the target class when it should be raised
+    toward = c.intended.target
+    if c.intended.direction == "lower":
+        toward = next(label for label in c.labels if label != toward)
+    by_group: dict[str, tuple[list[str], list[str]]] = {g: ([], []) for g in task.groups()}
+    for ex in task.split(c.build_split):
+        pos, neg = by_group[ex.group]
+        (pos if ex.label == toward else neg).append(_prompt(model, task, ex))
+    gv = group_vectors(model, by_group, layers, position=position, hook_point=hook_point)
+    return {"groups": dict(gv.groups), "pooled": gv.pooled, "counts": dict(gv.counts)}
+
+
+def _sign_check(model: Model, steer: Steer, layer: int) -> dict[str, Any]:
+    """Runs on a worker: baseline, +α and −α of the pooled vector on the held-out split."""
+    from steerlab.classify import sign_check
+
+    task = _task(steer.cfg.task)
+    c = task.config
+    held = task.split(c.eval_split)
+    alpha = steer.cfg.check_strength()
+    base, plus, minus = (
+        margins(model, steer, [KRow(e.id, v, layer, a) for e in held])
+        for v, a in ((BASELINE, 0.0), (POOLED, alpha), (POOLED, -alpha))
+    )
+    check = sign_check(
+        base,
+        plus,
+        minus,
+        [e.label for e in held],
+        c.intended.target,
+        direction=c.intended.direction,
+        alpha=alpha,
+    )
+    return {"layer": layer, **check.as_dict()}
+
+
+# ----------------------------------------------------------------------------- the workflow
+
+
+@dataclass(frozen=True)
+class Describe:
+    """Runs on a worker: what the driver needs to know, after checking that the task's answer
+    words start with distinct tokens under this model's tokenizer (before anything is written)."""
+
+    task_ref: str | None
+
+    def __call__(self, model: Model) -> dict[str, Any]:
+        if self.task_ref is not None:
+            _answer_ids(model, _task(self.task_ref))
+        return describe_model(model)
+
+
+class Classify(Workflow[ClassifyConfig]):
+    name = "classify"
+    stages: ClassVar[tuple[str, ...]] = STAGES
+    driver_stages: ClassVar[frozenset[str]] = frozenset({"report"})
+    config_type = ClassifyConfig
+
+    def run_path(self, cfg: ClassifyConfig, run_id: str | None) -> Path:
+        return Path(cfg.out)
+
+    def loader(self, cfg: ClassifyConfig, progress: bool) -> ModelLoader:
+        m = cfg.model
+        return ModelLoader(m.name, m.backend, m.device, m.dtype, m.chat, progress)
+
+    def __init__(self) -> None:
+        self._task_ref: str | None = None
+
+    def describe(self) -> Any:
+        return Describe(self._task_ref)
+
+    def check(self, cfg: ClassifyConfig, stages: Sequence[str]) -> None:
+        from steerlab.interventions import Window
+
+        self._task_ref = cfg.task
+        task = _task(cfg.task)
+        if cfg.positions == "generated" or (Window.parse(cfg.positions).bounds[0] >= 0):
+            raise SteerlabError(
+                f"--positions {cfg.positions}: logit mode reads the answer from the prompt's "
+                "last token, so steering must include prompt tokens (last-prompt, prompt, all)"
+            )
+        if len(task.config.labels) != 2:
+            raise SteerlabError(f"{cfg.task}: classify needs exactly two labels")
+
+    def check_resource(self, cfg: ClassifyConfig, info: dict[str, Any]) -> None:
+        n = int(info["n_layers"])
+        for layer in cfg.resolved_layers(n):
+            if not 0 <= layer < n:
+                raise SteerlabError(f"--layers: layer {layer} is out of range 0..{n - 1}")
+
+    def on_open(self, rt: Runtime[ClassifyConfig]) -> None:
+        from steerlab.pipelines.reliability.store import environment_info
+
+        info = rt.info
+        if not info:
+            return
+        logger.info("model %s loaded in %.1f s", info["name"], info["load_s"])
+        rt.run.update_json(
+            "manifest.json",
+            workflow=self.name,
+            environment=environment_info(info["device"], info["name"]),
+            model={"spec": rt.cfg.model.name, **{k: v for k, v in info.items() if k != "load_s"}},
+            config_digest=rt.cfg.digest(),
+        )
+
+    def run_stage(self, rt: Runtime[ClassifyConfig], stage: str) -> None:
+        if stage == "vectors":
+            load_vectors(rt)
+        elif stage == "signcheck":
+            signcheck_stage(rt)
+        elif stage == "grid":
+            rt.map("grid", grid_rows(rt), Score(Steer(rt.cfg, load_vectors(rt))), rt.cfg.shard_size)
+        elif stage == "generate":
+            if rt.cfg.generate:
+                rows = generate_rows(rt)
+                rt.map("generate", rows, Generate(Steer(rt.cfg, load_vectors(rt))), 10**9)
+        else:
+            from steerlab.pipelines.classify.report import write_report
+
+            write_report(rt.run.path, rt.cfg)
+
+
+def _layers(rt: Runtime[ClassifyConfig]) -> list[int]:
+    return rt.cfg.resolved_layers(int(rt.info["n_layers"]))
+
+
+def load_vectors(rt: Runtime[ClassifyConfig]) -> dict[str, SteeringVector]:
+    """The vectors of the run (built once, then read from ``vectors/``)."""
+    from steerlab.vectors import SteeringVector
+
+    vdir = rt.run.path / "vectors"
+    index = vdir / "index.json"
+    if not index.is_file():
+        cfg = rt.cfg
+        built = rt.call(_build_vectors, cfg.task, _layers(rt), cfg.hook_point, cfg.build_position)
+        vdir.mkdir(exist_ok=True)
+        names = {POOLED: built["pooled"], **built["groups"]}
+        for name, vec in names.items():
+            vec.save(vdir / f"{name}.safetensors")
+        counts = {g: list(c) for g, c in built["counts"].items()}
+        atomic_write_text(index, json.dumps({"vectors": list(names), "counts": counts}) + "\n")
+        logger.info("vectors: %d groups and pooled at layers %s", len(built["groups"]), _layers(rt))
+    names = json.loads(index.read_text())["vectors"]
+    return {n: SteeringVector.load(vdir / f"{n}.safetensors") for n in names}
+
+
+def signcheck_stage(rt: Runtime[ClassifyConfig]) -> list[dict[str, Any]]:
+    path = rt.run.path / "signcheck.json"
+    if path.is_file():
+        checks: list[dict[str, Any]] = json.loads(path.read_text())
+    else:
+        steer = Steer(rt.cfg, load_vectors(rt))
+        checks = [rt.call(_sign_check, steer, layer) for layer in _layers(rt)]
+        atomic_write_text(path, json.dumps(checks, indent=2) + "\n")
+    for c in checks:
+        if c["verdict"] == "ok":
+            logger.info("sign check at layer %d: ok (%s)", c["layer"], c["message"])
+        elif c["verdict"] == "flipped":
+            hint = "" if rt.cfg.flip_sign else " Rerun with --flip-sign."
+            logger.warning("SIGN CHECK FAILED at layer %d: %s%s", c["layer"], c["message"], hint)
+        else:
+            logger.warning("sign check at layer %d inconclusive: %s", c["layer"], c["message"])
+    return checks
+
+
+def grid_rows(rt: Runtime[ClassifyConfig]) -> list[KRow]:
+    cfg = rt.cfg
+    task = _task(cfg.task)
+    held = task.split(task.config.eval_split)
+    groups = task.groups()
+    vectors = set(json.loads((rt.run.path / "vectors" / "index.json").read_text())["vectors"])
+    rows = [KRow(e.id) for e in held]
+    for e in held:
+        for layer in _layers(rt):
+            for s in cfg.strengths:
+                rows += [KRow(e.id, v, layer, s) for v in (e.group, POOLED) if v in vectors]
+            if cfg.cross_group:  # the own group's row at this strength is the diagonal
+                a = cfg.check_strength()
+                rows += [KRow(e.id, g, layer, a) for g in groups if g in vectors]
+    return list({r.key: r for r in rows}.values())
+
+
+def generate_rows(rt: Runtime[ClassifyConfig]) -> list[KRow]:
+    """The baseline and, per group, the grid's best own-vector setting (by accuracy, then
+    margin toward the true label)."""
+    from steerlab.pipelines.classify.report import best_settings, scored
+
+    task = _task(rt.cfg.task)
+    held = task.split(task.config.eval_split)
+    best = best_settings(scored(grid_results(rt.run.path), task.config.positive))
+    rows = [KRow(e.id) for e in held]
+    for e in held:
+        b = best.get(e.group)
+        if b is not None:
+            rows.append(KRow(e.id, e.group, int(b["layer"]), float(b["strength"])))
+    return rows
+
+
+def _parts(run: Path, stage: str) -> pd.DataFrame:
+    files = sorted((run / "parts" / stage).glob("part-*.parquet"))
+    if not files:
+        raise SteerlabError(f"{run}: no {stage} rows yet; run the {stage} stage first")
+    return pd.concat([read_part(f, stage) for f in files], ignore_index=True)
+
+
+def grid_results(run: Path) -> pd.DataFrame:
+    return _parts(run, "grid")
+
+
+def generation_results(run: Path) -> pd.DataFrame | None:
+    return _parts(run, "generate") if (run / "parts" / "generate").is_dir() else None
