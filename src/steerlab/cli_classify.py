@@ -91,7 +91,7 @@ def classify_cmd(
     and AUROC per group, with a cross-group table."""
     from steerlab.pipelines.classify.config import ClassifyConfig
     from steerlab.pipelines.classify.run import Classify
-    from steerlab.pipelines.questions.config import EvalModelCfg
+    from steerlab.pipelines.model_config import EvalModelCfg
     from steerlab.runs.executor import ExecutorSpec
     from steerlab.runs.runner import execute
 

@@ -156,7 +156,8 @@ def select_coefficients_cmd(
         vector_refs,
     )
     from steerlab.pipelines.code.run import SelectCoefficients
-    from steerlab.pipelines.questions.config import EvalModelCfg, FileRef
+    from steerlab.pipelines.model_config import EvalModelCfg
+    from steerlab.pipelines.questions.config import FileRef
     from steerlab.runs.executor import ExecutorSpec
     from steerlab.runs.runner import execute
 

@@ -77,10 +77,10 @@ def eval_questions_cmd(
     """Ask every question N times, unsteered and under each steering config, in shared batches;
     score with rule-based metrics and, with --judge-url/--judge-model, an LLM judge."""
     from steerlab.errors import SteerlabError
+    from steerlab.pipelines.model_config import EvalModelCfg
     from steerlab.pipelines.questions.config import (
         EvalConfig,
         EvalGenerationCfg,
-        EvalModelCfg,
         FileRef,
         JudgeCfg,
         file_ref,

@@ -11,16 +11,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from steerlab.pipelines.questions.config import EvalModelCfg
-from steerlab.runs.config import RunConfig
+from steerlab.pipelines.model_config import ModelRunConfig
 
 BASELINE = "baseline"
 POOLED = "pooled"
 
 
-class ClassifyConfig(RunConfig):
-    out: str
-    model: EvalModelCfg = Field(default_factory=lambda: EvalModelCfg(chat=True))
+class ClassifyConfig(ModelRunConfig):
     task: str  # a shipped task name or an absolute path to its YAML
     task_sha256: str  # of the config and its data, together
     layers: list[int] | None = None  # default: the middle layer

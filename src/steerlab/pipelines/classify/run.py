@@ -30,8 +30,8 @@ import pandas as pd
 from steerlab.errors import SteerlabError
 from steerlab.io import atomic_write_text
 from steerlab.pipelines.classify.config import BASELINE, POOLED, ClassifyConfig
-from steerlab.pipelines.reliability.run import ModelLoader, describe_model
-from steerlab.runs.runner import Runtime, Workflow
+from steerlab.pipelines.model_workflow import ModelWorkflow
+from steerlab.runs.runner import Runtime
 from steerlab.runs.shards import read_part
 
 if TYPE_CHECKING:
@@ -258,21 +258,16 @@ class Describe:
     def __call__(self, model: Model) -> dict[str, Any]:
         if self.task_ref is not None:
             _answer_ids(model, _task(self.task_ref))
+        from steerlab.pipelines.reliability.run import describe_model
+
         return describe_model(model)
 
 
-class Classify(Workflow[ClassifyConfig]):
+class Classify(ModelWorkflow[ClassifyConfig]):
     name = "classify"
     stages: ClassVar[tuple[str, ...]] = STAGES
     driver_stages: ClassVar[frozenset[str]] = frozenset({"report"})
     config_type = ClassifyConfig
-
-    def run_path(self, cfg: ClassifyConfig, run_id: str | None) -> Path:
-        return Path(cfg.out)
-
-    def loader(self, cfg: ClassifyConfig, progress: bool) -> ModelLoader:
-        m = cfg.model
-        return ModelLoader(m.name, m.backend, m.device, m.dtype, m.chat, progress)
 
     def __init__(self) -> None:
         self._task_ref: str | None = None
@@ -298,21 +293,6 @@ class Classify(Workflow[ClassifyConfig]):
         for layer in cfg.resolved_layers(n):
             if not 0 <= layer < n:
                 raise SteerlabError(f"--layers: layer {layer} is out of range 0..{n - 1}")
-
-    def on_open(self, rt: Runtime[ClassifyConfig]) -> None:
-        from steerlab.pipelines.reliability.store import environment_info
-
-        info = rt.info
-        if not info:
-            return
-        logger.info("model %s loaded in %.1f s", info["name"], info["load_s"])
-        rt.run.update_json(
-            "manifest.json",
-            workflow=self.name,
-            environment=environment_info(info["device"], info["name"]),
-            model={"spec": rt.cfg.model.name, **{k: v for k, v in info.items() if k != "load_s"}},
-            config_digest=rt.cfg.digest(),
-        )
 
     def run_stage(self, rt: Runtime[ClassifyConfig], stage: str) -> None:
         if stage == "vectors":

@@ -17,8 +17,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from steerlab.errors import SteerlabError
-from steerlab.pipelines.questions.config import EvalModelCfg, FileRef
-from steerlab.runs.config import RunConfig, Strict
+from steerlab.pipelines.model_config import ModelRunConfig
+from steerlab.pipelines.questions.config import FileRef
+from steerlab.runs.config import Strict
 
 SEED_COEFFICIENTS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 Intent = Literal["correct", "incorrect", "unknown"]
@@ -63,9 +64,7 @@ class SelectionCfg(Strict):
     override: dict[str, float] = {}  # noqa: RUF012 - pydantic copies defaults
 
 
-class CodeConfig(RunConfig):
-    out: str
-    model: EvalModelCfg = Field(default_factory=lambda: EvalModelCfg(chat=True))
+class CodeConfig(ModelRunConfig):
     tasks: str = "basic"  # basic | humaneval | mbpp | a path to an MBPP-format JSONL file
     tasks_sha256: str | None = None  # for a file
     max_tasks: int | None = Field(default=None, ge=1)  # the baseline's first N tasks

@@ -29,8 +29,8 @@ import pandas as pd
 from steerlab.errors import SteerlabError
 from steerlab.io import atomic_path
 from steerlab.pipelines.code.config import NOISE, CodeConfig
-from steerlab.pipelines.reliability.run import ModelLoader, describe_model
-from steerlab.runs.runner import Runtime, Workflow
+from steerlab.pipelines.model_workflow import ModelWorkflow
+from steerlab.runs.runner import Runtime
 from steerlab.runs.shards import read_part
 
 if TYPE_CHECKING:
@@ -191,21 +191,11 @@ def _build_from_baseline(
     return res.vector
 
 
-class SelectCoefficients(Workflow[CodeConfig]):
+class SelectCoefficients(ModelWorkflow[CodeConfig]):
     name = "select-coefficients"
     stages: ClassVar[tuple[str, ...]] = STAGES
     driver_stages: ClassVar[frozenset[str]] = frozenset({"report"})
     config_type = CodeConfig
-
-    def run_path(self, cfg: CodeConfig, run_id: str | None) -> Path:
-        return Path(cfg.out)
-
-    def loader(self, cfg: CodeConfig, progress: bool) -> ModelLoader:
-        m = cfg.model
-        return ModelLoader(m.name, m.backend, m.device, m.dtype, m.chat, progress)
-
-    def describe(self) -> Any:
-        return describe_model
 
     def check(self, cfg: CodeConfig, stages: Sequence[str]) -> None:
         if not cfg.vector_names() and any(s in stages for s in ("vectors", "grid")):
@@ -234,21 +224,6 @@ class SelectCoefficients(Workflow[CodeConfig]):
                 raise SteerlabError(f"--layer {layer}: the model has layers 0..{n_layers - 1}")
         if cfg.layer is not None and not 0 <= cfg.layer < n_layers:
             raise SteerlabError(f"--layer {cfg.layer}: the model has layers 0..{n_layers - 1}")
-
-    def on_open(self, rt: Runtime[CodeConfig]) -> None:
-        from steerlab.pipelines.reliability.store import environment_info
-
-        info = rt.info
-        if not info:
-            return
-        logger.info("model %s loaded in %.1f s", info["name"], info["load_s"])
-        rt.run.update_json(
-            "manifest.json",
-            workflow=self.name,
-            environment=environment_info(info["device"], info["name"]),
-            model={"spec": rt.cfg.model.name, **{k: v for k, v in info.items() if k != "load_s"}},
-            config_digest=rt.cfg.digest(),
-        )
 
     def run_stage(self, rt: Runtime[CodeConfig], stage: str) -> None:
         if stage == "baseline":

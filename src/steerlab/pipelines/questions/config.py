@@ -10,23 +10,16 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator
 
 from steerlab.errors import SteerlabError
+from steerlab.pipelines.model_config import ModelRunConfig
 from steerlab.resources import Kind, local_path, resolve
-from steerlab.runs.config import RunConfig, Strict
+from steerlab.runs.config import Strict
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
-
-
-class EvalModelCfg(Strict):
-    name: str = "embedded"
-    backend: Literal["hf", "transformer_lens", "nnsight"] = "hf"
-    device: str | None = None
-    dtype: str | None = None
-    chat: bool = True
 
 
 class FileRef(Strict):
@@ -55,9 +48,7 @@ class JudgeCfg(Strict):
     concurrency: int = Field(default=8, ge=1)
 
 
-class EvalConfig(RunConfig):
-    out: str
-    model: EvalModelCfg = EvalModelCfg()
+class EvalConfig(ModelRunConfig):
     questions: FileRef
     steering: list[SteeringRef] = []  # noqa: RUF012 - pydantic copies defaults
     n_per_question: int | None = Field(default=None, ge=1)

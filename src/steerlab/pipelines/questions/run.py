@@ -23,9 +23,9 @@ import pandas as pd
 
 from steerlab.errors import SteerlabError
 from steerlab.io import atomic_path, atomic_write_text
+from steerlab.pipelines.model_workflow import ModelWorkflow
 from steerlab.pipelines.questions.config import EvalConfig
-from steerlab.pipelines.reliability.run import ModelLoader, describe_model
-from steerlab.runs.runner import Runtime, Workflow
+from steerlab.runs.runner import Runtime
 from steerlab.runs.shards import read_part
 
 if TYPE_CHECKING:
@@ -156,21 +156,11 @@ def _check_steering(cfg: EvalConfig, n_layers: int) -> None:
         check_against_model(load_steering_config(ref.path), n_layers)
 
 
-class EvalQuestions(Workflow[EvalConfig]):
+class EvalQuestions(ModelWorkflow[EvalConfig]):
     name = "eval-questions"
     stages: ClassVar[tuple[str, ...]] = STAGES
     driver_stages: ClassVar[frozenset[str]] = frozenset({"judge", "report"})
     config_type = EvalConfig
-
-    def run_path(self, cfg: EvalConfig, run_id: str | None) -> Path:
-        return Path(cfg.out)
-
-    def loader(self, cfg: EvalConfig, progress: bool) -> ModelLoader:
-        m = cfg.model
-        return ModelLoader(m.name, m.backend, m.device, m.dtype, m.chat, progress)
-
-    def describe(self) -> Any:
-        return describe_model
 
     def check(self, cfg: EvalConfig, stages: Sequence[str]) -> None:
         from steerlab.steering_config import load_steering_config
@@ -182,21 +172,6 @@ class EvalQuestions(Workflow[EvalConfig]):
 
     def check_resource(self, cfg: EvalConfig, info: dict[str, Any]) -> None:
         _check_steering(cfg, int(info["n_layers"]))
-
-    def on_open(self, rt: Runtime[EvalConfig]) -> None:
-        from steerlab.pipelines.reliability.store import environment_info
-
-        info = rt.info
-        if not info:
-            return
-        logger.info("model %s loaded in %.1f s", info["name"], info["load_s"])
-        rt.run.update_json(
-            "manifest.json",
-            workflow=self.name,
-            environment=environment_info(info["device"], info["name"]),
-            model={"spec": rt.cfg.model.name, **{k: v for k, v in info.items() if k != "load_s"}},
-            config_digest=rt.cfg.digest(),
-        )
 
     def run_stage(self, rt: Runtime[EvalConfig], stage: str) -> None:
         if stage == "generate":
