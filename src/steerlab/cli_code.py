@@ -111,7 +111,7 @@ def select_coefficients_cmd(
     ] = False,
     sample_seed: int = 0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 500,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
     exec_timeout: Annotated[float, typer.Option(min=0.1, help="wall seconds per program")] = 20.0,
     exec_memory_mb: Annotated[int, typer.Option(min=64)] = 1024,
     exec_workers: Annotated[
@@ -137,7 +137,7 @@ def select_coefficients_cmd(
     ] = False,
     shard_size: Annotated[
         int, typer.Option(min=1, help="rows per part file (the unit of resume)")
-    ] = 64,
+    ] = 128,
     quiet: QuietOpt = False,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,

@@ -81,10 +81,10 @@ class CodeConfig(ModelRunConfig):
     same_problems: bool = False  # the seed draws a new stratified sample per coefficient
     sample_seed: int = 0
     max_new_tokens: int = Field(default=500, ge=1)
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=64, ge=1)
     execution: ExecCfg = ExecCfg()
     selection: SelectionCfg = SelectionCfg()
-    shard_size: int = Field(default=64, ge=1)
+    shard_size: int = Field(default=128, ge=1)
 
     def canonical(self) -> dict[str, Any]:
         """Without ``selection`` (it only reads finished rows: change it and rerun the report)

@@ -391,10 +391,12 @@ def grid_rows(cfg: CodeConfig, baseline: pd.DataFrame) -> list[CRow]:
         cfg.same_problems,
     )
     prompt = dict(zip(ids, baseline["prompt"], strict=True))
+    # coefficient-major: rows of one strength share shards and batches, so the long rows of
+    # strong steering (often running to max_new_tokens) decode together at full batch width
     rows = [
         CRow(t, v, c, prompt[t])
-        for v in cfg.vector_names()
         for c in cfg.coefficients
+        for v in cfg.vector_names()
         for t in samples[c]
     ]
     union = sorted({t for s in samples.values() for t in s}, key=ids.index)
