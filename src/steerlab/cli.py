@@ -418,10 +418,11 @@ def find_layers_cmd(
 
 
 # commands kept in modules of their own (imported here, after the shared options exist)
-from steerlab import cli_classify, cli_code, cli_questions, cli_sae_features  # noqa: E402
+from steerlab import cli_classify, cli_code, cli_questions, cli_sae, cli_sae_features  # noqa: E402
 
 cli_questions.register(app)
 cli_code.register(app)
+cli_sae.register(app)
 cli_sae_features.register(app)
 cli_classify.register(app)
 
