@@ -81,3 +81,12 @@ def read_part(path: Path, stage: str) -> pd.DataFrame:
             f"{path}: unreadable part file ({reason}); delete it and rerun the {stage} stage to "
             "recompute it"
         ) from e
+
+
+def stage_results(run: Path, stage: str) -> pd.DataFrame:
+    """Every part file of ``stage`` in the run directory ``run``, in shard order; one clear error
+    when the stage has written none yet."""
+    files = sorted((run / "parts" / stage).glob("part-*.parquet"))
+    if not files:
+        raise SteerlabError(f"{run}: no {stage} rows yet; run the {stage} stage first")
+    return pd.concat([read_part(f, stage) for f in files], ignore_index=True)

@@ -32,7 +32,7 @@ from steerlab.io import atomic_write_text
 from steerlab.pipelines.classify.config import BASELINE, POOLED, ClassifyConfig
 from steerlab.pipelines.model_workflow import ModelWorkflow
 from steerlab.runs.runner import Runtime
-from steerlab.runs.shards import read_part
+from steerlab.runs.shards import stage_results
 
 if TYPE_CHECKING:
     from steerlab.classify import LogitScores
@@ -387,16 +387,9 @@ def generate_rows(rt: Runtime[ClassifyConfig]) -> list[KRow]:
     return rows
 
 
-def _parts(run: Path, stage: str) -> pd.DataFrame:
-    files = sorted((run / "parts" / stage).glob("part-*.parquet"))
-    if not files:
-        raise SteerlabError(f"{run}: no {stage} rows yet; run the {stage} stage first")
-    return pd.concat([read_part(f, stage) for f in files], ignore_index=True)
-
-
 def grid_results(run: Path) -> pd.DataFrame:
-    return _parts(run, "grid")
+    return stage_results(run, "grid")
 
 
 def generation_results(run: Path) -> pd.DataFrame | None:
-    return _parts(run, "generate") if (run / "parts" / "generate").is_dir() else None
+    return stage_results(run, "generate") if (run / "parts" / "generate").is_dir() else None

@@ -31,7 +31,7 @@ from steerlab.io import atomic_path
 from steerlab.pipelines.code.config import NOISE, CodeConfig
 from steerlab.pipelines.model_workflow import ModelWorkflow
 from steerlab.runs.runner import Runtime
-from steerlab.runs.shards import read_part
+from steerlab.runs.shards import stage_results
 
 if TYPE_CHECKING:
     from steerlab.models import Model
@@ -319,7 +319,7 @@ def baseline_stage(rt: Runtime[CodeConfig]) -> None:
     else:
         rows = [CRow(t.task_id) for t in task_list(cfg)]
         rt.map("baseline", rows, Generate(cfg), cfg.shard_size)
-        df = _parts(rt.run.path, "baseline")
+        df = stage_results(rt.run.path, "baseline")
         source = "generated"
     with atomic_path(out) as tmp:
         df.to_parquet(tmp, index=False)
@@ -410,12 +410,5 @@ def grid_stage(rt: Runtime[CodeConfig]) -> int:
     return rt.map("grid", rows, Generate(cfg, applied), cfg.shard_size)
 
 
-def _parts(run: Path, stage: str) -> pd.DataFrame:
-    files = sorted((run / "parts" / stage).glob("part-*.parquet"))
-    if not files:
-        raise SteerlabError(f"{run}: no {stage} rows yet; run the {stage} stage first")
-    return pd.concat([read_part(f, stage) for f in files], ignore_index=True)
-
-
 def grid_results(run: Path) -> pd.DataFrame:
-    return _parts(run, "grid")
+    return stage_results(run, "grid")
