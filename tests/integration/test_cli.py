@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.cli_run import Result, cli
 
 from steerlab.cli import main
 from steerlab.tiny import build_tiny_tokenizer
@@ -38,25 +39,6 @@ STEER_FIELDS = {
     "hook_point",
     "vector_model_id",
 }
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: object) -> Result:
-    """Run ``steerlab ARGV`` in-process; exit code 0 when ``main`` returns normally."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return Result(code, out, err)
 
 
 def ok(capsys: pytest.CaptureFixture[str], *argv: object) -> Result:

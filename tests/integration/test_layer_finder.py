@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import torch
+from tests.cli_run import cli
 
-from steerlab.cli import main
 from steerlab.errors import SteerlabError
 from steerlab.layer_finder import (
     CSV_COLUMNS,
@@ -352,24 +352,6 @@ def test_bad_vectors_and_targets(tiny_llama: Model) -> None:
 
 
 # ----------------------------------------------------------------------------- command
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: object) -> Result:
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return Result(code, out, err)
 
 
 FIND = (

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from steerlab.cli import main
+from tests.cli_run import cli
 
 SMALL = (
     "sae-train",
@@ -35,24 +33,6 @@ SMALL = (
     "64",
     "--quiet",
 )
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: object) -> Result:
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return Result(code, out, err)
 
 
 @pytest.fixture(autouse=True)
