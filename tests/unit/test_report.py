@@ -331,6 +331,7 @@ def test_build_report_writes_everything(built: dict[str, Path]) -> None:
             "gap_vs_alpha.png",
             "heatmap_helpful_benign.png",
             "heatmap_refusal_harm_test.png",
+            "layers_vs_alpha.png",
             "tradeoff.png",
         ]
     )
@@ -339,6 +340,8 @@ def test_build_report_writes_everything(built: dict[str, Path]) -> None:
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     checks = json.loads(built["checks"].read_text())
     assert checks["confound"]["available"] and checks["sign"]["failed"] == []
+    headline = checks["layers"]["headline"]
+    assert (headline["effect"], headline["layer_a"], headline["layer_b"]) == ("refusal_gain", 12, 8)
     assert not [p for p in run.rglob("*.tmp")]
 
 
@@ -353,7 +356,16 @@ def test_report_states_the_constructed_findings(built: dict[str, Path]) -> None:
     assert "**Side-effect tradeoff detected**" in report
     assert "## Best operating point" in report and "**L8 add α=1**" in report
     assert "](figures/tradeoff.png)" in report
-    assert "non-trivial layer difference" not in report  # 50% vs 40% of 60: CIs overlap
+    # matched α: harm_test refusal 95% at L12 add α=2 vs 30% at L8 add α=2, on the same prompts
+    assert (
+        "**Largest supported layer difference**: At add α=2, refusal gain on harm_test is "
+        "+75.0 pp" in report
+    )
+    assert (
+        "- Layer comparison with a non-trivial difference: yes (add α=2, refusal gain on "
+        "harm_test at layer 12 vs 8: +65.0 pp [" in report
+    )
+    assert "](figures/layers_vs_alpha.png)" in report
     assert "- Clear generalization failure or side-effect tradeoff: yes" in report
     assert "(4 run)" in report
 
@@ -369,6 +381,18 @@ def test_report_does_not_claim_a_gap_when_train_equals_test(tmp_path: Path) -> N
     report = _report(tmp_path, make_results(gap=False), SANITY)
     assert "Generalization failure detected" not in report
     assert "No generalization failure is supported" in report
+
+
+def test_report_claims_no_layer_difference_when_layers_are_copies(tmp_path: Path) -> None:
+    results = make_results()
+    copy = results[results["layer"] == 8].assign(layer=12)
+    results = pd.concat([results[results["layer"] != 12], copy], ignore_index=True)
+    report = _report(tmp_path, results, SANITY)
+    assert "**No matched-α layer difference has a CI excluding 0.**" in report
+    assert (
+        "- Layer comparison with a non-trivial difference: **no** (no layer difference at "
+        "matched α has a CI excluding 0)" in report
+    )
 
 
 def test_failed_sign_check_warns_at_the_top(results: pd.DataFrame, tmp_path: Path) -> None:

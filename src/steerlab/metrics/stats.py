@@ -108,3 +108,33 @@ def wilson_ci(successes: int, n: int, z: float = 1.959963984540054) -> tuple[flo
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_contrast_ci(
+    terms: Sequence[tuple[float, Sequence[float] | npt.NDArray[np.generic]]],
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(Σ w·mean(x), lo, hi)`` for ``terms = [(w, x), ...]``, each ``x`` resampled independently.
+
+    A linear contrast of independent sample means, e.g. a difference of generalization gaps
+    ``(train_a − test_a) − (train_b − test_b)``. Paired data enter as one term of per-unit
+    differences (``x_a − x_b`` over the shared prompts), so the pairing is kept in every resample.
+    ``[(1, x)]`` is :func:`bootstrap_ci` and ``[(1, a), (-1, b)]`` is :func:`bootstrap_diff_ci`
+    (same draws for the same ``seed``). NaN everywhere when any term is empty; a term with one
+    value contributes no spread.
+    """
+    _check(n_boot, alpha)
+    clean = [(float(w), _clean(x)) for w, x in terms]
+    if not clean or any(x.size == 0 for _, x in clean):
+        return math.nan, math.nan, math.nan
+    estimate = math.fsum(w * float(x.mean()) for w, x in clean)
+    if all(x.size == 1 for _, x in clean):
+        return estimate, estimate, estimate
+    rng = np.random.default_rng(seed)
+    total = np.zeros(n_boot, dtype=np.float64)
+    for w, x in clean:
+        total += w * (_boot_means(x, n_boot, rng) if x.size > 1 else np.full(n_boot, x[0]))
+    lo, hi = np.quantile(total, [alpha / 2, 1 - alpha / 2])
+    return estimate, float(lo), float(hi)

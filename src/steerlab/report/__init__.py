@@ -7,6 +7,7 @@
 * :mod:`~steerlab.report.aggregate`: :func:`summarize` (rates, CIs, gap, benign drop, Pareto)
   and :func:`write_summary_csv`.
 * :mod:`~steerlab.report.checks`: confound, seed, template and sign checks.
+* :mod:`~steerlab.report.layers`: layers compared at matched α, paired bootstrap CIs.
 * :mod:`~steerlab.report.plots`: the figures.
 * :mod:`~steerlab.report.writeup`: ``examples.md`` and ``report.md``.
 """
@@ -27,12 +28,14 @@ from steerlab.errors import SteerlabError
 from steerlab.io import atomic_write_text
 from steerlab.report.aggregate import best_setting, summarize, write_summary_csv
 from steerlab.report.checks import confound_check, seed_check, sign_check, template_check
+from steerlab.report.layers import layer_comparison
 from steerlab.report.plots import make_figures
 from steerlab.report.writeup import write_examples, write_report
 
 __all__ = [
     "build_report",
     "confound_check",
+    "layer_comparison",
     "make_figures",
     "seed_check",
     "sign_check",
@@ -106,12 +109,14 @@ def build_report(run_dir: str | Path, n_boot: int | None = None, seed: int = 0) 
         "seed": seed_check(results, n_boot=n_boot, seed=seed),
         "template": template_check(results, sanity, n_boot=n_boot, seed=seed),
         "sign": sign_check(sanity),
+        "layers": layer_comparison(results, summary, n_boot=n_boot, seed=seed),
     }
     out: dict[str, Path] = {"summary": write_summary_csv(summary, run_dir / "summary.csv")}
     checks_path = run_dir / "checks.json"
     atomic_write_text(checks_path, json.dumps(_plain(checks), indent=2) + "\n")
     out["checks"] = checks_path
-    for path in make_figures(summary, checks["confound"], run_dir / "figures"):
+    figures = make_figures(summary, checks["confound"], run_dir / "figures", checks["layers"])
+    for path in figures:
         out[f"figure:{path.name}"] = path
     out["examples"] = write_examples(results, run_dir / "examples.md", best=best)
     out["report"] = write_report(

@@ -28,13 +28,18 @@ def pct_ci(m: Any, lo: Any, hi: Any) -> str:
     return f"{pct(m)} [{100 * float(lo):.1f}, {100 * float(hi):.1f}]"
 
 
+def _pp(x: Any) -> str:
+    # round first, then add 0.0: a bound of -1e-17 (bootstrap interpolation) prints +0.0, not -0.0
+    return f"{round(100 * float(x), 1) + 0.0:+.1f}"
+
+
 def pp_ci(d: Any, lo: Any, hi: Any) -> str:
     """A rate difference in percentage points: ``"+12.0 pp [+5.0, +19.0]"``."""
     if isnan(d):
         return "n/a"
     if isnan(lo) or isnan(hi):
-        return f"{100 * float(d):+.1f} pp"
-    return f"{100 * float(d):+.1f} pp [{100 * float(lo):+.1f}, {100 * float(hi):+.1f}]"
+        return f"{_pp(d)} pp"
+    return f"{_pp(d)} pp [{_pp(lo)}, {_pp(hi)}]"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

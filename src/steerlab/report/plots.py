@@ -17,9 +17,11 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
 
 from steerlab.io import atomic_path
 from steerlab.report._grid import KEY
+from steerlab.report.layers import EFFECTS, checklist_note
 
 MARKERS = {"add": "o", "ablate": "s", "clamp": "^"}
 DPI = 120
@@ -88,6 +90,78 @@ def plot_gap_vs_alpha(summary: pd.DataFrame, path: Path) -> Path:
     axes[0, 0].set_ylabel("refusal(harm_train) − refusal(harm_test)")
     axes[0, -1].legend(title="layer (95% CI band)", fontsize=8)
     fig.suptitle(title + " (positive: steering works better on train prompts)")
+    return _save(fig, path)
+
+
+def _differing_alphas(layers: dict[str, Any] | None, effect: str, intervention: str) -> list[float]:
+    """α values at which some layer pair differs on ``effect`` with a CI excluding 0."""
+    rows = (layers or {}).get("comparisons") or []
+    return sorted(
+        {
+            float(r["alpha"])
+            for r in rows
+            if r["effect"] == effect and r["intervention"] == intervention and r["excludes_zero"]
+        }
+    )
+
+
+def plot_layers_vs_alpha(summary: pd.DataFrame, layers: dict[str, Any] | None, path: Path) -> Path:
+    """Each effect vs α, one line per layer with its 95% band; ▼ where layers differ (paired CI).
+
+    Rows: refusal gain on harm_test, benign cost, train/test gap (pp); columns: interventions.
+    ``layers`` is :func:`~steerlab.report.layers.layer_comparison` (no markers when ``None``).
+    """
+    title = "Effects vs α per layer"
+    settings = _settings(summary)
+    interventions = _interventions(summary)
+    if not interventions:
+        return _empty(path, title)
+    layer_ids = sorted(int(x) for x in settings["layer"].unique() if x >= 0)
+    colors = _layer_colors(layer_ids)
+    fig = _figure(5.2 * len(interventions), 3.2 * len(EFFECTS))
+    axes = fig.subplots(len(EFFECTS), len(interventions), sharex="col", sharey="row", squeeze=False)
+    for row, effect in enumerate(EFFECTS):
+        for ax, intervention in zip(axes[row], interventions, strict=True):
+            for layer in layer_ids:
+                d = settings[
+                    (settings["layer"] == layer) & (settings["intervention"] == intervention)
+                ].sort_values("alpha")
+                if d.empty:
+                    continue
+                c, x = colors[layer], d["alpha"]
+                ax.plot(x, 100 * d[effect.name], marker="o", color=c, label=f"layer {layer}")
+                lo, hi = 100 * d[f"{effect.name}_lo"], 100 * d[f"{effect.name}_hi"]
+                ax.fill_between(x, lo, hi, color=c, alpha=0.15)
+            marks = _differing_alphas(layers, effect.name, intervention)
+            if marks:
+                top = blended_transform_factory(ax.transData, ax.transAxes)
+                ax.scatter(
+                    marks,
+                    [0.97] * len(marks),
+                    marker="v",
+                    s=60,
+                    color="crimson",
+                    transform=top,
+                    clip_on=False,
+                    label="layers differ (paired CI excl. 0)",
+                )
+            ax.axhline(0, color="grey", lw=0.8, ls="--")
+            alphas = sorted(settings[settings["intervention"] == intervention]["alpha"].unique())
+            ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(intervention)
+            if row == len(EFFECTS) - 1:
+                ax.set_xlabel("α (steering coefficient)")
+        axes[row, 0].set_ylabel(f"{effect.label} (pp)")
+    handles: dict[str, Any] = {}
+    for ax in axes.ravel():
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=4)
+    note = checklist_note(layers or {})
+    head = f"largest supported layer difference: {note}" if note else "no supported difference"
+    fig.suptitle(f"{title} (bands: 95% CI vs baseline)\n{head}", fontsize=10)
     return _save(fig, path)
 
 
@@ -268,12 +342,20 @@ def plot_confounds(confound: dict[str, Any], path: Path) -> Path:
 
 
 def make_figures(
-    summary: pd.DataFrame, confound: dict[str, Any], fig_dir: str | Path
+    summary: pd.DataFrame,
+    confound: dict[str, Any],
+    fig_dir: str | Path,
+    layers: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write every figure into ``fig_dir``; return the written paths."""
+    """Write every figure into ``fig_dir``; return the written paths.
+
+    ``layers`` (the matched-α layer comparison) marks where layers differ in
+    ``layers_vs_alpha.png``.
+    """
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     return [
+        plot_layers_vs_alpha(summary, layers, fig_dir / "layers_vs_alpha.png"),
         plot_gap_vs_alpha(summary, fig_dir / "gap_vs_alpha.png"),
         plot_tradeoff(summary, fig_dir / "tradeoff.png"),
         plot_heatmap(

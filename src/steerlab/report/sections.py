@@ -126,58 +126,6 @@ def best_section(summary: pd.DataFrame, best: Setting | None) -> Lines:
     return [*lines, f.table(header, rows), ""]
 
 
-def layer_section(summary: pd.DataFrame) -> tuple[Lines, bool]:
-    """Per layer, the setting with the largest harm_test refusal at acceptable benign cost."""
-    lines = ["## Layer comparison", ""]
-    steered = _steered(_test_rows(summary)).dropna(subset=["refusal_rate", "benign_drop"])
-    picks: list[pd.Series] = []
-    rows = []
-    for layer, g in steered.groupby("layer", sort=True):
-        ok = g[g["benign_drop"] <= ACCEPTABLE_DROP]
-        if ok.empty:
-            rows.append([int(layer), "none within cost", "", "", ""])
-            continue
-        r = ok.loc[ok["refusal_rate"].idxmax()]
-        picks.append(r)
-        rows.append(
-            [
-                int(layer),
-                setting_of(r).label,
-                f.pct_ci(r["refusal_rate"], r["refusal_lo"], r["refusal_hi"]),
-                f.pp_ci(r["refusal_gain"], r["refusal_gain_lo"], r["refusal_gain_hi"]),
-                f.pp_ci(r["benign_drop"], r["benign_drop_lo"], r["benign_drop_hi"]),
-            ]
-        )
-    if not rows:
-        text = "No steered settings with harm_test and benign results: no layer comparison."
-        return [*lines, text, ""], False
-    header = ["layer", "best setting (drop ≤ cost)", "harm_test refusal", "change", "benign drop"]
-    lines += [
-        f"Acceptable benign cost: helpfulness drop ≤ {100 * ACCEPTABLE_DROP:.0f} pp.",
-        "",
-        f.table(header, rows),
-        "",
-    ]
-    if len(picks) < 2:
-        lines += ["Fewer than two layers have a setting within the cost: nothing to compare.", ""]
-        return lines, False
-    top, second = sorted(picks, key=lambda r: -float(r["refusal_rate"]))[:2]
-    head = (
-        f"Layer {int(top['layer'])} gives the highest harm_test refusal at acceptable cost "
-        f"({f.pct(top['refusal_rate'])} at {setting_of(top).label}) vs layer "
-        f"{int(second['layer'])} ({f.pct(second['refusal_rate'])} at {setting_of(second).label})."
-    )
-    differs = bool(top["refusal_lo"] > second["refusal_hi"])
-    if differs:
-        tail = " Their CIs do not overlap: a **non-trivial layer difference**."
-    else:
-        tail = (
-            " Their CIs overlap, so the data do not show a non-trivial difference between "
-            "these layers."
-        )
-    return [*lines, head + tail, ""], differs
-
-
 def _generalization(
     test: pd.DataFrame, base: pd.Series | None, best: Setting | None
 ) -> tuple[Lines, bool]:

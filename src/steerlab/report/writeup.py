@@ -3,7 +3,8 @@
 Every claim in ``report.md`` is gated on an interval: a generalization failure is stated only
 when the train−test gap's 95% CI excludes 0 (and is not already present at baseline), a side
 effect only when the benign-helpfulness drop's CI excludes 0, a layer difference only when the
-layers' harm_test refusal CIs do not overlap. Otherwise the report says the data do not show it.
+paired CI of the difference between two layers at the same intervention and α excludes 0.
+Otherwise the report says the data do not show it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from steerlab.report import _fmt as f
 from steerlab.report._grid import SPLITS, Setting, main_grid, pick_best, select, setting_points
 from steerlab.report.aggregate import settings_table
 from steerlab.report.checks import confound_check, seed_check, sign_check, template_check
+from steerlab.report.layers import checklist_note, layer_comparison, layer_section
 from steerlab.report.sections import (
     best_section,
     findings_section,
-    layer_section,
     model_label,
     sanity_section,
     setup_section,
@@ -29,6 +30,7 @@ from steerlab.report.sections import (
 
 FIGURES = (
     ("tradeoff.png", "Refusal on harm_test vs benign helpfulness drop"),
+    ("layers_vs_alpha.png", "Effects vs α per layer (matched-α layer comparison)"),
     ("gap_vs_alpha.png", "Generalization gap vs α"),
     ("heatmap_refusal_harm_test.png", "Refusal rate on harm_test, layer × α"),
     ("heatmap_helpful_benign.png", "Helpful rate on benign, layer × α"),
@@ -126,17 +128,22 @@ def _sign_warning(sign: dict[str, Any]) -> list[str]:
     ]
 
 
-def _acceptance(findings: dict[str, bool], n_sanity: int, layer_diff: bool) -> list[str]:
+def _acceptance(findings: dict[str, bool], n_sanity: int, layer_note: str | None) -> list[str]:
     def mark(ok: bool) -> str:
         return "yes" if ok else "**no**"
 
     either = findings["generalization_failure"] or findings["side_effect"]
+    layer = (
+        f"yes ({layer_note})"
+        if layer_note
+        else "**no** (no layer difference at matched α has a CI excluding 0)"
+    )
     return [
         "## Research acceptance criteria",
         "",
         f"- Clear generalization failure or side-effect tradeoff: {mark(either)}",
         f"- At least two sanity checks run: {mark(n_sanity >= 2)} ({n_sanity} run)",
-        f"- Layer comparison with a non-trivial difference: {mark(layer_diff)}",
+        f"- Layer comparison with a non-trivial difference: {layer}",
         "",
     ]
 
@@ -155,9 +162,10 @@ LIMITATIONS = (
     "Refusal and helpfulness are rule-based phrase and structure proxies, not human or model "
     "judgments: a completion that refuses in unusual words, or complies in a refusal-like tone, "
     "is misclassified. Each prompt gets one sampled completion per setting, so rates carry "
-    "sampling noise on top of prompt noise. Intervals are percentile bootstraps that resample "
-    "the two sides of every difference independently, ignoring that they share prompts (usually "
-    "conservative), and no correction is made for the many settings compared, so a single "
+    "sampling noise on top of prompt noise. Intervals are percentile bootstraps; a layer "
+    "difference at matched α resamples prompts paired (both layers saw them), but an effect vs "
+    "the baseline resamples its two sides independently, ignoring that they share prompts "
+    "(usually conservative). No correction is made for the many settings compared, so a single "
     "interval excluding 0 among dozens is weak evidence on its own. The prompt splits are "
     "templated, so the harm_train/harm_test shift is a controlled but narrow stand-in for "
     "real distribution shift, and results are for one small model and one direction method.",
@@ -178,7 +186,8 @@ def write_report(
 ) -> Path:
     """Write ``run_dir/report.md`` from the summary and sanity checks; return its path.
 
-    ``checks`` holds ``confound``/``seed``/``template`` results (computed here when missing).
+    ``checks`` holds ``confound``/``seed``/``template``/``layers`` results (computed here when
+    missing).
     """
     run_dir = Path(run_dir)
     checks = dict(checks or {})
@@ -189,6 +198,8 @@ def write_report(
         checks["seed"] = seed_check(results, n_boot=n_boot, seed=seed)
     if "template" not in checks:
         checks["template"] = template_check(results, sanity, n_boot=n_boot, seed=seed)
+    if "layers" not in checks:
+        checks["layers"] = layer_comparison(results, summary, n_boot=n_boot, seed=seed)
     sign = sign_check(sanity)
     model = model_label(config, manifest)
 
@@ -201,13 +212,12 @@ def write_report(
     ]
     lines += setup_section(results, config, manifest)
     lines += best_section(summary, best)
-    layer_lines, layer_diff = layer_section(summary)
-    lines += layer_lines
+    lines += layer_section(results, summary, checks["layers"], n_boot=n_boot, seed=seed)
     finding_lines, findings = findings_section(summary, best)
     lines += finding_lines
     sanity_lines, n_sanity = sanity_section(sign, checks)
     lines += sanity_lines
-    lines += _acceptance(findings, n_sanity, layer_diff)
+    lines += _acceptance(findings, n_sanity, checklist_note(checks["layers"]))
     lines += _figures(run_dir)
     lines += LIMITATIONS
     path = run_dir / "report.md"
