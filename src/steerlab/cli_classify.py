@@ -62,8 +62,20 @@ def classify_cmd(
         str | None, typer.Option(help="comma-separated layers (default: the middle layer)")
     ] = None,
     positions: Annotated[
-        str, typer.Option(help="where vectors are added: last-prompt (the seed), prompt, all")
+        str,
+        typer.Option(
+            help="where vectors are added: last-prompt (the seed), prompt, all, generated, "
+            "window:START:END"
+        ),
     ] = "last-prompt",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="how the grid is scored: logit (next-token margin at the last prompt token, one "
+            "forward pass a row), generate (every row generated and parsed, text kept), auto "
+            "(generate when the positions select only generated tokens, else logit)"
+        ),
+    ] = "auto",
     strengths: Annotated[str, typer.Option(help="comma-separated, positive")] = "0.05,0.1,0.2,0.4",
     scale: Annotated[
         str, typer.Option(help="resid (fraction of the residual norm), diff or absolute")
@@ -72,11 +84,20 @@ def classify_cmd(
         str, typer.Option(help="where activations are read for vectors: last or mean")
     ] = "last",
     flip_sign: Annotated[
-        bool, typer.Option(help="apply -vector (when the sign check says the sign is backwards)")
+        bool,
+        typer.Option(help="apply -vector for every vector (the sign check says all are backwards)"),
     ] = False,
+    flip_groups: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated vectors to apply negated (group ids, 'pooled'): those the sign "
+            "check says are backwards"
+        ),
+    ] = None,
     cross_group: Annotated[bool, typer.Option(help="every group's vector on every group")] = True,
     generate: Annotated[
-        bool, typer.Option(help="also generate and parse answers (baseline, best setting)")
+        bool,
+        typer.Option(help="logit mode: also generate and parse answers (baseline, best setting)"),
     ] = True,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
@@ -86,9 +107,10 @@ def classify_cmd(
     workers: WorkersOpt = None,
     threads_per_worker: ThreadsOpt = None,
 ) -> None:
-    """Build per-group and pooled labeled mean-diff vectors, check their sign on held-out data,
-    sweep layers x strengths in logit mode (and generate), and report accuracy, recall, margin
-    and AUROC per group, with a cross-group table."""
+    """Build per-group and pooled labeled mean-diff vectors, check every vector's sign on
+    held-out data, sweep layers x strengths (logit mode, or generate mode for generated
+    positions), and report accuracy, recall, uncertain rate, margin and AUROC per group, with
+    cross-group tables at every strength."""
     from steerlab.pipelines.classify.config import ClassifyConfig
     from steerlab.pipelines.classify.run import Classify
     from steerlab.pipelines.model_config import EvalModelCfg
@@ -105,10 +127,14 @@ def classify_cmd(
         task_sha256=digest,
         layers=_numbers(layers, "--layers", int) if layers is not None else None,
         positions=positions,
+        mode=mode,
         strengths=_numbers(strengths, "--strengths"),
         scale=scale,
         build_position=build_position,
         flip_sign=flip_sign,
+        flip_groups=[g.strip() for g in flip_groups.split(",") if g.strip()]
+        if flip_groups is not None
+        else [],
         cross_group=cross_group,
         generate=generate,
         max_new_tokens=max_new_tokens,

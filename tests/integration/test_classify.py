@@ -8,61 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from steerlab.cli import main
-
-CONFIG = """\
-name: tinyvuln
-prompt_template: "Is this {group_name}? {text} Answer:"
-labels: [vulnerable, secure]
-positive: vulnerable
-answer_words:
-  vulnerable: [vulnerable]
-  secure: [secure]
-groups:
-  A: bug a
-  B: bug b
-intended: {target: vulnerable, direction: raise}
-data: tiny.jsonl
-chat: false
-"""
-
-
-def _examples() -> list[dict[str, str]]:
-    rows = []
-    for g in ("A", "B"):
-        for split, pairs in (("build", (1, 2, 3)), ("eval", (4, 5, 6))):
-            for p in pairs:
-                for label, text in (("vulnerable", f"x[{p}] = y"), ("secure", f"x[{p}] = 0")):
-                    rows.append(
-                        {
-                            "id": f"{g}-{p}-{label[0]}",
-                            "text": f"{g}{text}",
-                            "label": label,
-                            "group": g,
-                            "split": split,
-                            "pair": f"{g}-{p}",
-                        }
-                    )
-    return rows
+from tests.classify_tiny import N_EVAL, write_task
+from tests.classify_tiny import run as _run
 
 
 @pytest.fixture
 def task(tmp_path: Path) -> Path:
-    (tmp_path / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _examples()))
-    p = tmp_path / "task.yaml"
-    p.write_text(CONFIG)
-    return p
-
-
-def _run(out: Path, task: Path, *extra: str) -> None:
-    main(
-        [
-            "classify", "--model", "tiny-llama", "--task", str(task), "--out", str(out),
-            "--layers", "1,2", "--strengths", "1,4", "--scale", "diff",
-            "--max-new-tokens", "4", "--quiet", *extra,
-        ]
-    )  # fmt: skip
+    return write_task(tmp_path)
 
 
 def test_end_to_end_and_resume(tmp_path: Path, task: Path) -> None:
@@ -75,13 +27,13 @@ def test_end_to_end_and_resume(tmp_path: Path, task: Path) -> None:
         "signcheck.json",
         "accuracy_vs_strength.png",
         "cross_group.png",
+        "cross_group_best.png",
         "generations.parquet",
     ):
         assert (out / name).is_file(), name
     df = pd.read_parquet(out / "results.parquet")
-    n_eval = 12
-    # baseline + (own, pooled) x 2 layers x 2 strengths + the other group at strength 4 x 2 layers
-    assert len(df) == n_eval * (1 + 2 * 2 * 2 + 2)
+    # baseline + (own, pooled, the other group) x 2 layers x 2 strengths
+    assert len(df) == N_EVAL * (1 + 3 * 2 * 2)
     assert not df.duplicated(["example_id", "vector", "layer", "strength"]).any()
     # the baseline and the steered rows agree on what an unsteered row is: steering the own
     # group at a strength changes the margin (the vector is not zero)
@@ -89,15 +41,23 @@ def test_end_to_end_and_resume(tmp_path: Path, task: Path) -> None:
     own = df[(df["vector"] == df["group"]) & (df["strength"] == 4) & (df["layer"] == 2)]
     assert (own.set_index("example_id")["margin"] - base.loc[own["example_id"]]).abs().max() > 0
     checks = json.loads((out / "signcheck.json").read_text())
-    assert [c["layer"] for c in checks] == [1, 2]
+    # the pooled vector, then each group's, at every layer
+    assert [(c["vector"], c["layer"]) for c in checks] == [
+        (v, layer) for v in ("pooled", "A", "B") for layer in (1, 2)
+    ]
     assert all(c["verdict"] in ("ok", "flipped", "inconclusive") for c in checks)
+    # pooled: the held-out examples labeled with the target; a group: all of its examples
+    assert [c["n"] for c in checks] == [N_EVAL // 2] * 2 + [N_EVAL // 2] * 4
+    assert all(c["on_label"] == ["vulnerable", "secure"] for c in checks[2:])
     assert "Sign check" in (out / "report.md").read_text().split("##")[1]
     gen = pd.read_parquet(out / "generations.parquet")
     assert set(gen["vector"]) >= {"baseline"} and gen["answer"].notna().all()
     # a finished run reruns without recomputing
-    stamps = [p.stat().st_mtime_ns for p in sorted((out / "parts" / "grid").iterdir())]
+    parts = sorted((out / "parts").rglob("part-*.parquet"))
+    assert {p.parent.name for p in parts} == {"signcheck", "grid", "generate"}
+    stamps = [p.stat().st_mtime_ns for p in parts]
     _run(out, task)
-    assert [p.stat().st_mtime_ns for p in sorted((out / "parts" / "grid").iterdir())] == stamps
+    assert [p.stat().st_mtime_ns for p in sorted((out / "parts").rglob("part-*.parquet"))] == stamps
 
 
 def test_flip_sign_mirrors_the_sign_check(tmp_path: Path, task: Path) -> None:
@@ -110,8 +70,9 @@ def test_flip_sign_mirrors_the_sign_check(tmp_path: Path, task: Path) -> None:
         assert x["baseline"] == pytest.approx(y["baseline"], abs=1e-6)
         assert x["plus"] == pytest.approx(y["minus"], abs=1e-5)
         assert x["minus"] == pytest.approx(y["plus"], abs=1e-5)
-        if x["verdict"] == "ok":
-            assert y["verdict"] == "flipped"
+        # the verdicts mirror: every vector's check sees its own negation
+        mirror = {"ok": "flipped", "flipped": "ok", "inconclusive": "inconclusive"}
+        assert y["verdict"] == mirror[x["verdict"]], (x["vector"], x["layer"])
     ra = pd.read_parquet(a / "results.parquet")
     rb = pd.read_parquet(b / "results.parquet")
     keys = ["example_id", "vector", "layer", "strength"]

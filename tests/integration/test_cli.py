@@ -1023,9 +1023,26 @@ BAD: dict[str, Case] = {
         [*cl_args(f), "--strengths", "-1"],
         "strengths must be distinct and positive",
     ),
-    "classify: steering only generated tokens": lambda f: (
-        [*cl_args(f), "--positions", "generated"],
-        "--positions generated",
+    "classify: logit mode at generated positions": lambda f: (
+        [*cl_args(f), "--positions", "generated", "--mode", "logit"],
+        "--positions generated with --mode logit",
+    ),
+    "classify: logit mode at a generated window": lambda f: (
+        [*cl_args(f), "--positions", "window:0:8", "--mode", "logit"],
+        "cannot change them",
+    ),
+    "classify: unknown positions": lambda f: (
+        [*cl_args(f), "--positions", "middle"],
+        "unknown positions 'middle'",
+    ),
+    "classify: unknown mode": lambda f: ([*cl_args(f), "--mode", "fast"], "mode"),
+    "classify: flipping a vector the task lacks": lambda f: (
+        [*cl_args(f), "--flip-groups", "A,C"],
+        "--flip-groups: 'C' is not a vector of this task",
+    ),
+    "classify: flip-sign and flip-groups together": lambda f: (
+        [*cl_args(f), "--flip-sign", "--flip-groups", "A"],
+        "--flip-sign already negates every vector",
     ),
     "classify: unknown scale": lambda f: ([*cl_args(f), "--scale", "huge"], "scale"),
     "unknown executor": lambda f: ([*run_args(f), "--executor", "foo"], "unknown executor 'foo'"),

@@ -17,6 +17,7 @@ from steerlab.classify import (
     LogitScores,
     PairedEffect,
     SignCheck,
+    answer_sign_check,
     paired_effect,
     sign_check,
 )
@@ -232,3 +233,86 @@ def test_sign_check_refuses_misaligned_inputs() -> None:
         sign_check(base, plus, minus, labels, "vulnerable", metric="accuracy")
     with pytest.raises(SteerlabError, match="neither"):
         sign_check(base, plus, minus, labels, "benign")
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("shift", [1.0, 0.2, 0.0, -0.3])
+def test_negating_the_vector_mirrors_the_verdict(seed: int, shift: float) -> None:
+    """Swapping +α and -α (the vector negated) turns ok into flipped and back, and leaves every
+    inconclusive case inconclusive: a backwards vector passes once negated."""
+    rng = np.random.default_rng(seed)
+    n = 12
+    base = rng.normal(size=n)
+    common = rng.normal() * 0.5  # a sign-independent change (disruption)
+    plus = scores(base + shift + common + rng.normal(size=n) * 0.3)
+    minus = scores(base - shift + common + rng.normal(size=n) * 0.3)
+    labels = ["vulnerable" if i % 2 else "secure" for i in range(n)]
+    a = sign_check(scores(base), plus, minus, labels, "vulnerable", on_label=LABELS)
+    b = sign_check(scores(base), minus, plus, labels, "vulnerable", on_label=LABELS)
+    mirror = {"ok": "flipped", "flipped": "ok", "inconclusive": "inconclusive"}
+    assert b.verdict == mirror[a.verdict]
+    assert b.plus_vs_minus.lo == pytest.approx(-a.plus_vs_minus.hi)
+
+
+def test_both_signs_moving_the_intended_way_is_not_ok() -> None:
+    base, plus, _, labels = planted()
+    also = scores(base.margin.numpy() + 0.5)  # -α raises P(vulnerable) too, less than +α
+    c = sign_check(base, plus, also, labels, "vulnerable", "raise")
+    assert c.verdict == "inconclusive" and "Both signs" in c.message
+
+
+def test_a_slice_of_several_labels() -> None:
+    base, plus, minus, labels = planted()
+    c = sign_check(base, plus, minus, labels, "vulnerable", on_label=("vulnerable", "secure"))
+    assert c.n == 40 and c.on_label == ("vulnerable", "secure") and c.verdict == "ok"
+    assert "labeled 'vulnerable' or 'secure'" in c.message
+    assert c.baseline == pytest.approx(float(sigmoid(base.margin.double().numpy()).mean()))
+    with pytest.raises(SteerlabError, match="at least one label"):
+        sign_check(base, plus, minus, labels, "vulnerable", on_label=())
+
+
+def test_remedy_replaces_the_flip_advice() -> None:
+    base, plus, minus, labels = planted()
+    c = sign_check(base, minus, plus, labels, "vulnerable", remedy="Negate group B.")
+    assert c.verdict == "flipped" and c.message.endswith("Negate group B.")
+    assert "--flip-sign" not in c.message
+
+
+# ----------------------------------------------------------------------------- generated answers
+
+
+def answers(n: int, stating: int, label: str = "vulnerable") -> list[str]:
+    """``n`` parsed answers, the first ``stating`` of which state ``label``."""
+    return [label] * stating + ["uncertain"] * (n - stating)
+
+
+def test_answer_sign_check_reads_the_rate_of_target_answers() -> None:
+    labels = ["vulnerable"] * 10 + ["secure"] * 10
+    base = answers(10, 3) + answers(10, 1)
+    plus = answers(10, 9) + answers(10, 6)  # +α: many more "vulnerable" answers
+    minus = ["secure"] * 10 + answers(10, 0)  # -α: none
+    ok = answer_sign_check(base, plus, minus, labels, "vulnerable", "raise", alpha=2.0)
+    assert ok.verdict == "ok" and ok.metric == "answer_rate" and ok.n == 10
+    assert ok.baseline == 0.3 and ok.plus == 0.9 and ok.minus == 0.0
+    assert "the rate of answers stating 'vulnerable' is 0.300 unsteered" in ok.message
+    flipped = answer_sign_check(base, minus, plus, labels, "vulnerable", "raise")
+    assert flipped.verdict == "flipped"
+    # the whole slice: both labels
+    both = answer_sign_check(
+        base, plus, minus, labels, "vulnerable", on_label=("vulnerable", "secure")
+    )
+    assert both.n == 20 and both.plus == pytest.approx(15 / 20)
+    # an uncertain or other answer is not the target
+    none = answer_sign_check(base, base, base, labels, "vulnerable")
+    assert none.verdict == "inconclusive" and none.plus_effect == PairedEffect(0.0, 0.0, 0.0)
+
+
+def test_answer_sign_check_refuses_misaligned_answers() -> None:
+    labels = ["vulnerable"] * 6
+    a = answers(6, 2)
+    with pytest.raises(SteerlabError, match="plus has 5 answers"):
+        answer_sign_check(a, a[:5], a, labels, "vulnerable")
+    with pytest.raises(SteerlabError, match="true labels"):
+        answer_sign_check(a, a, a, labels[:-1], "vulnerable")
+    with pytest.raises(SteerlabError, match="direction"):
+        answer_sign_check(a, a, a, labels, "vulnerable", "up")

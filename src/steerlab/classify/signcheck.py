@@ -11,19 +11,24 @@ target label; e.g. "raise P(vulnerable) on vulnerable snippets"):
 
 - ``p_target``: P(target | {positive, negative}) = sigmoid of the margin toward the target;
 - ``margin``: log P(target) - log P(other label), in nats;
-- ``logp``: log P(target), the raw mass on the target's answer tokens.
+- ``logp``: log P(target), the raw mass on the target's answer tokens;
+- ``answer_rate`` (generation mode, :func:`answer_sign_check`): the fraction of generated
+  answers parsed as the target label (an uncertain answer counts as not stating it).
 
 Each effect (``+α`` vs baseline, ``-α`` vs baseline, ``+α`` vs ``-α``) is a paired difference
 over the same examples with a percentile-bootstrap interval. Verdicts, with "the intended way"
 meaning up for ``raise`` and down for ``lower``:
 
-- ``ok``: ``+α`` moves the metric the intended way and further that way than ``-α`` (both
-  intervals exclude zero);
+- ``ok``: ``+α`` moves the metric the intended way, ``-α`` does not, and ``+α`` ends further
+  that way than ``-α`` (both intervals exclude zero);
 - ``flipped``: ``-α`` moves it the intended way, ``+α`` does not, and ``+α`` ends clearly on the
   wrong side of ``-α``: the vector's sign is backwards (use ``--flip-sign`` or rebuild it as
   ``mean(target) - mean(other)``);
 - ``inconclusive``: anything else (too few examples, no clear movement, both signs moving the
   same way).
+
+The rules are symmetric: negating the vector (swapping ``+α`` and ``-α``) turns ``ok`` into
+``flipped`` and back, so a vector flagged as backwards passes once negated, and vice versa.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ from steerlab.metrics.stats import bootstrap_ci
 VERDICTS = ("ok", "flipped", "inconclusive")
 DIRECTIONS = ("raise", "lower")
 METRICS = ("p_target", "margin", "logp")
+#: The metric of :func:`answer_sign_check`: parsed answers, not logits.
+ANSWER_METRIC = "answer_rate"
+OnLabel = str | Sequence[str] | None
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,7 @@ class SignCheck:
     target_label: str
     direction: str
     metric: str
-    on_label: str
+    on_label: str | tuple[str, ...]  # the slice: examples with this true label (or these)
     n: int
     alpha: float | None
     baseline: float
@@ -115,65 +123,143 @@ def sign_check(
     target_label: str,
     direction: str = "raise",
     metric: str = "p_target",
-    on_label: str | None = None,
+    on_label: OnLabel = None,
     alpha: float | None = None,
     min_examples: int = 5,
     min_effect: float = 0.0,
     n_boot: int = 2000,
     ci_alpha: float = 0.05,
     seed: int = 0,
+    remedy: str | None = None,
 ) -> SignCheck:
     """Compare the target metric under the baseline, ``+α`` and ``-α`` (see the module docstring).
 
     ``baseline``/``plus``/``minus`` score the same prompts in the same order; ``labels[i]`` is
     the true label of prompt ``i``. ``target_label`` is the positive or negative label of the
     scores; ``direction`` says whether steering should ``raise`` or ``lower`` the metric;
-    ``alpha`` (the strength used) only goes into the message. An effect counts as clear when its
+    ``on_label`` picks the slice (a true label, several, or None: ``target_label``);
+    ``alpha`` (the strength used) only goes into the message, and so does ``remedy``, the
+    sentence a ``flipped`` message ends with (default: rerun with ``--flip-sign`` or rebuild the
+    vector). An effect counts as clear when its
     ``1 - ci_alpha`` interval lies beyond ``min_effect`` (in the metric's units); fewer than
     ``min_examples`` examples on the slice is always ``inconclusive``.
     """
-    if direction not in DIRECTIONS:
-        raise SteerlabError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if metric not in METRICS:
         raise SteerlabError(f"metric must be one of {METRICS}, got {metric!r}")
-    if min_effect < 0 or not math.isfinite(min_effect):
-        raise SteerlabError("min_effect must be a finite number >= 0")
     _check_aligned(baseline, plus, minus, labels)
-    on = target_label if on_label is None else on_label
-    idx = [i for i, y in enumerate(labels) if y == on]
-    values = [_metric(s, target_label, metric)[idx] for s in (baseline, plus, minus)]
-    base_v, plus_v, minus_v = values
+    values = [_metric(s, target_label, metric) for s in (baseline, plus, minus)]
+    opts = _Options(direction, alpha, min_examples, min_effect, n_boot, ci_alpha, seed, remedy)
+    return _check(values, labels, target_label, metric, on_label, opts)
+
+
+def answer_sign_check(
+    baseline: Sequence[str],
+    plus: Sequence[str],
+    minus: Sequence[str],
+    labels: Sequence[str],
+    target_label: str,
+    direction: str = "raise",
+    on_label: OnLabel = None,
+    alpha: float | None = None,
+    min_examples: int = 5,
+    min_effect: float = 0.0,
+    n_boot: int = 2000,
+    ci_alpha: float = 0.05,
+    seed: int = 0,
+    remedy: str | None = None,
+) -> SignCheck:
+    """:func:`sign_check` on generated answers: ``baseline[i]``/``plus[i]``/``minus[i]`` are the
+    labels parsed from prompt ``i``'s answers (any string: an uncertain answer is read as not
+    stating the target). The metric is ``answer_rate``, the fraction stating ``target_label``.
+
+    Use it where the logits at the last prompt token cannot show steering's effect (steering
+    only generated tokens changes the answer after its first token)."""
+    n = len(baseline)
+    for name, answers in (("plus", plus), ("minus", minus)):
+        if len(answers) != n:
+            raise SteerlabError(
+                f"{name} has {len(answers)} answers, the baseline {n}: answer the same "
+                "held-out prompts under each setting"
+            )
+    if len(labels) != n:
+        raise SteerlabError(f"{len(labels)} true labels for {n} answers")
+    values = [
+        np.array([1.0 if a == target_label else 0.0 for a in answers], dtype=np.float64)
+        for answers in (baseline, plus, minus)
+    ]
+    opts = _Options(direction, alpha, min_examples, min_effect, n_boot, ci_alpha, seed, remedy)
+    return _check(values, labels, target_label, ANSWER_METRIC, on_label, opts)
+
+
+@dataclass(frozen=True)
+class _Options:
+    direction: str
+    alpha: float | None
+    min_examples: int
+    min_effect: float
+    n_boot: int
+    ci_alpha: float
+    seed: int
+    remedy: str | None
+
+
+def _check(
+    values: Sequence[npt.NDArray[np.float64]],
+    labels: Sequence[str],
+    target_label: str,
+    metric: str,
+    on_label: OnLabel,
+    o: _Options,
+) -> SignCheck:
+    """The verdict from the metric's per-prompt values under the baseline, +α and -α."""
+    if o.direction not in DIRECTIONS:
+        raise SteerlabError(f"direction must be one of {DIRECTIONS}, got {o.direction!r}")
+    if o.min_effect < 0 or not math.isfinite(o.min_effect):
+        raise SteerlabError("min_effect must be a finite number >= 0")
+    on = _slice(target_label if on_label is None else on_label)
+    idx = [i for i, y in enumerate(labels) if y in on]
+    base_v, plus_v, minus_v = (v[idx] for v in values)
 
     def effect(after: npt.NDArray[np.float64], before: npt.NDArray[np.float64]) -> PairedEffect:
-        return paired_effect(after, before, n_boot=n_boot, ci_alpha=ci_alpha, seed=seed)
+        return paired_effect(after, before, n_boot=o.n_boot, ci_alpha=o.ci_alpha, seed=o.seed)
 
     plus_eff, minus_eff, gap = (
         effect(plus_v, base_v),
         effect(minus_v, base_v),
         effect(plus_v, minus_v),
     )
-    sign = 1.0 if direction == "raise" else -1.0
+    sign = 1.0 if o.direction == "raise" else -1.0
     verdict, why = _verdict(
-        len(idx), min_examples, min_effect, *(e.signed(sign) for e in (plus_eff, minus_eff, gap))
+        len(idx),
+        o.min_examples,
+        o.min_effect,
+        *(e.signed(sign) for e in (plus_eff, minus_eff, gap)),
     )
     check = SignCheck(
         verdict=verdict,
         target_label=target_label,
-        direction=direction,
+        direction=o.direction,
         metric=metric,
-        on_label=on,
+        on_label=on[0] if len(on) == 1 else on,
         n=len(idx),
-        alpha=alpha,
+        alpha=o.alpha,
         baseline=_mean(base_v),
         plus=_mean(plus_v),
         minus=_mean(minus_v),
         plus_effect=plus_eff,
         minus_effect=minus_eff,
         plus_vs_minus=gap,
-        ci_level=1 - ci_alpha,
+        ci_level=1 - o.ci_alpha,
         message="",
     )
-    return _with_message(check, why)
+    return _with_message(check, why, o.remedy)
+
+
+def _slice(on_label: str | Sequence[str]) -> tuple[str, ...]:
+    on = (on_label,) if isinstance(on_label, str) else tuple(dict.fromkeys(on_label))
+    if not on:
+        raise SteerlabError("on_label: give at least one label")
+    return on
 
 
 def _check_aligned(
@@ -225,30 +311,39 @@ def _verdict(
         return "inconclusive", "nan"
     plus_good, minus_good = plus.lo > min_effect, minus.lo > min_effect
     plus_bad, minus_bad = plus.hi < -min_effect, minus.hi < -min_effect
+    if plus_good and minus_good:  # not the vector's sign at work: ok and flipped mirror
+        return "inconclusive", "both_good"
     if plus_good and gap.lo > 0:
         return "ok", "ok"
-    if minus_good and not plus_good and gap.hi < 0:
+    if minus_good and gap.hi < 0:
         return "flipped", "flipped"
-    if plus_good and minus_good:
-        return "inconclusive", "both_good"
     if plus_bad and minus_bad:
         return "inconclusive", "both_bad"
     return "inconclusive", "weak"
 
 
-def _with_message(c: SignCheck, why: str) -> SignCheck:
-    fmt = ".3f" if c.metric == "p_target" else ".2f"
+FLIP_REMEDY = (
+    "Rerun with --flip-sign, or rebuild it as mean(target) - mean(other), before reading any "
+    "steering result."
+)
+
+
+def _with_message(c: SignCheck, why: str, remedy: str | None = None) -> SignCheck:
+    fmt = ".3f" if c.metric in ("p_target", ANSWER_METRIC) else ".2f"
     name = {
         "p_target": f"P({c.target_label})",
         "margin": f"the margin toward {c.target_label!r} (nats)",
         "logp": f"log P({c.target_label})",
+        ANSWER_METRIC: f"the rate of answers stating {c.target_label!r}",
     }[c.metric]
     alpha = "α" if c.alpha is None else f"α={abs(c.alpha):g}"
-    slice_ = f"{c.n} held-out example(s) labeled {c.on_label!r}"
+    on = (c.on_label,) if isinstance(c.on_label, str) else c.on_label
+    slice_ = f"{c.n} held-out example(s) labeled {' or '.join(repr(x) for x in on)}"
     goal = f"{c.direction} {name}"
     level = f"{100 * c.ci_level:g}% CI"
+    mean = "" if c.metric == ANSWER_METRIC else "mean "  # a rate is already an average
     facts = (
-        f"on {slice_}, mean {name} is {c.baseline:{fmt}} unsteered, {c.plus:{fmt}} at +{alpha} "
+        f"on {slice_}, {mean}{name} is {c.baseline:{fmt}} unsteered, {c.plus:{fmt}} at +{alpha} "
         f"(change {c.plus_effect.describe(fmt)}, {level}) and {c.minus:{fmt}} at -{alpha} "
         f"(change {c.minus_effect.describe(fmt)})."
     )
@@ -261,8 +356,7 @@ def _with_message(c: SignCheck, why: str) -> SignCheck:
         text = (
             f"Sign check FLIPPED: {facts} Negative strength does what was intended ({goal}) and "
             "positive strength does the opposite: the vector points the wrong way for this "
-            "task (it was likely built as mean(other) - mean(target)). Rerun with --flip-sign, "
-            "or rebuild it as mean(target) - mean(other), before reading any steering result."
+            f"task (it was likely built as mean(other) - mean(target)). {remedy or FLIP_REMEDY}"
         )
     elif why == "few":
         text = (

@@ -1,6 +1,16 @@
-"""The outputs of ``steerlab classify``: ``results.parquet`` (every logit-mode row, scored),
-``generations.parquet``, ``results.json``, ``report.md`` (the sign check first, then tables per
-group, examples before/after), ``accuracy_vs_strength.png`` and ``cross_group.png``."""
+"""The outputs of ``steerlab classify``: ``results.parquet`` (every grid row, scored),
+``generations.parquet`` (logit mode's follow-up generations), ``results.json``, ``report.md``
+(backwards vectors first, the sign check, then tables per group, the cross-group tables and
+examples before/after), ``accuracy_vs_strength.png``, ``cross_group.png`` and
+``cross_group_best.png``.
+
+Rows are scored in the grid's mode. Logit mode: the prediction is the answer whose first tokens
+are likelier (margin > 0), ``p_positive`` = P(positive | {positive, negative}), and margin and
+AUROC are defined; no answer is uncertain. Generate mode: the prediction is the parsed answer
+(an uncertain answer is wrong), ``p_positive`` is 1 where the answer states the positive label,
+and margin, AUROC and ``margin_true`` are NaN: they come from the logits at the last prompt
+token, which steering at generated positions cannot change.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +24,37 @@ import pandas as pd
 
 from steerlab.io import atomic_path, atomic_write_text
 from steerlab.metrics.stats import bootstrap_ci, wilson_ci
+from steerlab.pipelines.classify import checks as sign_checks
+from steerlab.pipelines.classify import cross
 from steerlab.pipelines.classify.config import BASELINE, POOLED, ClassifyConfig
-from steerlab.pipelines.classify.run import _task, generation_results, grid_results
+from steerlab.pipelines.classify.run import generation_results, grid_results, task_of
 
 
-def scored(df: pd.DataFrame, positive: str) -> pd.DataFrame:
-    """Logit-mode predictions: the positive label when its log-prob beats the other's."""
+def scored(df: pd.DataFrame, positive: str, uncertain: str | None = None) -> pd.DataFrame:
+    """Predictions per row. Logit mode (a ``margin`` column): the positive label when its
+    log-prob beats the other's. Generate mode (a ``parsed`` column and no ``margin``): the
+    parsed answer; ``uncertain`` (the task's uncertain label) marks answers stating none."""
     out = df.copy()
     is_pos = out["label"] == positive
-    out["predicted_positive"] = out["margin"] > 0
-    out["correct"] = out["predicted_positive"] == is_pos
-    out["margin_true"] = np.where(is_pos, out["margin"], -out["margin"])
+    if "margin" in out.columns:
+        out["predicted_positive"] = out["margin"] > 0
+        out["correct"] = out["predicted_positive"] == is_pos
+        out["margin_true"] = np.where(is_pos, out["margin"], -out["margin"])
+        return out
+    out["predicted_positive"] = out["parsed"] == positive
+    out["correct"] = out["parsed"] == out["label"]
+    out["uncertain"] = out["parsed"] == uncertain
+    out["p_positive"] = out["predicted_positive"].astype(float)
+    for col in ("margin", "margin_true"):
+        out[col] = math.nan
     return out
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Mann-Whitney AUROC of ``scores`` for ``positive`` (ties count one half)."""
+    """Mann-Whitney AUROC of ``scores`` for ``positive`` (ties count one half); NaN when a
+    class is missing or a score is NaN (generate mode has no scores)."""
     pos, neg = scores[positive], scores[~positive]
-    if pos.size == 0 or neg.size == 0:
+    if pos.size == 0 or neg.size == 0 or np.isnan(scores).any():
         return math.nan
     diff = pos[:, None] - neg[None, :]
     return float(((diff > 0) + 0.5 * (diff == 0)).mean())
@@ -53,6 +76,7 @@ def metrics(g: pd.DataFrame, positive: str) -> dict[str, Any]:
         "margin_hi": mhi,
         "p_positive": float(g["p_positive"].mean()),
         "auroc": auroc(g["margin"].to_numpy(float), is_pos),
+        "uncertain": float(g["uncertain"].mean()) if "uncertain" in g.columns else math.nan,
     }
 
 
@@ -86,20 +110,6 @@ def best_settings(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return out
 
 
-def cross_table(df: pd.DataFrame, strength: float, layer: int) -> pd.DataFrame:
-    """Rows: the vector's group; columns: the evaluated group; value: the change in mean
-    P(positive) against the baseline on that group's examples."""
-    base = df[df["vector"] == BASELINE].groupby("group")["p_positive"].mean()
-    sel = df[
-        (df["strength"] == strength)
-        & (df["layer"] == layer)
-        & (df["vector"] != BASELINE)
-        & (df["vector"] != POOLED)
-    ]
-    t = sel.groupby(["vector", "group"])["p_positive"].mean().unstack("group")
-    return t - base
-
-
 def _fmt(r: pd.Series) -> str:
     if isinstance(r["accuracy"], float) and math.isnan(r["accuracy"]):
         return "–"
@@ -108,24 +118,32 @@ def _fmt(r: pd.Series) -> str:
     )
 
 
-def _signcheck_md(checks: list[dict[str, Any]], flipped_run: bool) -> list[str]:
-    lines = ["## Sign check (held-out split, pooled vector)\n"]
-    for c in checks:
-        mark = {"ok": "OK", "flipped": "**FLIPPED**", "inconclusive": "inconclusive"}[c["verdict"]]
-        lines.append(
-            f"- layer {c['layer']}: {mark}. {c['message']} "
-            f"(P(target) baseline {c['baseline']:.3f}, +α {c['plus']:.3f}, −α {c['minus']:.3f})"
+def _num(x: float, fmt: str) -> str:
+    """``x`` formatted, or "–" where it is undefined (NaN: margin and AUROC in generate mode)."""
+    return "–" if isinstance(x, float) and math.isnan(x) else format(x, fmt)
+
+
+def _mode_text(cfg: ClassifyConfig) -> str:
+    if cfg.grid_mode() == "logit":
+        return (
+            "Logit mode: each row is one forward pass; the prediction is the answer whose first "
+            "tokens are likelier at the last prompt token (no answer is uncertain). 95% Wilson "
+            "intervals.\n"
         )
-    if any(c["verdict"] == "flipped" for c in checks) and not flipped_run:
-        lines.insert(
-            0,
-            "> **The vector's sign is backwards**: positive strength moves the target the wrong "
-            "way (−α column above shows the flipped vector's effect). Rerun with `--flip-sign`; "
-            "the accuracies below are for the sign as built.\n",
-        )
-    if flipped_run:
-        lines.append("\nThis run applies −vector (`--flip-sign`).")
-    return lines
+    why = (
+        f" Steering at `{cfg.positions}` selects only generated tokens: it cannot change the "
+        "next-token logits at the last prompt token (the answer's first token is chosen there, "
+        "before any token is generated), so logit mode would report the baseline for every "
+        "setting."
+        if cfg.mode == "auto"
+        else ""
+    )
+    return (
+        f"Generate mode: every row generated greedily (up to {cfg.max_new_tokens} new tokens, "
+        "text kept in `results.parquet`) and parsed; accuracy counts an uncertain answer as "
+        "wrong, and P(positive) is the rate of answers stating the positive label. Margin and "
+        f"AUROC are not defined in this mode (NaN, shown as –).{why} 95% Wilson intervals.\n"
+    )
 
 
 def markdown(
@@ -134,19 +152,24 @@ def markdown(
     checks: list[dict[str, Any]],
     best: dict[str, dict[str, Any]],
     gen: pd.DataFrame | None,
+    grid: pd.DataFrame,
+    cross_t: pd.DataFrame | None,
 ) -> str:
+    banner, check_lines = sign_checks.markdown(cfg, checks)
+    gen_mode = cfg.grid_mode() == "generate"
     lines = [
         "# Classification steering\n",
+        *banner,
         f"Model `{cfg.model.name}`, task `{cfg.task}`, vectors mean(target) − mean(other) at "
         f"`{cfg.hook_point}`, added at `{cfg.positions}` with strengths "
-        f"{', '.join(f'{s:g}' for s in cfg.strengths)} ({cfg.scale} scale). Accuracy in logit "
-        "mode (the answer whose first tokens are likelier), 95% Wilson intervals.\n",
-        *_signcheck_md(checks, cfg.flip_sign),
+        f"{', '.join(f'{s:g}' for s in cfg.strengths)} ({cfg.scale} scale).",
+        _mode_text(cfg),
+        *check_lines,
         "\n## Baseline vs best own-group setting\n",
         "Best = highest held-out accuracy (chosen on the held-out split: optimistic).\n",
         "| group | baseline | best steered | layer | strength | margin base → steered | "
-        "AUROC base → steered |",
-        "|---|---|---|---|---|---|---|",
+        "AUROC base → steered |" + (" uncertain base → steered |" if gen_mode else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if gen_mode else ""),
     ]
     s = summary
     for group in sorted(set(s["group"]) - {"all"}):
@@ -160,34 +183,70 @@ def markdown(
             & (s["layer"] == b["layer"])
             & (s["strength"] == b["strength"])
         ].iloc[0]
+        unc = f" {_pct(base['uncertain'])} → {_pct(st['uncertain'])} |" if gen_mode else ""
         lines.append(
             f"| {group} | {_fmt(base)} | {_fmt(st)} | {int(b['layer'])} | {b['strength']:g} | "
-            f"{base['margin']:+.2f} → {st['margin']:+.2f} | {base['auroc']:.2f} → "
-            f"{st['auroc']:.2f} |"
+            f"{_num(base['margin'], '+.2f')} → {_num(st['margin'], '+.2f')} | "
+            f"{_num(base['auroc'], '.2f')} → {_num(st['auroc'], '.2f')} |{unc}"
         )
     lines += ["\n## Every setting (pooled over groups)\n"]
     lines += [
-        "| vector | layer | strength | accuracy | recall pos | recall neg | margin | AUROC |",
-        "|---|---|---|---|---|---|---|---|",
+        "| vector | layer | strength | accuracy | recall pos | recall neg | margin | AUROC |"
+        + (" uncertain |" if gen_mode else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if gen_mode else ""),
     ]
     for _, r in s[s["group"] == "all"].iterrows():
         lines.append(
             f"| {r['vector']} | {r['layer']} | {r['strength']:g} | {_fmt(r)} | "
-            f"{r['recall_positive']:.2f} | {r['recall_negative']:.2f} | {r['margin']:+.2f} | "
-            f"{r['auroc']:.2f} |"
+            f"{r['recall_positive']:.2f} | {r['recall_negative']:.2f} | "
+            f"{_num(r['margin'], '+.2f')} | {_num(r['auroc'], '.2f')} |"
+            + (f" {_pct(r['uncertain'])} |" if gen_mode else "")
         )
-    if gen is not None:
+    if cfg.cross_group and cross_t is not None:
+        lines += cross.markdown(cross_t, task_of(cfg.task).groups(), _p_name(cfg))
+    if gen_mode:
+        lines += ["\n## Examples before/after (baseline vs best own-group setting)\n"]
+        lines += _examples(gen_mode_pairs(grid, best))
+    elif gen is not None:
         lines += ["\n## Generation mode (greedy; parsed answers; text kept)\n"]
         lines += ["| group | setting | accuracy | uncertain |", "|---|---|---|---|"]
         for (group, vector), g in gen.groupby(["group", "vector"], sort=True):
             acc = (g["parsed"] == g["label"]).mean()
-            unc = (g["parsed"] == _task(cfg.task).config.uncertain_label).mean()
+            unc = (g["parsed"] == task_of(cfg.task).config.uncertain_label).mean()
             setting = "baseline" if vector == BASELINE else "best own"
             lines.append(f"| {group} | {setting} | {100 * acc:.0f}% | {100 * unc:.0f}% |")
         lines += ["\n### Examples before/after\n"]
         lines += _examples(gen)
-    lines.append("\nFigures: `accuracy_vs_strength.png`, `cross_group.png`.\n")
+    figures = "`accuracy_vs_strength.png`"
+    if cfg.cross_group:
+        figures += ", `cross_group.png` (per strength), `cross_group_best.png` (best per cell)"
+    lines.append(f"\nFigures: {figures}.\n")
     return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return _num(100 * x, ".0f") + ("%" if not math.isnan(x) else "")
+
+
+def _p_name(cfg: ClassifyConfig) -> str:
+    positive = task_of(cfg.task).config.positive
+    if cfg.grid_mode() == "generate":
+        return f"rate of answers stating {positive!r}"
+    return f"P({positive})"
+
+
+def gen_mode_pairs(grid: pd.DataFrame, best: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Generate mode: the grid's baseline rows and, per group, its best own-vector setting's
+    rows (the frame :func:`_examples` reads)."""
+    keep = grid["vector"] == BASELINE
+    for group, b in best.items():
+        keep |= (
+            (grid["vector"] == group)
+            & (grid["group"] == group)
+            & (grid["layer"] == b["layer"])
+            & (grid["strength"] == b["strength"])
+        )
+    return grid[keep]
 
 
 def _examples(gen: pd.DataFrame, n: int = 4) -> list[str]:
@@ -209,7 +268,7 @@ def _short(text: str, n: int = 160) -> str:
     return t if len(t) <= n else t[: n - 1] + "…"
 
 
-def plots(summary: pd.DataFrame, cross: pd.DataFrame | None, out: Path) -> None:
+def plots(summary: pd.DataFrame, out: Path, acc_title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,7 +285,7 @@ def plots(summary: pd.DataFrame, cross: pd.DataFrame | None, out: Path) -> None:
         for ax, col in zip(axes, ("accuracy", "margin"), strict=True):
             ax.plot(x, [b[col], *g[col].tolist()], marker="o", color=f"C{i % 10}", label=group)
     for ax, title in zip(
-        axes, ("accuracy (logit mode)", "mean margin log P(pos) − log P(neg)"), strict=True
+        axes, (acc_title, "mean margin log P(pos) − log P(neg) (logit mode only)"), strict=True
     ):
         ax.set_xlabel(f"strength (own-group vector, layer {layer})")
         ax.set_title(title)
@@ -235,32 +294,16 @@ def plots(summary: pd.DataFrame, cross: pd.DataFrame | None, out: Path) -> None:
     with atomic_path(out / "accuracy_vs_strength.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7.5, 6), constrained_layout=True)
-    if cross is not None and not cross.empty:
-        v = np.nanmax(np.abs(cross.to_numpy(float))) or 1.0
-        im = ax.imshow(cross.to_numpy(float), cmap="RdBu_r", vmin=-v, vmax=v)
-        ax.set_xticks(range(len(cross.columns)), cross.columns, rotation=45, ha="right")
-        ax.set_yticks(range(len(cross.index)), cross.index)
-        for (r, c), val in np.ndenumerate(cross.to_numpy(float)):
-            ax.text(c, r, f"{val:+.2f}", ha="center", va="center", fontsize=7)
-        fig.colorbar(im, ax=ax, label="Δ mean P(positive) vs baseline")
-    ax.set_xlabel("evaluated on group")
-    ax.set_ylabel("vector built from group")
-    ax.set_title("cross-group effect")
-    with atomic_path(out / "cross_group.png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
 
 
 def write_report(run: Path, cfg: ClassifyConfig) -> dict[str, Path]:
-    task = _task(cfg.task)
-    positive = task.config.positive
-    df = scored(grid_results(run), positive)
-    summary = summarize(df, positive)
+    task = task_of(cfg.task)
+    c = task.config
+    df = scored(grid_results(run), c.positive, c.uncertain_label)
+    summary = summarize(df, c.positive)
     best = best_settings(df)
     checks = json.loads((run / "signcheck.json").read_text())
-    layers = sorted(set(df.loc[df["vector"] != BASELINE, "layer"]))
-    cross = cross_table(df, cfg.check_strength(), layers[0]) if cfg.cross_group and layers else None
+    cross_t = cross.cross_frame(df) if cfg.cross_group else None
     gen = generation_results(run)
     paths = {"results": run / "results.parquet", "json": run / "results.json"}
     with atomic_path(paths["results"]) as tmp:
@@ -268,14 +311,25 @@ def write_report(run: Path, cfg: ClassifyConfig) -> dict[str, Path]:
     if gen is not None:
         with atomic_path(run / "generations.parquet") as tmp:
             gen.to_parquet(tmp, index=False)
+    advice = sign_checks.advise(cfg, checks)
     doc = {
+        "mode": cfg.grid_mode(),
         "sign_check": checks,
+        "sign_check_advice": {
+            "backwards": list(advice.backwards),
+            "mixed": list(advice.mixed),
+            "flips": list(advice.flips),
+            "command": advice.command,
+        },
         "best": best,
         "summary": json.loads(summary.to_json(orient="records")),
-        "cross_group": None if cross is None else json.loads(cross.to_json()),
+        "cross_group": None if cross_t is None else json.loads(cross_t.to_json(orient="records")),
     }
     atomic_write_text(paths["json"], json.dumps(doc, indent=2) + "\n")
-    plots(summary, cross, run)
+    mode = cfg.grid_mode()
+    plots(summary, run, f"accuracy ({mode} mode)")
+    if cross_t is not None:
+        cross.plots(cross_t, task.groups(), _p_name(cfg), run)
     paths["report"] = run / "report.md"
-    atomic_write_text(paths["report"], markdown(cfg, summary, checks, best, gen))
+    atomic_write_text(paths["report"], markdown(cfg, summary, checks, best, gen, df, cross_t))
     return paths

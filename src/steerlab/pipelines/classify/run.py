@@ -4,15 +4,20 @@ Stages:
 
 - ``vectors``: per-group and pooled labeled mean-diff vectors, ``mean(positive) − mean(negative)``
   (the intended target class minus the other), at each layer, from the build split; streamed.
-- ``signcheck``: before any sweep, on the held-out split: does ``+α`` of the pooled vector move
-  P(target) the intended way, and ``−α`` the other? A backwards sign is written at the top of
-  the log and the report with the flipped vector's effect, and ``--flip-sign`` is offered.
-- ``grid``: logit mode: every held-out example, unsteered and under its own group's vector and
-  the pooled vector at every layer and strength, and (cross-group) under every other group's
-  vector at the sign-check strength; all rows in shared batches, one forward pass each.
-- ``generate``: generation mode: the baseline and, per group, the best own-vector setting of the
-  grid, generated greedily and parsed (the text is always kept).
-- ``report``: tables, heatmap, plots.
+- ``signcheck``: before any sweep, on the held-out split: does ``+α`` of the pooled vector, and
+  of each group's vector, move the target metric the intended way, and ``−α`` the other? (see
+  :mod:`steerlab.pipelines.classify.checks`). Backwards vectors are named at the top of the log
+  and the report with the flipped vector's effect, and the command that flips them is given.
+- ``grid``: every held-out example, unsteered and under its own group's vector and the pooled
+  vector at every layer and strength, and (cross-group) under every other group's vector at
+  every layer and strength; all rows in shared batches. Scored in the config's grid mode:
+  ``logit`` (one forward pass per row, the answer-token margin at the last prompt token) or
+  ``generate`` (every row generated greedily and parsed, text kept: the only mode in which
+  steering at generated positions can show an effect).
+- ``generate``: logit mode only: the baseline and, per group, the best own-vector setting of the
+  grid, generated greedily and parsed (the text is always kept). In generate mode the grid
+  already holds every row's text, so this stage does nothing.
+- ``report``: tables, heatmaps, plots.
 """
 
 from __future__ import annotations
@@ -29,7 +34,12 @@ import pandas as pd
 
 from steerlab.errors import SteerlabError
 from steerlab.io import atomic_write_text
-from steerlab.pipelines.classify.config import BASELINE, POOLED, ClassifyConfig
+from steerlab.pipelines.classify.config import (
+    BASELINE,
+    POOLED,
+    ClassifyConfig,
+    generated_only,
+)
 from steerlab.pipelines.model_workflow import ModelWorkflow
 from steerlab.runs.runner import Runtime
 from steerlab.runs.shards import stage_results
@@ -46,7 +56,7 @@ STAGES = ("vectors", "signcheck", "grid", "generate", "report")
 
 
 @functools.lru_cache(maxsize=4)
-def _task(ref: str) -> ClassificationTask:
+def task_of(ref: str) -> ClassificationTask:
     from steerlab.tasks.classification import load_task
 
     return load_task(ref)
@@ -94,7 +104,7 @@ class Steer:
 
         if row.vector == BASELINE:
             return ()
-        sign = -1.0 if self.cfg.flip_sign else 1.0
+        sign = -1.0 if self.cfg.flipped(row.vector) else 1.0
         iv = Intervention(
             self.vectors[row.vector],
             row.layer,
@@ -115,7 +125,7 @@ def margins(
 ) -> LogitScores:
     from steerlab.classify import answer_margins
 
-    task = _task(steer.cfg.task)
+    task = task_of(steer.cfg.task)
     c = task.config
     by_id = {e.id: e for e in task.examples}
     negative = next(label for label in c.labels if label != c.positive)
@@ -140,7 +150,7 @@ class Score:
     def __call__(
         self, model: Model, rows: Sequence[KRow], progress: Callable[[int], object]
     ) -> pd.DataFrame:
-        task = _task(self.steer.cfg.task)
+        task = task_of(self.steer.cfg.task)
         by_id = {e.id: e for e in task.examples}
         s = margins(model, self.steer, rows, progress)
         return pd.DataFrame(
@@ -167,7 +177,7 @@ class Generate:
         from steerlab.tasks.classification import parse_answer
 
         cfg = self.steer.cfg
-        task = _task(cfg.task)
+        task = task_of(cfg.task)
         by_id = {e.id: e for e in task.examples}
         reqs = [
             Row(_prompt(model, task, by_id[r.example_id]), self.steer.interventions(r))
@@ -183,8 +193,15 @@ class Generate:
                 "parsed": [p[0] for p in parsed],
                 "explanation": [p[1] for p in parsed],
                 "n_tokens": [len(res.token_ids) for res in results],
+                "token_ids": [list(res.token_ids) for res in results],
+                "finish_reason": [res.finish_reason for res in results],
             }
         )
+
+
+def scorer(steer: Steer) -> Score | Generate:
+    """The worker job that scores rows in the config's grid mode."""
+    return Generate(steer) if steer.cfg.grid_mode() == "generate" else Score(steer)
 
 
 def _row_columns(rows: Sequence[KRow], by_id: dict[str, Example]) -> dict[str, list[Any]]:
@@ -207,7 +224,7 @@ def _build_vectors(
     """Runs on a worker: per-group and pooled vectors from the build split."""
     from steerlab.classify import group_vectors
 
-    task = _task(ref)
+    task = task_of(ref)
     c = task.config
     # +vector points toward the intended effect: to the target class when it should be raised
     toward = c.intended.target
@@ -219,30 +236,6 @@ def _build_vectors(
         (pos if ex.label == toward else neg).append(_prompt(model, task, ex))
     gv = group_vectors(model, by_group, layers, position=position, hook_point=hook_point)
     return {"groups": dict(gv.groups), "pooled": gv.pooled, "counts": dict(gv.counts)}
-
-
-def _sign_check(model: Model, steer: Steer, layer: int) -> dict[str, Any]:
-    """Runs on a worker: baseline, +α and −α of the pooled vector on the held-out split."""
-    from steerlab.classify import sign_check
-
-    task = _task(steer.cfg.task)
-    c = task.config
-    held = task.split(c.eval_split)
-    alpha = steer.cfg.check_strength()
-    base, plus, minus = (
-        margins(model, steer, [KRow(e.id, v, layer, a) for e in held])
-        for v, a in ((BASELINE, 0.0), (POOLED, alpha), (POOLED, -alpha))
-    )
-    check = sign_check(
-        base,
-        plus,
-        minus,
-        [e.label for e in held],
-        c.intended.target,
-        direction=c.intended.direction,
-        alpha=alpha,
-    )
-    return {"layer": layer, **check.as_dict()}
 
 
 # ----------------------------------------------------------------------------- the workflow
@@ -257,7 +250,7 @@ class Describe:
 
     def __call__(self, model: Model) -> dict[str, Any]:
         if self.task_ref is not None:
-            _answer_ids(model, _task(self.task_ref))
+            _answer_ids(model, task_of(self.task_ref))
         from steerlab.pipelines.reliability.run import describe_model
 
         return describe_model(model)
@@ -276,17 +269,26 @@ class Classify(ModelWorkflow[ClassifyConfig]):
         return Describe(self._task_ref)
 
     def check(self, cfg: ClassifyConfig, stages: Sequence[str]) -> None:
-        from steerlab.interventions import Window
-
-        self._task_ref = cfg.task
-        task = _task(cfg.task)
-        if cfg.positions == "generated" or (Window.parse(cfg.positions).bounds[0] >= 0):
+        task = task_of(cfg.task)
+        if cfg.mode == "logit" and generated_only(cfg.positions):
             raise SteerlabError(
-                f"--positions {cfg.positions}: logit mode reads the answer from the prompt's "
-                "last token, so steering must include prompt tokens (last-prompt, prompt, all)"
+                f"--positions {cfg.positions} with --mode logit: logit mode reads the answer "
+                "from the next-token logits at the last prompt token, which are computed before "
+                "any token is generated, so steering only generated tokens cannot change them "
+                "and every steered row would equal the baseline. Use --mode generate (the "
+                "default for these positions) or steer prompt tokens (last-prompt, prompt, all)"
             )
+        # logit mode reads answers from first tokens: check they differ before anything runs
+        self._task_ref = cfg.task if cfg.grid_mode() == "logit" else None
         if len(task.config.labels) != 2:
             raise SteerlabError(f"{cfg.task}: classify needs exactly two labels")
+        names = [POOLED, *task.groups()]
+        unknown = [g for g in cfg.flip_groups if g not in names]
+        if unknown:
+            raise SteerlabError(
+                f"--flip-groups: {unknown[0]!r} is not a vector of this task (vectors: "
+                f"{', '.join(names)})"
+            )
 
     def check_resource(self, cfg: ClassifyConfig, info: dict[str, Any]) -> None:
         n = int(info["n_layers"])
@@ -298,11 +300,16 @@ class Classify(ModelWorkflow[ClassifyConfig]):
         if stage == "vectors":
             load_vectors(rt)
         elif stage == "signcheck":
+            from steerlab.pipelines.classify.checks import signcheck_stage
+
             signcheck_stage(rt)
         elif stage == "grid":
-            rt.map("grid", grid_rows(rt), Score(Steer(rt.cfg, load_vectors(rt))), rt.cfg.shard_size)
+            steer = Steer(rt.cfg, load_vectors(rt))
+            rt.map("grid", grid_rows(rt), scorer(steer), rt.cfg.shard_size)
         elif stage == "generate":
-            if rt.cfg.generate:
+            if rt.cfg.grid_mode() == "generate":
+                logger.info("generate: the grid already generated and parsed every row")
+            elif rt.cfg.generate:
                 rows = generate_rows(rt)
                 rt.map("generate", rows, Generate(Steer(rt.cfg, load_vectors(rt))), 10**9)
         else:
@@ -311,7 +318,7 @@ class Classify(ModelWorkflow[ClassifyConfig]):
             write_report(rt.run.path, rt.cfg)
 
 
-def _layers(rt: Runtime[ClassifyConfig]) -> list[int]:
+def layers_of(rt: Runtime[ClassifyConfig]) -> list[int]:
     return rt.cfg.resolved_layers(int(rt.info["n_layers"]))
 
 
@@ -323,52 +330,41 @@ def load_vectors(rt: Runtime[ClassifyConfig]) -> dict[str, SteeringVector]:
     index = vdir / "index.json"
     if not index.is_file():
         cfg = rt.cfg
-        built = rt.call(_build_vectors, cfg.task, _layers(rt), cfg.hook_point, cfg.build_position)
+        built = rt.call(_build_vectors, cfg.task, layers_of(rt), cfg.hook_point, cfg.build_position)
         vdir.mkdir(exist_ok=True)
         names = {POOLED: built["pooled"], **built["groups"]}
         for name, vec in names.items():
             vec.save(vdir / f"{name}.safetensors")
         counts = {g: list(c) for g, c in built["counts"].items()}
         atomic_write_text(index, json.dumps({"vectors": list(names), "counts": counts}) + "\n")
-        logger.info("vectors: %d groups and pooled at layers %s", len(built["groups"]), _layers(rt))
+        logger.info(
+            "vectors: %d groups and pooled at layers %s", len(built["groups"]), layers_of(rt)
+        )
     names = json.loads(index.read_text())["vectors"]
     return {n: SteeringVector.load(vdir / f"{n}.safetensors") for n in names}
 
 
-def signcheck_stage(rt: Runtime[ClassifyConfig]) -> list[dict[str, Any]]:
-    path = rt.run.path / "signcheck.json"
-    if path.is_file():
-        checks: list[dict[str, Any]] = json.loads(path.read_text())
-    else:
-        steer = Steer(rt.cfg, load_vectors(rt))
-        checks = [rt.call(_sign_check, steer, layer) for layer in _layers(rt)]
-        atomic_write_text(path, json.dumps(checks, indent=2) + "\n")
-    for c in checks:
-        if c["verdict"] == "ok":
-            logger.info("sign check at layer %d: ok (%s)", c["layer"], c["message"])
-        elif c["verdict"] == "flipped":
-            hint = "" if rt.cfg.flip_sign else " Rerun with --flip-sign."
-            logger.warning("SIGN CHECK FAILED at layer %d: %s%s", c["layer"], c["message"], hint)
-        else:
-            logger.warning("sign check at layer %d inconclusive: %s", c["layer"], c["message"])
-    return checks
+def vector_names(rt: Runtime[ClassifyConfig]) -> list[str]:
+    """The vectors built (``pooled`` and each group that has both classes), in order."""
+    names: list[str] = json.loads((rt.run.path / "vectors" / "index.json").read_text())["vectors"]
+    return names
 
 
 def grid_rows(rt: Runtime[ClassifyConfig]) -> list[KRow]:
+    """Per held-out example: the baseline, then per layer and strength its own group's vector,
+    the pooled vector and (cross-group) every other group's vector."""
     cfg = rt.cfg
-    task = _task(cfg.task)
+    task = task_of(cfg.task)
     held = task.split(task.config.eval_split)
-    groups = task.groups()
-    vectors = set(json.loads((rt.run.path / "vectors" / "index.json").read_text())["vectors"])
+    others = task.groups() if cfg.cross_group else []
+    vectors = set(vector_names(rt))
     rows = [KRow(e.id) for e in held]
     for e in held:
-        for layer in _layers(rt):
+        names = [v for v in dict.fromkeys([e.group, POOLED, *others]) if v in vectors]
+        for layer in layers_of(rt):
             for s in cfg.strengths:
-                rows += [KRow(e.id, v, layer, s) for v in (e.group, POOLED) if v in vectors]
-            if cfg.cross_group:  # the own group's row at this strength is the diagonal
-                a = cfg.check_strength()
-                rows += [KRow(e.id, g, layer, a) for g in groups if g in vectors]
-    return list({r.key: r for r in rows}.values())
+                rows += [KRow(e.id, v, layer, s) for v in names]
+    return rows
 
 
 def generate_rows(rt: Runtime[ClassifyConfig]) -> list[KRow]:
@@ -376,7 +372,7 @@ def generate_rows(rt: Runtime[ClassifyConfig]) -> list[KRow]:
     margin toward the true label)."""
     from steerlab.pipelines.classify.report import best_settings, scored
 
-    task = _task(rt.cfg.task)
+    task = task_of(rt.cfg.task)
     held = task.split(task.config.eval_split)
     best = best_settings(scored(grid_results(rt.run.path), task.config.positive))
     rows = [KRow(e.id) for e in held]
