@@ -1,11 +1,17 @@
 """One batched decode loop for everything: left padding, KV cache, per-row steering and seeds.
 
-Rows are sorted by prompt length and cut into batches by the engine. Inside a batch every row
-carries its own interventions (compiled into one :class:`~steerlab.interventions.SteeringPlan`)
-and its own sampling seed (its own ``torch.Generator``, drawn from only on that row's steps), so a
-row's text does not depend on which rows share its batch. Finished rows (EOS or their token
-budget) leave the batch: their KV-cache rows and plan rows are dropped, so a batch costs what its
-live rows cost.
+Every row carries its own interventions (compiled into one
+:class:`~steerlab.interventions.SteeringPlan`) and its own sampling seed (its own
+``torch.Generator``, drawn from only on that row's steps), so a row's text does not depend on
+which rows share its batch.
+
+Rows are sorted by prompt length. With a KV cache that comes apart into tensors (the ``hf`` and
+``nnsight`` backends, TransformerLens's bridge) the continuous engine in :mod:`steerlab.engine`
+keeps ``batch_size`` rows decoding: finished rows leave and waiting rows take their places, and
+the prompt prefix every row shares (the chat template) is computed once per distinct steering of
+it. Otherwise (``GenerationConfig(continuous=False)``, no cache, TransformerLens's own cache) rows
+are cut into fixed batches and finished rows leave their batch (their KV-cache and plan rows are
+dropped), so a batch costs what its live rows cost.
 
 Per generated token we return its log-probability and the entropy of the full next-token
 distribution, both from the model's untempered logits (confound metrics need them).
@@ -16,16 +22,20 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from steerlab import kvcache
 from steerlab.backends.base import call_info_from_mask
+from steerlab.batching import check_finite, left_pad
+from steerlab.engine import Engine, Track
 from steerlab.errors import SteerlabError
 from steerlab.hooks import SteeringHandle
 from steerlab.interventions import Intervention, compile_plan
 from steerlab.models import Model
+from steerlab.sampling import choose, token_stats
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +50,10 @@ class GenerationConfig:
     batch_size: int = 32
     use_cache: bool = True
     stop_at_eos: bool = True
+    #: keep the batch full (finished rows replaced by waiting ones); False: fixed batches
+    continuous: bool = True
+    #: compute the prompt prefix all rows share once per distinct steering of it
+    share_prefix: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -74,14 +88,6 @@ class RowResult:
     prompt_tokens: int
 
 
-@dataclass
-class _Track:
-    ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    entropies: list[float] = field(default_factory=list)
-    reason: str = "length"
-
-
 def generate(
     model: Model,
     rows: Sequence[Row],
@@ -89,11 +95,15 @@ def generate(
     progress: bool = True,
     on_batch: Callable[[list[int], list[RowResult]], None] | None = None,
     on_rows: Callable[[int], object] | None = None,
+    stats: dict[str, int] | None = None,
 ) -> list[RowResult]:
     """Generate for every row; results come back in the order of ``rows``.
 
-    ``on_batch(indices, results)`` is called after each batch (for streaming writes);
-    ``on_rows(n)`` whenever ``n`` more rows finish (for an outer progress bar).
+    ``on_batch(indices, results)`` is called when rows finish (for streaming writes);
+    ``on_rows(n)`` whenever ``n`` more rows finish (for an outer progress bar). ``stats``, when
+    given, is filled with counts of the work done (continuous engine only): ``prompt_tokens``,
+    ``prompt_tokens_computed`` (shared prefixes counted once), ``shared_prefix``,
+    ``generated_tokens``, ``positions_run`` (pads and finished rows included).
     """
     cfg = config or GenerationConfig()
     _check_seeds(rows)
@@ -107,23 +117,76 @@ def generate(
     order = sorted(range(len(rows)), key=lambda i: (-len(encoded[i]), i))
     results: list[RowResult | None] = [None] * len(rows)
     bar = tqdm(total=len(rows), desc="generate", unit="row", disable=not progress)
+    advance = _both(bar.update, on_rows)
     try:
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            out = _generate_batch(
-                model,
-                [encoded[i] for i in idx],
-                [rows[i] for i in idx],
-                cfg,
-                _both(bar.update, on_rows),
-            )
-            for i, res in zip(idx, out, strict=True):
-                results[i] = res
-            if on_batch is not None:
-                on_batch(idx, out)
+        if cfg.use_cache and cfg.continuous and kvcache.comes_apart(model.backend.new_cache()):
+            done = _run_continuous(model, encoded, rows, cfg, order, results, advance, on_batch)
+            if stats is not None:
+                stats.update(done)
+        else:
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                out = _generate_batch(
+                    model, [encoded[i] for i in idx], [rows[i] for i in idx], cfg, advance
+                )
+                for i, res in zip(idx, out, strict=True):
+                    results[i] = res
+                if on_batch is not None:
+                    on_batch(idx, out)
     finally:
         bar.close()
     return [r for r in results if r is not None]
+
+
+def _run_continuous(
+    model: Model,
+    encoded: Sequence[Sequence[int]],
+    rows: Sequence[Row],
+    cfg: GenerationConfig,
+    order: Sequence[int],
+    results: list[RowResult | None],
+    advance: Callable[[int], None],
+    on_batch: Callable[[list[int], list[RowResult]], None] | None,
+) -> dict[str, int]:
+    ivs = [r.interventions for r in rows]
+    engine = Engine(
+        model,
+        encoded,
+        ivs,
+        [r.seed for r in rows],
+        [r.max_new_tokens or cfg.max_new_tokens for r in rows],
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        batch_size=cfg.batch_size,
+        stop_at_eos=cfg.stop_at_eos,
+        share_prefix=cfg.share_prefix,
+        check=lambda logits, overflow, idx: check_finite(
+            logits, overflow, [ivs[int(i)] for i in idx]
+        ),
+        left_pad=lambda batch, dev: left_pad(batch, model.pad_token_id, dev),
+    )
+
+    def finished(idx: list[int]) -> None:
+        out = [_result(model, engine.tracks[i], encoded[i]) for i in idx]
+        for i, res in zip(idx, out, strict=True):
+            results[i] = res
+        advance(len(idx))
+        if on_batch is not None and idx:
+            on_batch(idx, out)
+
+    engine.run(order, finished)
+    return engine.stats
+
+
+def _result(model: Model, tr: Track, prompt: Sequence[int]) -> RowResult:
+    return RowResult(
+        text=model.decode(tr.ids),
+        token_ids=tuple(tr.ids),
+        logprobs=tuple(tr.logprobs),
+        entropies=tuple(tr.entropies),
+        finish_reason=tr.reason,
+        prompt_tokens=len(prompt),
+    )
 
 
 # what ``torch.Generator.manual_seed`` accepts
@@ -199,19 +262,7 @@ def _check_interventions(model: Model, rows: Sequence[Row]) -> None:
 
 
 def _check_finite(logits: torch.Tensor, overflow: torch.Tensor | None, rows: Sequence[Row]) -> None:
-    """Steering strong enough to overflow the residual (its norm leaves float32, after which
-    norm layers output zeros) or the logits gives pad-token garbage: stop with the setting that
-    did it instead."""
-    flags = ~torch.isfinite(logits).all(-1)  # (b,)
-    if overflow is not None:
-        flags = flags | overflow.to(flags.device)
-    bad = flags.nonzero().squeeze(-1).tolist()
-    if bad:
-        ivs = ", ".join(iv.describe() for iv in rows[bad[0]].interventions)
-        raise SteerlabError(
-            f"steering made the model's output non-finite (NaN/inf) in {len(bad)} row(s), "
-            f"e.g. under {ivs}: the coefficient is far too large"
-        )
+    check_finite(logits, overflow, [r.interventions for r in rows])
 
 
 def _both(a: Callable[[int], object], b: Callable[[int], object] | None) -> Callable[[int], None]:
@@ -224,38 +275,7 @@ def _both(a: Callable[[int], object], b: Callable[[int], object] | None) -> Call
     return advance
 
 
-def _left_pad(
-    batch: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x) for x in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, x in enumerate(batch):
-        ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-        mask[r, width - len(x) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _choose(
-    logits: torch.Tensor, cfg: GenerationConfig, gens: Sequence[torch.Generator]
-) -> torch.Tensor:
-    """Next token per row from ``logits`` (b, V) float32: greedy, or seeded inverse-CDF sampling."""
-    if cfg.temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / cfg.temperature, dim=-1)  # (b, V)
-    if cfg.top_p < 1:
-        probs, order = probs.sort(dim=-1, descending=True)
-        # drop tokens whose preceding mass already exceeds top_p (the first is always kept)
-        probs = probs.masked_fill(probs.cumsum(-1) - probs > cfg.top_p, 0.0)
-    else:
-        order = None
-    cdf = probs.cumsum(-1)  # (b, V)
-    u = torch.stack([torch.rand((), generator=g) for g in gens]).to(cdf.device)  # (b,)
-    j = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=cdf.shape[-1] - 1)
-    j = j.squeeze(-1)
-    # never land on a zero-probability token (numerical edge of the CDF)
-    j = torch.where(probs.gather(-1, j[:, None]).squeeze(-1) > 0, j, probs.argmax(-1))
-    return j if order is None else order.gather(-1, j[:, None]).squeeze(-1)
+_left_pad = left_pad  # the name classify.logits imports
 
 
 def _generate_batch(
@@ -273,7 +293,7 @@ def _generate_batch(
     prompt_lens = mask.sum(-1)  # (B,)
     eos = torch.tensor(model.eos_token_ids or (-1,), device=dev)
     gens = [torch.Generator().manual_seed(int(r.seed)) for r in rows]
-    tracks = [_Track() for _ in rows]
+    tracks = [Track() for _ in rows]
     active = torch.arange(b, device=dev)  # batch row -> index in ``rows``
     finished = torch.zeros(b, dtype=torch.bool, device=dev)  # per live batch row
     handle: SteeringHandle | None = None
@@ -295,10 +315,8 @@ def _generate_batch(
             assert logits is not None  # (b, V) float32
             if handle is not None:
                 _check_finite(logits, handle.overflow, [rows[int(i)] for i in active])
-            logp = torch.log_softmax(logits, dim=-1)
-            ent = -(logp.exp() * logp).nan_to_num(0.0).sum(-1)  # (b,)
-            tok = _choose(logits, cfg, [gens[int(i)] for i in active])  # (b,)
-            tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
+            tok = choose(logits, cfg.temperature, cfg.top_p, [gens[int(i)] for i in active])
+            tok_lp, ent = token_stats(logits, tok)  # (b,), (b,)
             is_eos = (
                 torch.isin(tok, eos) if cfg.stop_at_eos else torch.zeros_like(tok, dtype=torch.bool)
             )
@@ -339,14 +357,4 @@ def _generate_batch(
                     cache = backend.select_cache(cache, keep)
                 if handle is not None:
                     handle.select(keep)
-    return [
-        RowResult(
-            text=model.decode(tr.ids),
-            token_ids=tuple(tr.ids),
-            logprobs=tuple(tr.logprobs),
-            entropies=tuple(tr.entropies),
-            finish_reason=tr.reason,
-            prompt_tokens=len(x),
-        )
-        for tr, x in zip(tracks, encoded, strict=True)
-    ]
+    return [_result(model, tr, x) for tr, x in zip(tracks, encoded, strict=True)]

@@ -14,7 +14,9 @@ names and plain tensors:
 - ``stop_at`` ends the pass right after the edits at that site ran (activation recording does not
   need the later layers); ``forward`` then returns ``None``.
 - :meth:`Backend.new_cache` / :meth:`Backend.select_cache` create a KV cache and keep only some
-  of its rows (finished rows leave a decoding batch).
+  of its rows (finished rows leave a decoding batch); :meth:`Backend.cache_kv` /
+  :meth:`Backend.cache_from_kv` take a cache apart into tensors and back (continuous batching
+  and shared prefixes), or say the cache cannot be taken apart.
 - :meth:`Backend.attach` installs edits for calls the *user* makes on the wrapped object (e.g.
   Hugging Face ``generate`` under ``steerlab.steering``); ``observe`` gets a :class:`CallInfo` at
   the start of each such call so positions come from that call's mask and cache position.
@@ -34,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 
 from steerlab.errors import SteerlabError
+from steerlab.kvcache import KV, dynamic_cache_from_kv, dynamic_cache_kv
 from steerlab.sites import Site, SiteError, check_point
 
 SiteFn = Callable[[torch.Tensor], torch.Tensor]  # (B, S, d) -> (B, S, d)
@@ -154,6 +157,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def select_cache(self, cache: Any, keep: torch.Tensor) -> Any:
         """Keep rows ``keep`` (b',) of ``cache``; returns the cache to use from now on."""
+
+    def cache_kv(self, cache: Any) -> KV | None:
+        """The per-layer ``(keys, values)`` tensors (B, H, T, D) of a cache made by
+        :meth:`new_cache` and filled by :meth:`forward`, or None when this backend's cache cannot
+        be taken apart (the engine then keeps each batch's rows together)."""
+        return dynamic_cache_kv(cache)
+
+    def cache_from_kv(self, kv: KV) -> Any:
+        """A cache for :meth:`forward` holding ``kv`` (the inverse of :meth:`cache_kv`)."""
+        return dynamic_cache_from_kv(kv)
 
     @abc.abstractmethod
     def forward(
