@@ -34,7 +34,7 @@ from steerlab.backends import BACKENDS, Backend, make_backend
 from steerlab.backends.hf import find_layers
 
 __all__ = ["Model", "ModelLoadError", "find_layers", "load_model", "model_from_hf", "wrap"]
-from steerlab import prompting
+from steerlab import precision, prompting
 from steerlab.errors import ModelLoadError, SteerlabError
 from steerlab.prompting import Prompt
 
@@ -288,8 +288,13 @@ def load_model(
     layers_path: str | None = None,
     chat: bool = True,
     backend: str = "hf",
+    matmul_dtype: str | None = None,
 ) -> Model:
     """Load a model by spec (see module docstring); CUDA + bf16 when available, else CPU fp32.
+
+    ``matmul_dtype="bf16"`` is an opt-in CPU speed mode: the linear layers multiply in bfloat16
+    while the residual stream, norms, logits and steering stay in ``dtype`` (see
+    :mod:`steerlab.precision`); ``hf`` and ``nnsight`` backends only.
 
     ``backend`` picks who runs it: ``hf`` (default), ``transformer_lens`` (for a model on
     TransformerLens's official list, e.g. ``gpt2`` or ``EleutherAI/pythia-160m``, a
@@ -306,6 +311,9 @@ def load_model(
         raise ModelLoadError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     dev = _resolve_device(device)
     dt = _resolve_dtype(dtype, dev)
+    low = precision.resolve(matmul_dtype)
+    if low is not None and backend == "transformer_lens":
+        raise ModelLoadError("matmul_dtype works with the hf and nnsight backends only")
     name = spec
     if spec == EMBEDDED:
         hf, tok = _load_pretrained(str(_cached_gguf_dir(embedded_gguf_path())), dt, True)
@@ -345,6 +353,8 @@ def load_model(
             "a local model directory, a .gguf file or a hub id"
         )
     hf = hf.to(dev).eval()
+    if low is not None and low != dt:
+        precision.lower_matmuls(hf, low)
     return model_from_hf(
         hf, tok, name, chat=chat, backend=backend, layers_path=layers_path, owned=True
     )

@@ -12,6 +12,8 @@ class EvalModelCfg(Strict):
     backend: Literal["hf", "transformer_lens", "nnsight"] = "hf"
     device: str | None = None
     dtype: str | None = None
+    #: opt-in CPU speed mode: linear layers multiply in bf16, residual/steering stay in dtype
+    matmul_dtype: Literal["bf16"] | None = None
     chat: bool = True
 
 

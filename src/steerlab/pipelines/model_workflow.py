@@ -26,7 +26,9 @@ class ModelWorkflow(Workflow[M]):
 
     def loader(self, cfg: M, progress: bool) -> ModelLoader:
         m = cfg.model
-        return ModelLoader(m.name, m.backend, m.device, m.dtype, m.chat, progress)
+        return ModelLoader(
+            m.name, m.backend, m.device, m.dtype, m.chat, progress, m.matmul_dtype
+        )
 
     def describe(self) -> Any:
         return describe_model

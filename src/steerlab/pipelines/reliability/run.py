@@ -75,6 +75,7 @@ class ModelLoader:
     dtype: str | None
     chat: bool
     progress: bool = False
+    matmul_dtype: str | None = None
 
     def __call__(self) -> Model:
         from steerlab.models import load_model
@@ -86,6 +87,7 @@ class ModelLoader:
                 dtype=self.dtype,
                 chat=self.chat,
                 backend=self.backend,
+                matmul_dtype=self.matmul_dtype,
             )
 
 
@@ -136,7 +138,9 @@ class Reliability(Workflow[PipelineConfig]):
 
     def loader(self, cfg: PipelineConfig, progress: bool) -> ModelLoader:
         m = cfg.model
-        return ModelLoader(m.name, m.backend, m.device, m.dtype, m.chat, progress)
+        return ModelLoader(
+            m.name, m.backend, m.device, m.dtype, m.chat, progress, m.matmul_dtype
+        )
 
     def describe(self) -> Any:
         return describe_model

@@ -1,0 +1,72 @@
+"""An opt-in reduced-precision CPU mode: matrix products in bfloat16, everything else in float32.
+
+Every linear layer of the model (attention and MLP projections, the LM head) keeps a bfloat16
+copy of its weight and multiplies in bfloat16 with float32 accumulation; its output goes back to
+the model's dtype at once. The residual stream, norms, attention softmax, rotary embeddings,
+logits and every steering edit stay in float32, so steering semantics (which positions, which
+site, the algebra of add/ablate/clamp) do not change; only the rounding inside the matmuls does.
+On CPUs with AVX-512 BF16 this roughly doubles matmul throughput. It is a speed mode, not
+the reference: ``benchmarks/bench_sweep.py --matmul-dtype bf16`` reports its greedy-token
+agreement with float32 next to its speed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from steerlab.errors import SteerlabError
+
+MATMUL_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+class LowPrecisionLinear(nn.Module):
+    """``nn.Linear`` (or transformers' GPT-2 ``Conv1D``) computing its product in ``dtype``."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        # (out, in) like nn.Linear; no gradients (steerlab never trains the model)
+        self.weight = nn.Parameter(weight.detach().to(dtype).contiguous(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.out_features, self.in_features = self.weight.shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, dtype={self.weight.dtype}"
+
+
+def resolve(name: str | torch.dtype | None) -> torch.dtype | None:
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if name not in MATMUL_DTYPES:
+        raise SteerlabError(f"unknown matmul dtype {name!r}: use one of {sorted(MATMUL_DTYPES)}")
+    return MATMUL_DTYPES[name]
+
+
+def lower_matmuls(hf: nn.Module, dtype: torch.dtype) -> int:
+    """Replace every linear layer in ``hf`` by a :class:`LowPrecisionLinear`; returns how many.
+
+    A weight tied to the input embedding (the LM head of most small models) gets its own copy,
+    so the embedding lookup stays in the model's dtype.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    conv1d: Any = Conv1D
+    todo: list[tuple[nn.Module, str, nn.Module]] = []
+    for parent in hf.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear) or (conv1d is not None and isinstance(child, conv1d)):
+                todo.append((parent, name, child))
+    for parent, name, child in todo:
+        weight: torch.Tensor = child.weight  # type: ignore[assignment]
+        bias: torch.Tensor | None = child.bias  # type: ignore[assignment]
+        if not isinstance(child, nn.Linear):  # Conv1D stores the weight as (in, out)
+            weight = weight.t()
+        new = LowPrecisionLinear(weight, bias, dtype).to(weight.device)
+        setattr(parent, name, new)
+    return len(todo)
