@@ -275,9 +275,6 @@ def _both(a: Callable[[int], object], b: Callable[[int], object] | None) -> Call
     return advance
 
 
-_left_pad = left_pad  # the name classify.logits imports
-
-
 def _generate_batch(
     model: Model,
     encoded: Sequence[Sequence[int]],
@@ -287,7 +284,7 @@ def _generate_batch(
 ) -> list[RowResult]:
     backend = model.backend
     dev = model.device
-    ids, mask = _left_pad(encoded, model.pad_token_id, dev)  # (B, L)
+    ids, mask = left_pad(encoded, model.pad_token_id, dev)  # (B, L)
     b = ids.shape[0]
     budgets = torch.tensor([r.max_new_tokens or cfg.max_new_tokens for r in rows], device=dev)
     prompt_lens = mask.sum(-1)  # (B,)

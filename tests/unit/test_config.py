@@ -48,7 +48,7 @@ def test_shipped_configs_load_by_name_from_any_directory(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     fast = load_config("fast")
-    assert fast.data.max_prompts_per_split == 40
+    assert fast.data.max_prompts_per_split == 60
     assert fast.data.harm_train_path == "harm_train"  # a shipped name, stored as such
     assert load_config("default").data.max_prompts_per_split == 200
     assert resolve_config(None, fast=True)[0] == fast

@@ -17,6 +17,10 @@ token, ``last-prompt`` the last one (the one whose logits are read), ``window:S:
 tokens inside it. ``generated`` selects no prompt token; in this mode it would steer nothing, so
 it is refused. The scores therefore equal the distribution of the first generated token under
 :func:`steerlab.generate` with the same rows.
+
+A grid scores each prompt under many settings; rows of one prompt whose steering differs only at
+the last token (``last-prompt``) compute the rest of the prompt once and feed their last token
+alone on a copy of its KV cache (:mod:`steerlab.classify.forward`), with the same scores.
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from steerlab.backends.base import call_info_from_mask
+from steerlab.classify.forward import next_token_batches
 from steerlab.errors import SteerlabError
-from steerlab.generation import Row, _check_finite, _left_pad, model_max_positions
-from steerlab.hooks import SteeringHandle
-from steerlab.interventions import Intervention, compile_plan
+from steerlab.generation import model_max_positions
+from steerlab.interventions import Intervention
 from steerlab.models import Model
+from steerlab.prompting import Prompt
 
 RowInterventions = Sequence[tuple[Intervention, ...]]
 
@@ -120,21 +124,30 @@ def answer_margins(
     batch_size: int = 16,
     progress: bool = False,
     on_rows: Callable[[int], object] | None = None,
+    *,
+    share_prefix: bool = True,
+    stats: dict[str, int] | None = None,
 ) -> LogitScores:
-    """log P(label) for every label and prompt, one steered forward pass per batch.
+    """log P(label) for every label and prompt, from steered forward passes in batches.
 
     ``prompts`` are the exact texts to feed (format them first), ending where the answer token
     comes next. ``label_token_ids`` maps each label to its answer token ids (duplicates are
     ignored; labels may not share an id). ``interventions[i]`` steers prompt ``i`` (see the
     module docstring for positions; ``generated`` is refused). Memory per batch is one
     (batch, vocab) row of logits; only (N, labels) is kept.
+
+    ``share_prefix``: rows with the same prompt whose steering leaves everything but the last
+    token alike (``last-prompt`` grids) compute that prefix once (see
+    :mod:`steerlab.classify.forward`); the scores are the same either way. ``stats``, when
+    given, is filled with counts of the work done (``prompt_tokens``, ``prompt_tokens_computed``,
+    ``positions_run``, ``forwards``, ``shared_prefixes``, ``shared_rows``).
     """
     labels = tuple(label_token_ids)
     id_lists = _label_ids(label_token_ids, positive, negative)
     out = torch.empty(len(prompts), len(labels), dtype=torch.float32)
     index: list[torch.Tensor] | None = None
     for idx, logp in _next_token_batches(
-        model, prompts, interventions, batch_size, progress, on_rows
+        model, prompts, interventions, batch_size, progress, on_rows, share_prefix, stats
     ):
         if index is None:
             _check_vocab(id_lists, labels, int(logp.shape[-1]))
@@ -152,15 +165,19 @@ def next_token_logprobs(
     batch_size: int = 16,
     progress: bool = False,
     on_rows: Callable[[int], object] | None = None,
+    *,
+    share_prefix: bool = True,
+    stats: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """(N, vocab) float32 CPU next-token log-probabilities, steered per row.
 
     Holds N x vocab floats (about 0.6 GB for 1,000 prompts at a 150k vocabulary): prefer
-    :func:`answer_margins`, which keeps only the labels' columns.
+    :func:`answer_margins`, which keeps only the labels' columns. ``share_prefix`` and
+    ``stats`` as in :func:`answer_margins`.
     """
     out: torch.Tensor | None = None
     for idx, logp in _next_token_batches(
-        model, prompts, interventions, batch_size, progress, on_rows
+        model, prompts, interventions, batch_size, progress, on_rows, share_prefix, stats
     ):
         if out is None:
             out = torch.empty(len(prompts), logp.shape[-1], dtype=torch.float32)
@@ -179,18 +196,19 @@ def _next_token_batches(
     batch_size: int,
     progress: bool,
     on_rows: Callable[[int], object] | None,
+    share_prefix: bool,
+    stats: dict[str, int] | None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield ``(indices, logp)``: the prompts of one batch and their (b, V) float32 next-token
-    log-probabilities on the model's device."""
+    log-probabilities on the model's device (the forward passes are in
+    :mod:`steerlab.classify.forward`)."""
     if batch_size < 1:
         raise SteerlabError("batch_size must be at least 1")
     if not prompts:
         raise SteerlabError("no prompts to score")
-    rows = [
-        Row(p, ivs) for p, ivs in zip(prompts, _per_row(interventions, len(prompts)), strict=True)
-    ]
-    _check_interventions(model, rows)
-    encoded = [model.encode(p) for p in prompts]
+    ivs = _per_row(interventions, len(prompts))
+    _check_interventions(model, ivs)
+    encoded = _encode(model, prompts)
     max_positions = model_max_positions(model)
     for i, toks in enumerate(encoded):
         if not toks:
@@ -199,34 +217,33 @@ def _next_token_batches(
             raise SteerlabError(
                 f"prompt {i}: {len(toks)} tokens > the model's {max_positions} positions"
             )
-    # Longest first, as in generation: memory peaks early, similar lengths share batches.
-    order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
-    dev = model.device
     bar = tqdm(total=len(prompts), desc="score", unit="prompt", disable=not progress)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = [rows[i] for i in idx]
-            ids, mask = _left_pad([encoded[i] for i in idx], model.pad_token_id, dev)  # (b, W)
-            pos_ids = (mask.cumsum(-1) - 1).clamp_(min=0)  # (b, W) from the mask
-            handle: SteeringHandle | None = None
-            if any(r.interventions for r in batch):
-                plan = compile_plan(model, [list(r.interventions) for r in batch])
-                # every fed token is a prompt token: the prompt ends after the last one
-                handle = SteeringHandle(plan.to(dev), mask.sum(-1))
-                handle.observe(call_info_from_mask(mask, ids.shape[1]))
-            with torch.inference_mode():
-                edits = handle.edits() if handle is not None else None
-                logits = model.backend.forward(ids, mask, pos_ids, None, edits)
-                assert logits is not None  # (b, V) float32
-                _check_finite(logits, None if handle is None else handle.overflow, batch)
-                logp = torch.log_softmax(logits, dim=-1)  # (b, V)
+        for idx, logp in next_token_batches(
+            model, encoded, ivs, batch_size, share_prefix=share_prefix, stats=stats
+        ):
             yield idx, logp
             bar.update(len(idx))
             if on_rows is not None:
                 on_rows(len(idx))
     finally:
         bar.close()
+
+
+def _encode(model: Model, prompts: Sequence[str]) -> list[list[int]]:
+    """Each prompt's tokens; a grid repeats each prompt for many rows, so each distinct prompt is
+    tokenized once (rows of one prompt share the list, which the forward passes only read). A
+    formatted :class:`~steerlab.prompting.Prompt` carries its own ids, which may differ from
+    those of the same text given plainly, so the two are told apart."""
+    seen: dict[tuple[str, tuple[int, ...] | None], list[int]] = {}
+    out = []
+    for p in prompts:
+        key = (str(p), p.ids if isinstance(p, Prompt) else None)
+        toks = seen.get(key)
+        if toks is None:
+            toks = seen[key] = list(model.encode(p))
+        out.append(toks)
+    return out
 
 
 def _per_row(interventions: RowInterventions | None, n: int) -> list[tuple[Intervention, ...]]:
@@ -239,12 +256,12 @@ def _per_row(interventions: RowInterventions | None, n: int) -> list[tuple[Inter
     return [tuple(ivs) for ivs in interventions]
 
 
-def _check_interventions(model: Model, rows: Sequence[Row]) -> None:
+def _check_interventions(model: Model, rows: Sequence[tuple[Intervention, ...]]) -> None:
     """Fail before any work on a site or vector the model cannot take, and on a position mode
     that selects no prompt token (it would silently steer nothing)."""
     seen: set[tuple[int, object, str]] = set()
-    for i, row in enumerate(rows):
-        for iv in row.interventions:
+    for i, ivs in enumerate(rows):
+        for iv in ivs:
             if not isinstance(iv, Intervention):
                 raise SteerlabError(
                     f"prompt {i}: interventions must be Intervention objects, got "

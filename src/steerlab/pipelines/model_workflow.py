@@ -26,9 +26,7 @@ class ModelWorkflow(Workflow[M]):
 
     def loader(self, cfg: M, progress: bool) -> ModelLoader:
         m = cfg.model
-        return ModelLoader(
-            m.name, m.backend, m.device, m.dtype, m.chat, progress, m.matmul_dtype
-        )
+        return ModelLoader(m.name, m.backend, m.device, m.dtype, m.chat, progress, m.matmul_dtype)
 
     def describe(self) -> Any:
         return describe_model

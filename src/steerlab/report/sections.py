@@ -315,8 +315,11 @@ def _robust_text(check: dict[str, Any]) -> str:
 
 
 def model_label(config: dict[str, Any], manifest: dict[str, Any]) -> str:
-    """The resolved model name (embedded -> SmolLM2-135M-Instruct), plus the spec if different."""
+    """The resolved model name (embedded -> SmolLM2-135M-Instruct), plus the spec if different
+    and the reduced-precision matmul mode when one was used."""
     spec = str((config.get("model") or {}).get("name", "unknown"))
     info = manifest.get("model")
     name = str(info.get("name", spec)) if isinstance(info, dict) else spec
-    return name if name == spec else f"{name} ({spec})"
+    label = name if name == spec else f"{name} ({spec})"
+    low = (config.get("model") or {}).get("matmul_dtype")
+    return f"{label}, {low} matmuls" if low else label

@@ -138,9 +138,7 @@ class Reliability(Workflow[PipelineConfig]):
 
     def loader(self, cfg: PipelineConfig, progress: bool) -> ModelLoader:
         m = cfg.model
-        return ModelLoader(
-            m.name, m.backend, m.device, m.dtype, m.chat, progress, m.matmul_dtype
-        )
+        return ModelLoader(m.name, m.backend, m.device, m.dtype, m.chat, progress, m.matmul_dtype)
 
     def describe(self) -> Any:
         return describe_model
