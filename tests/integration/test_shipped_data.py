@@ -38,7 +38,7 @@ def test_fast_run_from_outside_the_repository(tmp_path: Path) -> None:
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["harm_train_path"] == "harm_train"
     for split in SPLITS:
-        assert read_prompts(run / "prompts" / f"{split}.jsonl") == shipped_prompts(split)[:40]
+        assert read_prompts(run / "prompts" / f"{split}.jsonl") == shipped_prompts(split)[:60]
     said = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(said) == len(set(said)), "a message was repeated:\n" + done.stderr
 
