@@ -50,6 +50,36 @@ class Track:
     reason: str = "length"
 
 
+def record(
+    tracks: Sequence[Track],
+    rows: Sequence[int],
+    tok: torch.Tensor,
+    logprob: torch.Tensor,
+    entropy: torch.Tensor,
+    is_eos: torch.Tensor,
+    alive: torch.Tensor,
+) -> None:
+    """Append each live batch row's token (or note its EOS) to ``tracks[rows[i]]``."""
+    for r, t, lp, en, e, keep in zip(
+        rows,
+        tok.tolist(),
+        logprob.tolist(),
+        entropy.tolist(),
+        is_eos.tolist(),
+        alive.tolist(),
+        strict=True,
+    ):
+        if not keep:
+            continue
+        tr = tracks[r]
+        if e:
+            tr.reason = "eos"
+        else:
+            tr.ids.append(t)
+            tr.logprobs.append(lp)
+            tr.entropies.append(en)
+
+
 @dataclass
 class _Live:
     """The rows decoding together: ``rows`` (b,) index the call's rows; ``mask`` (b, T) is the
@@ -238,24 +268,7 @@ class Engine:
         was_done = live.done.clone()
         newly = ~live.done & (is_eos | (live.n_gen >= self.budgets.index_select(0, live.rows)))
         # rows already finished but not yet dropped keep decoding; their output is ignored
-        for r, t, lp, en, e, alive in zip(
-            rows,
-            tok.tolist(),
-            tok_lp.tolist(),
-            ent.tolist(),
-            is_eos.tolist(),
-            (~live.done).tolist(),
-            strict=True,
-        ):
-            if not alive:
-                continue
-            tr = self.tracks[r]
-            if e:
-                tr.reason = "eos"
-            else:
-                tr.ids.append(t)
-                tr.logprobs.append(lp)
-                tr.entropies.append(en)
+        record(self.tracks, rows, tok, tok_lp, ent, is_eos, ~live.done)
         live.done |= newly
         live.tok = tok
         self.stats["generated_tokens"] += int((~was_done).sum())

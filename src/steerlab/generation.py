@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from steerlab import kvcache
 from steerlab.backends.base import call_info_from_mask
 from steerlab.batching import check_finite, left_pad
-from steerlab.engine import Engine, Track
+from steerlab.engine import Engine, Track, record
 from steerlab.errors import SteerlabError
 from steerlab.hooks import SteeringHandle
 from steerlab.interventions import Intervention, compile_plan
@@ -319,24 +319,7 @@ def _generate_batch(
             )
             # rows already finished but not yet dropped keep decoding; their output is ignored
             newly = ~finished & (is_eos | (step + 1 >= budgets[active]))
-            for r, t, lp, en, e, live in zip(
-                active.tolist(),
-                tok.tolist(),
-                tok_lp.tolist(),
-                ent.tolist(),
-                is_eos.tolist(),
-                (~finished).tolist(),
-                strict=True,
-            ):
-                if not live:
-                    continue
-                tr = tracks[r]
-                if e:
-                    tr.reason = "eos"
-                else:
-                    tr.ids.append(t)
-                    tr.logprobs.append(lp)
-                    tr.entropies.append(en)
+            record(tracks, active.tolist(), tok, tok_lp, ent, is_eos, ~finished)
             finished |= newly
             advance(int(newly.sum()))
             n_done = int(finished.sum())
