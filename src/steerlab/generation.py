@@ -261,10 +261,6 @@ def _check_interventions(model: Model, rows: Sequence[Row]) -> None:
             iv.vector.check_d_model(model.d_model)
 
 
-def _check_finite(logits: torch.Tensor, overflow: torch.Tensor | None, rows: Sequence[Row]) -> None:
-    check_finite(logits, overflow, [r.interventions for r in rows])
-
-
 def _both(a: Callable[[int], object], b: Callable[[int], object] | None) -> Callable[[int], None]:
     def advance(n: int) -> None:
         if n:
@@ -311,7 +307,7 @@ def _generate_batch(
             logits = backend.forward(feed, mask, pos_ids[:, -s:], cache, edits)
             assert logits is not None  # (b, V) float32
             if handle is not None:
-                _check_finite(logits, handle.overflow, [rows[int(i)] for i in active])
+                check_finite(logits, handle.overflow, [rows[int(i)].interventions for i in active])
             tok = choose(logits, cfg.temperature, cfg.top_p, [gens[int(i)] for i in active])
             tok_lp, ent = token_stats(logits, tok)  # (b,), (b,)
             is_eos = (

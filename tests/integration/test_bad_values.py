@@ -79,6 +79,7 @@ def test_empty_prompt_and_duplicate_ids(
         ("experiment", "layers", [1, 99], "out of range"),
         ("model", "name", "./no/such/dir", "unknown model spec"),
         ("model", "dtype", "float8", "unknown dtype"),
+        ("model", "matmul_dtype", "int3", "model.matmul_dtype"),
     ],
 )
 def test_run_validates_before_writing_anything(
