@@ -25,21 +25,26 @@ it in another) gives different keys. Rows then prefill only the rest of their pr
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from steerlab import kvcache
-from steerlab.backends.base import call_info_from_mask
+from steerlab.backends.base import Edits, call_info_from_mask
 from steerlab.hooks import SteeringHandle
 from steerlab.interventions import Intervention, SteeringPlan, Window, compile_plan
+from steerlab.layershare import Base, prompt_start, stacked_kv, stacked_resid
 from steerlab.models import Model
 from steerlab.sampling import choose, token_stats
+from steerlab.sites import Site
 
 #: shortest common prefix (tokens) worth sharing
 MIN_SHARED_PREFIX = 4
+#: leading all-padding columns that trigger a compaction of the live cache
+COMPACT_AT = 16
 
 
 @dataclass
@@ -133,6 +138,11 @@ def prefix_key(ivs: Sequence[Intervention], prompt_len: int, n_prefix: int) -> t
     return tuple(key)
 
 
+def _empty(x: torch.Tensor, b: int) -> torch.Tensor:
+    """A (b, H, 0, D) tensor like ``x`` (a layer of an empty cache)."""
+    return x.new_zeros((b, x.shape[1], 0, x.shape[3]))
+
+
 class Engine:
     """One :func:`~steerlab.generation.generate` call's continuous decode (see the module doc)."""
 
@@ -173,9 +183,22 @@ class Engine:
         self.n_prefix = shared_prefix_length(encoded) if share_prefix else 0
         self._prefix_index: dict[tuple[object, ...], int] = {}
         self._prefix_kv: list[kvcache.KV] = []
+        # lower layers shared per prompt (see steerlab.layershare)
+        n_layers = self.backend.n_layers
+        self.starts = [prompt_start(x, len(e), n_layers) for x, e in zip(ivs, encoded, strict=True)]
+        if not self.backend.can_start_midstack:  # share only prompts the steering leaves alone
+            self.starts = [st if st == n_layers else 0 for st in self.starts]
+        self.layershare = share_prefix and any(st > 0 for st in self.starts)
+        self._bases: dict[tuple[int, ...], Base] = {}
+        self._uses: Counter[tuple[int, ...]] = Counter()
+        if self.layershare:
+            self._uses.update(
+                tuple(e) for e, st in zip(encoded, self.starts, strict=True) if st > 0
+            )
         #: work done: prompt tokens (all rows), prompt tokens computed (shared prefixes once),
         #: generated tokens (EOS included), positions run (pads and finished rows included),
-        #: prefill calls (one per group of rows joining the batch)
+        #: prefill calls (one per group of rows joining the batch), prompt tokens x blocks not
+        #: run because a prompt's lower layers were shared
         self.stats = {
             "prompt_tokens": int(self.plens.sum()),
             "prompt_tokens_computed": 0,
@@ -183,6 +206,7 @@ class Engine:
             "generated_tokens": 0,
             "positions_run": 0,
             "prefills": 0,
+            "prompt_block_tokens_skipped": 0,
         }
 
     # ------------------------------------------------------------------ steering state
@@ -195,14 +219,26 @@ class Engine:
         self._steered = rows
 
     def _forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, cache: object, rows: torch.Tensor
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        cache: object,
+        rows: torch.Tensor,
+        start: int = 0,
+        resid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         s = ids.shape[1]
         pos = (mask.cumsum(-1) - 1).clamp_(min=0)[:, -s:]  # from the mask, not the chunk
         if self.handle is not None:
             self.handle.observe(call_info_from_mask(mask, s))
-        logits = self.backend.forward(ids, mask, pos, cache, self.edits)
-        assert logits is not None  # (b, V) float32
+        out: torch.Tensor | None
+        if start:
+            assert resid is not None
+            out = self.backend.forward_from(start, resid, ids, mask, pos, cache, self.edits)
+        else:
+            out = self.backend.forward(ids, mask, pos, cache, self.edits)
+        assert out is not None  # (b, V) float32
+        logits = out
         self.stats["positions_run"] += ids.numel()
         self._check(logits, None if self.handle is None else self.handle.overflow, rows)
         return logits
@@ -212,18 +248,30 @@ class Engine:
     def _prefix(self, rows: list[int]) -> kvcache.KV:
         """The shared prefix's KV cache for ``rows`` (computing keys not seen before)."""
         keys = [prefix_key(self.ivs[r], len(self.encoded[r]), self.n_prefix) for r in rows]
+        return self._prefix_for_keys(keys, rows)
+
+    def _prefix_for_keys(self, keys: list[tuple[object, ...]], rows: list[int]) -> kvcache.KV:
+        """The prefix cache under each of ``keys`` (row ``rows[i]`` steers as ``keys[i]`` says)."""
         missing: dict[tuple[object, ...], int] = {}
         for r, k in zip(rows, keys, strict=True):
             if k not in self._prefix_index and k not in missing:
                 missing[k] = r
+        if () in missing and len(missing) > 1:  # the unsteered prefix runs on its own
+            self._prefix_for_keys([()], [missing.pop(())])
         if missing:
             reps = torch.tensor(list(missing.values()), device=self.dev)
             ids = torch.tensor(self.encoded[int(reps[0])][: self.n_prefix], device=self.dev)
             ids = ids[None, :].expand(len(missing), -1).contiguous()
             mask = torch.ones_like(ids)
-            self._steer_rows(reps)
             cache = self.backend.new_cache()
-            self._forward(ids, mask, cache, reps)
+            if () in missing:  # rows[i] may steer elsewhere in the prefix; this key does not
+                pos = (mask.cumsum(-1) - 1)[:, -ids.shape[1] :]
+                out = self.backend.forward(ids, mask, pos, cache, None)
+                assert out is not None
+                self._check(out, None, reps)
+            else:
+                self._steer_rows(reps)
+                self._forward(ids, mask, cache, reps)
             self.stats["prompt_tokens_computed"] += ids.numel()
             kv = self.backend.cache_kv(cache)
             assert kv is not None  # the engine runs only on caches that come apart
@@ -234,6 +282,132 @@ class Engine:
 
     def _prefill(self, rows: list[int]) -> tuple[_Live, torch.Tensor]:
         """Prefill ``rows``; returns them as a live group and their next-token logits."""
+        if not self.layershare:
+            return self._prefill_all(rows)
+        self._make_bases([r for r in rows if self.starts[r] > 0])
+        by_start: dict[int, list[int]] = {}
+        for r in rows:
+            by_start.setdefault(self.starts[r], []).append(r)
+        parts: list[tuple[list[int], kvcache.KV, torch.Tensor, torch.Tensor]] = []
+        for start, rs in sorted(by_start.items()):
+            if start == 0:
+                live, logits = self._prefill_all(rs)
+                kv = self.backend.cache_kv(live.cache)
+                assert kv is not None
+                parts.append((rs, kv, live.mask, logits))
+            else:
+                parts.append(self._prefill_upper(start, rs))
+        for r in rows:
+            key = tuple(self.encoded[r])
+            if self.starts[r] > 0:
+                self._uses[key] -= 1
+                if self._uses[key] <= 0:
+                    self._bases.pop(key, None)
+        return self._stack_parts(parts)
+
+    def _stack_parts(
+        self, parts: list[tuple[list[int], kvcache.KV, torch.Tensor, torch.Tensor]]
+    ) -> tuple[_Live, torch.Tensor]:
+        width = max(m.shape[1] for _, _, m, _ in parts)
+        kv: kvcache.KV | None = None
+        masks, rows = [], []
+        for rs, kvp, m, _ in parts:
+            kvp = kvcache.pad_left(kvp, width - m.shape[1])
+            kv = kvp if kv is None else kvcache.stack_rows(kv, kvp)
+            masks.append(F.pad(m, (width - m.shape[1], 0)))
+            rows += rs
+        assert kv is not None
+        rt = torch.tensor(rows, device=self.dev)
+        zeros = torch.zeros(len(rows), dtype=torch.long, device=self.dev)
+        live = _Live(
+            rt, self.backend.cache_from_kv(kv), torch.cat(masks), zeros, zeros.clone(), zeros.bool()
+        )
+        return live, torch.cat([lg for _, _, _, lg in parts])
+
+    def _make_bases(self, rows: list[int]) -> None:
+        """Compute the bases of ``rows``' prompts not computed yet, in one unsteered call."""
+        todo: dict[tuple[int, ...], int] = {}
+        for r in rows:
+            key = tuple(self.encoded[r])
+            if key not in self._bases and key not in todo:
+                todo[key] = r
+        if not todo:
+            return
+        reps = list(todo.values())
+        p, n_layers = self.n_prefix, self.backend.n_layers
+        wanted = sorted({st for st in self.starts if 0 < st < n_layers})
+        seen: dict[int, torch.Tensor] = {}
+
+        def keeper(layer: int):  # type: ignore[no-untyped-def]
+            def keep(h: torch.Tensor) -> torch.Tensor:
+                seen[layer] = h
+                return h
+
+            return keep
+
+        edits: Edits = {Site(st, "resid_pre"): [keeper(st)] for st in wanted}
+        ids, rest = self._left_pad([self.encoded[r][p:] for r in reps], self.dev)
+        if p:
+            kv0 = self._prefix_for_keys([()] * len(reps), reps)
+            mask = torch.cat([torch.ones_like(rest[:, :1]).expand(-1, p), rest], dim=1)
+            cache = self.backend.cache_from_kv(kv0)
+        else:
+            mask, cache = rest, self.backend.new_cache()
+        pos = (mask.cumsum(-1) - 1).clamp_(min=0)[:, -ids.shape[1] :]
+        logits = self.backend.forward(ids, mask, pos, cache, edits)
+        assert logits is not None
+        self._check(logits, None, torch.tensor(reps, device=self.dev))
+        kv = self.backend.cache_kv(cache)
+        assert kv is not None
+        self.stats["prompt_tokens_computed"] += int(rest.sum())
+        for j, key in enumerate(todo):
+            w = len(key) - p
+            self._bases[key] = Base(
+                kv=[(k[j : j + 1, :, -w:], v[j : j + 1, :, -w:]) for k, v in kv],
+                resid={st: h[j, -w:] for st, h in seen.items()},
+                logits=logits[j],
+            )
+
+    def _prefill_upper(
+        self, start: int, rows: list[int]
+    ) -> tuple[list[int], kvcache.KV, torch.Tensor, torch.Tensor]:
+        """Rows whose steering starts at block ``start``: blocks below it come from the bases."""
+        p, n_layers = self.n_prefix, self.backend.n_layers
+        bases = [self._bases[tuple(self.encoded[r])] for r in rows]
+        ids, rest = self._left_pad([self.encoded[r][p:] for r in rows], self.dev)
+        width = ids.shape[1]
+        mask = torch.cat([torch.ones_like(rest[:, :1]).expand(-1, p), rest], dim=1)
+        if p:
+            pre = self._prefix(rows)
+        else:  # no shared prefix: every layer starts empty
+            pre = [(_empty(k, len(rows)), _empty(v, len(rows))) for k, v in bases[0].kv]
+        lower = stacked_kv(bases, start, width)
+        n_rest = int(rest.sum())
+        self.stats["prompt_block_tokens_skipped"] += n_rest * start
+        if start == n_layers:  # the prompt is untouched: nothing to run
+            kv = [
+                (torch.cat([pk, lk], 2), torch.cat([pv, lv], 2))
+                for (pk, pv), (lk, lv) in zip(pre, lower, strict=True)
+            ]
+            return rows, kv, mask, torch.stack([b.logits for b in bases])
+        rt = torch.tensor(rows, device=self.dev)
+        cache = self.backend.cache_from_kv(pre)
+        self._steer_rows(rt)
+        logits = self._forward(ids, mask, cache, rt, start, stacked_resid(bases, start, width))
+        self.stats["prompt_tokens_computed"] += n_rest
+        self.stats["prefills"] += 1
+        got = self.backend.cache_kv(cache)
+        assert got is not None
+        kv = [
+            (torch.cat([k, lower[i][0]], 2), torch.cat([v, lower[i][1]], 2))
+            if i < start
+            else (k, v)
+            for i, (k, v) in enumerate(got)
+        ]
+        return rows, kv, mask, logits
+
+    def _prefill_all(self, rows: list[int]) -> tuple[_Live, torch.Tensor]:
+        """Prefill ``rows`` through every block."""
         rt = torch.tensor(rows, device=self.dev)
         p = self.n_prefix
         if p:
@@ -276,44 +450,64 @@ class Engine:
 
     # ------------------------------------------------------------------ batch surgery
 
+    def _compact(self, live: _Live) -> None:
+        """Drop leading columns that are padding in every row, once there are enough of them."""
+        used = live.mask.any(0)
+        lead = int(used.int().argmax()) if bool(used.any()) else live.mask.shape[1]
+        if lead >= COMPACT_AT:
+            kvcache.drop_leading(live.cache, lead)
+            live.mask = live.mask[:, lead:]
+
     def _keep(self, live: _Live, keep: torch.Tensor) -> _Live:
-        cache = self.backend.select_cache(live.cache, keep)
+        kvcache.keep_slots(live.cache, keep)
         return _Live(
             live.rows.index_select(0, keep),
-            cache,
+            live.cache,
             live.mask.index_select(0, keep),
             live.tok.index_select(0, keep),
             live.n_gen.index_select(0, keep),
             live.done.index_select(0, keep),
         )
 
-    def _merge(self, a: _Live, b: _Live) -> _Live:
-        """``a``'s rows then ``b``'s, in one cache (padded on the left to one width)."""
-        kva, kvb = self.backend.cache_kv(a.cache), self.backend.cache_kv(b.cache)
-        assert kva is not None and kvb is not None
-        wa, wb = a.mask.shape[1], b.mask.shape[1]
-        width = max(wa, wb)
-        kv = kvcache.stack_rows(
-            kvcache.pad_left(kva, width - wa), kvcache.pad_left(kvb, width - wb)
-        )
-        mask = torch.cat(
-            [
-                torch.nn.functional.pad(a.mask, (width - wa, 0)),
-                torch.nn.functional.pad(b.mask, (width - wb, 0)),
-            ]
-        )
-        used = mask.any(0)
-        if not bool(used.all()):  # columns that are padding in every row
-            cols = used.nonzero().squeeze(-1)
-            kv, mask = kvcache.select_columns(kv, cols), mask.index_select(1, cols)
-        return _Live(
-            torch.cat([a.rows, b.rows]),
-            self.backend.cache_from_kv(kv),
-            mask,
-            torch.cat([a.tok, b.tok]),
-            torch.cat([a.n_gen, b.n_gen]),
-            torch.cat([a.done, b.done]),
-        )
+    def _join(self, live: _Live, free: torch.Tensor, group: _Live) -> _Live:
+        """``group``'s rows take the slots ``free`` (finished rows) of ``live``; newcomers beyond
+        them are added as new rows, slots beyond the newcomers are dropped."""
+        kv = self.backend.cache_kv(group.cache)
+        assert kv is not None
+        n, k = len(group.rows), min(len(group.rows), free.numel())
+        rows, mask = live.rows.clone(), live.mask  # a new rows tensor: the steering follows it
+        tok, n_gen, done = live.tok.clone(), live.n_gen.clone(), live.done.clone()
+        if k:
+            slots, first = free[:k], torch.arange(k, device=self.dev)
+            grow = kvcache.place(live.cache, slots, kvcache.select_rows(kv, first))
+            mask = F.pad(mask, (grow, 0)).clone()
+            mask[slots] = F.pad(group.mask[:k], (mask.shape[1] - group.mask.shape[1], 0))
+            rows[slots], tok[slots] = group.rows[:k], group.tok[:k]
+            n_gen[slots], done[slots] = group.n_gen[:k], group.done[:k]
+        live = _Live(rows, live.cache, mask, tok, n_gen, done)
+        if n > k:
+            rest = torch.arange(k, n, device=self.dev)
+            grow = kvcache.add_slots(live.cache, kvcache.select_rows(kv, rest))
+            w = live.mask.shape[1] + grow
+            live = _Live(
+                torch.cat([live.rows, group.rows[k:]]),
+                live.cache,
+                torch.cat(
+                    [
+                        F.pad(live.mask, (grow, 0)),
+                        F.pad(group.mask[k:], (w - group.mask.shape[1], 0)),
+                    ]
+                ),
+                torch.cat([live.tok, group.tok[k:]]),
+                torch.cat([live.n_gen, group.n_gen[k:]]),
+                torch.cat([live.done, group.done[k:]]),
+            )
+        elif free.numel() > k:
+            drop = torch.zeros(len(live.rows), dtype=torch.bool, device=self.dev)
+            drop[free[k:]] = True
+            live = self._keep(live, (~drop).nonzero().squeeze(-1))
+        self._compact(live)
+        return live
 
     # ------------------------------------------------------------------ the loop
 
@@ -347,15 +541,28 @@ class Engine:
     def _drop_done(self, live: _Live, on_finish: Callable[[list[int]], None]) -> _Live | None:
         on_finish(live.rows[live.done].tolist())
         keep = (~live.done).nonzero().squeeze(-1)
-        return self._keep(live, keep) if keep.numel() else None
+        if not keep.numel():
+            return None
+        live = self._keep(live, keep)
+        self._compact(live)
+        return live
 
     def _refill(
         self, live: _Live | None, waiting: deque[int], on_finish: Callable[[list[int]], None]
     ) -> _Live | None:
+        free = torch.zeros(0, dtype=torch.long, device=self.dev)
         if live is not None:
-            live = self._drop_done(live, on_finish)
-        room = self.batch_size - (0 if live is None else len(live.rows))
+            free = live.done.nonzero().squeeze(-1)
+            if free.numel():
+                on_finish(live.rows.index_select(0, free).tolist())
+        room = self.batch_size - (0 if live is None else len(live.rows) - free.numel())
         new = [waiting.popleft() for _ in range(min(room, len(waiting)))]
         group, logits = self._prefill(new)
         self._take(group, logits)
-        return group if live is None else self._merge(live, group)
+        if live is None:
+            kv = self.backend.cache_kv(group.cache)
+            assert kv is not None
+            return _Live(
+                group.rows, kvcache.slot_cache(kv), group.mask, group.tok, group.n_gen, group.done
+            )
+        return self._join(live, free, group)

@@ -113,8 +113,9 @@ def generate(
         if not ids:
             raise SteerlabError(f"row {i}: the prompt encodes to zero tokens")
         check_fits(model, len(ids), rows[i].max_new_tokens or cfg.max_new_tokens, f"row {i}")
-    # Longest first: memory peaks early, and similar lengths share batches (less padding).
-    order = sorted(range(len(rows)), key=lambda i: (-len(encoded[i]), i))
+    # Longest first: memory peaks early, and similar lengths share batches (less padding); one
+    # prompt's rows adjacent, so the engine shares their lower layers while they join.
+    order = sorted(range(len(rows)), key=lambda i: (-len(encoded[i]), encoded[i], i))
     results: list[RowResult | None] = [None] * len(rows)
     bar = tqdm(total=len(rows), desc="generate", unit="row", disable=not progress)
     advance = _both(bar.update, on_rows)

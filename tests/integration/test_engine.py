@@ -1,9 +1,9 @@
 """The continuous engine (steerlab.engine) against the fixed-batch loop and each row alone.
 
-Continuous batching (finished rows replaced by waiting ones) and shared prompt prefixes are
-optimizations: with them on, every row's greedy tokens equal those of the fixed-batch loop and of
-the row decoded alone, and its log-probabilities agree to float32 rounding; seeded sampling gives
-the same tokens too. Checked on every tiny architecture with every intervention kind and position
+Continuous batching (finished rows replaced by waiting ones), shared prompt prefixes and a
+prompt's lower layers shared across settings are optimizations: with them on, every row's greedy
+tokens equal those of the fixed-batch loop and of the row decoded alone, and its log-probabilities
+agree to float32 rounding; seeded sampling gives the same tokens too. Checked on every tiny architecture with every intervention kind and position
 mode mixed row by row, with small batches and staggered token budgets so rows join mid-decode.
 """
 
@@ -31,9 +31,12 @@ def _rows(model: Model, vec_layer: int, make_vector: VectorFactory) -> list[Row]
     for q in QUESTIONS:
         rows.append(Row(PREFIX + q, (), seed=i, max_new_tokens=3 + i % 7))
         i += 1
-        for kind, alpha in KINDS:
+        for k, (kind, alpha) in enumerate(KINDS):
+            # steering that starts at different blocks: lower layers shared from the middle,
+            # from the top, and not at all (block 0)
+            layer = (vec_layer, model.n_layers - 1, 0)[k]
             for mode in MODES:
-                iv = Intervention(vec, vec_layer, kind, alpha, positions=mode, scale="resid")
+                iv = Intervention(vec, layer, kind, alpha, positions=mode, scale="resid")
                 rows.append(Row(PREFIX + q, (iv,), seed=i, max_new_tokens=3 + i % 7))
                 i += 1
     return rows
@@ -70,6 +73,8 @@ def test_continuous_equals_fixed_batches_and_alone(
     assert stats["shared_prefix"] >= len(PREFIX) - 2
     assert stats["prompt_tokens_computed"] < stats["prompt_tokens"]
     assert stats["prefills"] > len(rows) // 5
+    if tiny_model.backend.can_start_midstack:  # each prompt's lower layers were shared
+        assert stats["prompt_block_tokens_skipped"] > 0
     assert sum(r.token_ids != fixed[0].token_ids for r in fixed[1 : 1 + len(KINDS) * 6]) > 0
     _assert_same(cont, fixed, logprobs=temperature == 0)
     for i in (0, 1, 7, 14, len(rows) - 1):
@@ -85,6 +90,7 @@ def test_prefix_sharing_on_equals_off(tiny_llama: Model, make_vector: VectorFact
     stats: dict[str, int] = {}
     on = generate(tiny_llama, rows, cfg, progress=False, stats=stats)
     assert stats["shared_prefix"] > 0
+    assert stats["prompt_block_tokens_skipped"] > 0
     _assert_same(on, off)
 
 

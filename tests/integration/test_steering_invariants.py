@@ -433,7 +433,9 @@ def test_no_hooks_left_when_generate_fails_midway(tiny_llama: Model, make_vector
             gen(model, [Row(p, (iv,)) for p in PROMPTS])
     finally:
         del model.hf.forward
-    assert len(seen) == 3 and all(n > before for n in seen)  # it was steering when it failed
+    # it was steering when it failed (an earlier call may run unsteered: a shared prefix or a
+    # prompt's lower layers computed once for every setting)
+    assert len(seen) == 3 and seen[-1] > before
     assert count_hooks(model.hf) == before
     assert torch.equal(forward_logits(model, ids, mask), base)
 

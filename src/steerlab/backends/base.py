@@ -184,6 +184,41 @@ class Backend(abc.ABC):
         None runs without a KV cache (then P == 0).
         """
 
+    @property
+    def can_start_midstack(self) -> bool:
+        """Whether :meth:`forward_from` is implemented *and exact* for this model (False by
+        default; a backend returns True only for architectures whose layer loop it verified)."""
+        return False
+
+    def forward_from(
+        self,
+        start: int,
+        resid: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any | None = None,
+        edits: Edits | None = None,
+    ) -> torch.Tensor:
+        """Like :meth:`forward`, but runs only decoder blocks ``start .. n_layers - 1``.
+
+        ``resid`` (B, S, d_model) is the residual stream entering block ``start`` (what a
+        ``resid_pre`` edit at layer ``start`` sees, before any edit there; e.g. recorded during an
+        earlier :meth:`forward` by an edit at ``Site(start, "resid_pre")`` that returns its input);
+        it replaces what the lower blocks would have produced for ``ids``. ``ids``, ``mask`` and
+        ``positions`` are exactly what :meth:`forward` would get (the embeddings are still
+        computed, then overwritten). Edits at sites of layer >= ``start`` apply as in
+        :meth:`forward`, including a ``resid_pre`` edit at ``start`` (it sees ``resid`` and may
+        change it); edits at layers < ``start`` are never called.
+
+        ``cache``: only layers >= ``start`` are appended to; layers < ``start`` are left as they
+        were. The caller guarantees every cache layer holds the same number of positions before
+        the call (masks and cache positions are derived from layer 0's length). Returns the float32
+        logits (B, V) of the last position. Raises NotImplementedError where
+        :attr:`can_start_midstack` is False.
+        """
+        raise NotImplementedError(f"the {self.name} backend cannot start a forward mid-stack")
+
     def attach(
         self, edits: Edits, observe: Callable[[CallInfo], None]
     ) -> contextlib.AbstractContextManager[None]:

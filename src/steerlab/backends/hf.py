@@ -51,6 +51,30 @@ _LAYER_PATHS = (
 )
 
 
+# Architectures whose model ``forward`` (transformers 5.x) runs its decoder-layer list with nothing
+# that depends on a block's position in that loop: every block gets the same mask, rotary tables
+# and cache object, and writes the KV cache at its own ``layer_idx``. So the list at ``path`` can be
+# cut to ``layers[start:]`` (``self.layers[: num_hidden_layers]`` still takes all of it) and
+# :meth:`HFBackend.forward_from` is exact. ``by_position`` True: the loop reads
+# ``config.layer_types[i]`` by loop position ``i`` (qwen2/3, gemma2/3), which is exact only when
+# every layer has the same type (no alternating sliding-window layers).
+_MIDSTACK: dict[str, tuple[str, bool]] = {
+    "llama": ("model.layers", False),
+    "mistral": ("model.layers", False),
+    "mixtral": ("model.layers", False),
+    "gemma": ("model.layers", False),
+    "olmo": ("model.layers", False),
+    "phi": ("model.layers", False),
+    "phi3": ("model.layers", False),
+    "gpt2": ("transformer.h", False),
+    "gpt_neox": ("gpt_neox.layers", False),
+    "qwen2": ("model.layers", True),
+    "qwen3": ("model.layers", True),
+    "gemma2": ("model.layers", True),
+    "gemma3_text": ("model.layers", True),
+}
+
+
 class _Stop(Exception):
     """Raised after the ``stop_at`` site: later layers are not needed."""
 
@@ -68,6 +92,12 @@ def find_layers(hf_model: nn.Module, layers_path: str | None = None) -> list[nn.
     paths are tried, then the longest ``nn.ModuleList`` whose length equals the config's
     ``num_hidden_layers``.
     """
+    return list(locate_layers(hf_model, layers_path)[1])
+
+
+def locate_layers(hf_model: nn.Module, layers_path: str | None = None) -> tuple[str, nn.ModuleList]:
+    """``(path, module_list)``: the decoder-layer ``nn.ModuleList`` of ``hf_model`` and its
+    dotted attribute path (see :func:`find_layers` for how it is found)."""
     if layers_path is not None:
         try:
             mods = _get_attr_path(hf_model, layers_path)
@@ -75,30 +105,30 @@ def find_layers(hf_model: nn.Module, layers_path: str | None = None) -> list[nn.
             raise ModelLoadError(f"layers path {layers_path!r} not found on the model") from e
         if not isinstance(mods, nn.ModuleList):
             raise ModelLoadError(f"layers path {layers_path!r} is not an nn.ModuleList")
-        return list(mods)
+        return layers_path, mods
     for path in _LAYER_PATHS:
         try:
             mods = _get_attr_path(hf_model, path)
         except AttributeError:
             continue
         if isinstance(mods, nn.ModuleList) and len(mods) > 0:
-            return list(mods)
+            return path, mods
     config = getattr(hf_model, "config", None)
     n = getattr(config.get_text_config(), "num_hidden_layers", None) if config else None
-    candidates: list[nn.ModuleList] = [
-        m for m in hf_model.modules() if isinstance(m, nn.ModuleList)
+    candidates: list[tuple[str, nn.ModuleList]] = [
+        (name, m) for name, m in hf_model.named_modules() if isinstance(m, nn.ModuleList)
     ]
     if n is not None:
-        candidates = [m for m in candidates if len(m) == n]
+        candidates = [(name, m) for name, m in candidates if len(m) == n]
     if not candidates:
         raise ModelLoadError(
             "could not find the decoder layers; pass layers_path='...' (e.g. 'model.layers')"
         )
     best = candidates[0]
-    for m in candidates[1:]:
-        if len(m) > len(best):
-            best = m
-    return list(best)
+    for c in candidates[1:]:
+        if len(c[1]) > len(best[1]):
+            best = c
+    return best
 
 
 def architecture(hf: Any) -> tuple[str, Wiring | None, bool | None]:
@@ -117,7 +147,8 @@ class HFBackend(Backend):
     def __init__(self, hf: Any, label: str, layers_path: str | None = None) -> None:
         self.hf = hf
         self.label = label
-        self.layers = find_layers(hf, layers_path)
+        self._layers_path, layer_list = locate_layers(hf, layers_path)
+        self.layers: list[nn.Module] = list(layer_list)
         self.model_type, self.wiring, self.parallel = architecture(hf)
         params = inspect.signature(hf.forward).parameters
         self._logits_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -267,6 +298,87 @@ class HFBackend(Backend):
             except _Stop:
                 return None
         return out.logits[:, -1, :].float()
+
+    # ------------------------------------------------------------------ mid-stack
+
+    @property
+    def can_start_midstack(self) -> bool:
+        """True for the architectures in ``_MIDSTACK`` (stock transformers classes, layer list
+        at the expected path, uniform ``layer_types`` where the loop indexes them)."""
+        entry = _MIDSTACK.get(self.model_type)
+        if entry is None or self._layers_path != entry[0]:
+            return False
+        owner = _get_attr_path(self.hf, entry[0].rpartition(".")[0])
+        if not type(owner).__module__.startswith("transformers.models."):
+            return False  # remote code reusing a model_type: its loop is unknown
+        if entry[1]:
+            types = getattr(self.hf.config.get_text_config(), "layer_types", None)
+            if types is not None and len(set(types)) > 1:
+                return False
+        return True
+
+    def forward_from(
+        self,
+        start: int,
+        resid: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any | None = None,
+        edits: Edits | None = None,
+    ) -> torch.Tensor:
+        if not self.can_start_midstack:
+            raise NotImplementedError(
+                f"{self.label} ({self.model_type!r}) cannot start a forward mid-stack"
+            )
+        if not 0 <= start < self.n_layers:
+            raise SteerlabError(
+                f"start layer {start} is out of range: {self.label} has {self.n_layers} layers"
+            )
+        want = (*ids.shape, self.d_model)
+        if tuple(resid.shape) != want:
+            raise SteerlabError(f"resid has shape {tuple(resid.shape)}, expected {want}")
+        for site in edits or {}:
+            self.check_site(site)
+        kept = {site: fns for site, fns in (edits or {}).items() if site.layer >= start}
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            "use_cache": cache is not None,
+            **self._logits_kw,
+        }
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        with self._from_layer(start, resid), self._hooks(kept):
+            out = self.hf(**kwargs)
+        return out.logits[:, -1, :].float()
+
+    @contextlib.contextmanager
+    def _from_layer(self, start: int, resid: torch.Tensor) -> Iterator[None]:
+        """Cut the model's layer list to ``layers[start:]`` and feed ``resid`` into block
+        ``start``; restore the list and remove the hook on exit and on exceptions."""
+        owner_path, _, attr = self._layers_path.rpartition(".")
+        owner = _get_attr_path(self.hf, owner_path) if owner_path else self.hf
+        full = getattr(owner, attr)
+
+        def inject(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if "hidden_states" in kwargs:
+                return args, {**kwargs, "hidden_states": resid.to(kwargs["hidden_states"])}
+            return (resid.to(args[0]), *args[1:]), kwargs
+
+        # prepend: runs before every resid_pre edit at ``start`` (also a steering context's)
+        handle = self.layers[start].register_forward_pre_hook(
+            inject, with_kwargs=True, prepend=True
+        )
+        try:
+            setattr(owner, attr, nn.ModuleList(self.layers[start:]))
+            yield
+        finally:
+            setattr(owner, attr, full)
+            handle.remove()
+
+    # ------------------------------------------------------------------ user calls
 
     def attach(
         self, edits: Edits, observe: Callable[[CallInfo], None]
