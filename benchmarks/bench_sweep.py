@@ -13,8 +13,8 @@ On the embedded model (fp32), with the sweep's sampling (temperature 0.7, top-p 
 The contenders run in interleaved rounds (this VM's speed drifts by several percent over
 minutes); each figure is the median over rounds. A GEMM ceiling is measured in the same run
 (fp32 matmuls at the model's widths and at a large size); ``ceiling_fraction`` is the FLOPs the
-sweep did on real tokens (prompt tokens it computed, shared prefixes once, plus generated tokens,
-each 2 x parameters) per second over that ceiling.
+sweep did on real tokens (prompt tokens it computed, shared prefixes once and blocks it skipped
+left out, plus generated tokens, each 2 x parameters) per second over that ceiling.
 
 Ends with ``RATIOS sweep/hf_per_setting=... steered/unsteered=... ceiling_fraction=...``.
 Targets (issue 13) on 2 cores: >= 3, >= 0.95, >= 0.6.
@@ -205,7 +205,11 @@ def main() -> None:
     tps = {k: statistics.median(t / s for t, s in zip(toks[k], secs[k], strict=True)) for k in secs}
     ceiling = statistics.median(ceilings)
     st = sweep_stats[-1]
+    # blocks a prompt token did not run (its prompt's lower layers were shared) did no work
+    block_params = sum(p.numel() for p in model.layers[0].parameters())
+    skipped = st.get("prompt_block_tokens_skipped", 0)
     flops = 2 * n_params * (st["prompt_tokens_computed"] + st["generated_tokens"])
+    flops -= 2 * block_params * skipped
     frac = flops / med["sweep"] / ceiling
     print(
         f"wall (median of {args.rounds}): sweep {med['sweep']:.1f} s | HF generate per setting "
@@ -214,9 +218,11 @@ def main() -> None:
     print("generated tokens/s: " + " | ".join(f"{k} {v:.0f}" for k, v in tps.items()))
     print(
         f"sweep work: {st['prompt_tokens']} prompt tokens, of which computed "
-        f"{st['prompt_tokens_computed']} (shared prefix {st['shared_prefix']} tokens), "
-        f"{st['generated_tokens']} generated; positions run incl. pads and finished rows "
-        f"{st['positions_run']}"
+        f"{st['prompt_tokens_computed']} (shared prefix {st['shared_prefix']} tokens; "
+        f"{skipped / n / max(st['prompt_tokens_computed'], 1):.0%} of their blocks skipped, lower "
+        f"layers shared; {st.get('prompt_tokens_reused', 0)} reused whole), "
+        f"{st['generated_tokens']} generated; positions run incl. pads and "
+        f"finished rows {st['positions_run']}"
     )
     if low is not None:
         name = f"sweep_{args.matmul_dtype}"
@@ -232,7 +238,13 @@ def main() -> None:
         f"GFLOP/s on real tokens"
     )
     # Steered rows run longer than unsteered ones (strong steering rarely stops at EOS), so
-    # steered/unsteered compares generated tokens per second, not wall time.
+    # steered/unsteered compares generated tokens per second, not wall time. The unsteered rows
+    # repeat each prompt once per setting, so the engine prefills each prompt once for all of
+    # them; steered rows recompute the blocks from their steered layer up.
+    print(
+        "unsteered: each prompt's prefill computed once for its "
+        f"{len(settings)} identical rows; steered rows rerun the blocks from their steered layer up"
+    )
     print(
         f"RATIOS sweep/hf_per_setting={med['hf_per_setting'] / med['sweep']:.2f} "
         f"steered/unsteered={tps['sweep'] / tps['unsteered']:.3f} ceiling_fraction={frac:.2f}"

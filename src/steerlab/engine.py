@@ -7,25 +7,20 @@ fixed batch at a time.
 **The batch stays full.** Up to ``batch_size`` rows decode together. When rows finish (EOS or
 their token budget) and rows are waiting, the finished rows leave and waiting rows take their
 places: the newcomers are prefilled in one call, and their KV cache is stacked under the running
-rows' cache (padded on the left to a common width; columns that are padding in every row are
-dropped). Positions come from the attention mask, so a row's tokens, positions and steering do
-not depend on when it joined or who shares its batch.
+rows' cache: the cache lives in slot buffers (:class:`steerlab.kvcache.SlotLayer`; a decode step
+writes one column in place), a newcomer takes a finished row's slot, right-aligned with the
+running rows, and leading columns that are padding in every row are dropped from time to time.
+Positions come from the attention mask, so a row's tokens, positions and steering do not depend
+on when it joined or who shares its batch.
 
-**Shared prefixes.** Prompts built from one chat template begin with the same tokens (the
-embedded model's template puts 24 of a prompt's ~45 tokens before the user's text). A causal
-model's activations at those tokens depend only on those tokens and on the steering applied at
-them, so their KV cache is computed once per distinct *prefix steering* and copied into every
-row that shares it. The key of a row's prefix steering lists each of its interventions that
-touches a prefix position (vector, layer, site, kind, strength, scale, SAE) together with the
-prefix positions it touches (its window is relative to the row's prompt end, so the positions
-are computed per row). Rows with the same key get identical prefix activations by construction;
-anything else that could differ (a window that covers part of the prefix in one row and all of
-it in another) gives different keys. Rows then prefill only the rest of their prompt.
+**Prefill is shared** where the math allows (:mod:`steerlab.prefill`): the prompt prefix common to
+every row, once per distinct prefix steering, and a prompt's layers below the first block its
+steering touches, once per prompt.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -33,16 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from steerlab import kvcache
-from steerlab.backends.base import Edits, call_info_from_mask
+from steerlab.backends.base import call_info_from_mask
 from steerlab.hooks import SteeringHandle
-from steerlab.interventions import Intervention, SteeringPlan, Window, compile_plan
-from steerlab.layershare import Base, prompt_start, stacked_kv, stacked_resid
+from steerlab.interventions import Intervention, SteeringPlan, compile_plan
 from steerlab.models import Model
+from steerlab.prefill import Prefill
 from steerlab.sampling import choose, token_stats
-from steerlab.sites import Site
 
-#: shortest common prefix (tokens) worth sharing
-MIN_SHARED_PREFIX = 4
 #: leading all-padding columns that trigger a compaction of the live cache
 COMPACT_AT = 16
 
@@ -98,51 +90,6 @@ class _Live:
     done: torch.Tensor
 
 
-def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
-    """Tokens every prompt starts with, leaving at least one token per prompt to prefill."""
-    if len(encoded) < 2:
-        return 0
-    first = encoded[0]
-    n = min(len(x) for x in encoded) - 1
-    for x in encoded[1:]:
-        i = 0
-        while i < n and x[i] == first[i]:
-            i += 1
-        n = i
-        if n < MIN_SHARED_PREFIX:
-            return 0
-    return n
-
-
-def _iv_key(iv: Intervention) -> tuple[object, ...]:
-    return (
-        id(iv.vector),
-        iv.layer,
-        iv.site.name,
-        iv.kind,
-        float(iv.alpha),
-        iv.scale,
-        iv.src,
-        id(iv.sae),
-    )
-
-
-def prefix_key(ivs: Sequence[Intervention], prompt_len: int, n_prefix: int) -> tuple[object, ...]:
-    """What decides a row's activations on its first ``n_prefix`` prompt tokens."""
-    key: list[object] = []
-    for iv in ivs:
-        lo, hi = Window.parse(iv.positions).bounds  # relative to the prompt end
-        a, b = max(0, prompt_len + lo), min(n_prefix, prompt_len + hi)
-        if a < b:
-            key.append((_iv_key(iv), a, b))
-    return tuple(key)
-
-
-def _empty(x: torch.Tensor, b: int) -> torch.Tensor:
-    """A (b, H, 0, D) tensor like ``x`` (a layer of an empty cache)."""
-    return x.new_zeros((b, x.shape[1], 0, x.shape[3]))
-
-
 class Engine:
     """One :func:`~steerlab.generation.generate` call's continuous decode (see the module doc)."""
 
@@ -180,34 +127,36 @@ class Engine:
             self.handle = SteeringHandle(self.plan, self.plens)
         self.edits = self.handle.edits() if self.handle is not None else None
         self._steered: torch.Tensor | None = None  # the rows the handle is set up for
-        self.n_prefix = shared_prefix_length(encoded) if share_prefix else 0
-        self._prefix_index: dict[tuple[object, ...], int] = {}
-        self._prefix_kv: list[kvcache.KV] = []
-        # lower layers shared per prompt (see steerlab.layershare)
-        n_layers = self.backend.n_layers
-        self.starts = [prompt_start(x, len(e), n_layers) for x, e in zip(ivs, encoded, strict=True)]
-        if not self.backend.can_start_midstack:  # share only prompts the steering leaves alone
-            self.starts = [st if st == n_layers else 0 for st in self.starts]
-        self.layershare = share_prefix and any(st > 0 for st in self.starts)
-        self._bases: dict[tuple[int, ...], Base] = {}
-        self._uses: Counter[tuple[int, ...]] = Counter()
-        if self.layershare:
-            self._uses.update(
-                tuple(e) for e, st in zip(encoded, self.starts, strict=True) if st > 0
-            )
         #: work done: prompt tokens (all rows), prompt tokens computed (shared prefixes once),
         #: generated tokens (EOS included), positions run (pads and finished rows included),
         #: prefill calls (one per group of rows joining the batch), prompt tokens x blocks not
-        #: run because a prompt's lower layers were shared
+        #: run because a prompt's lower layers were shared, prompt tokens of rows whose steering
+        #: left the prompt alone (no prefill: their prompt's unsteered cache is reused), prefill
+        #: calls that started mid-stack
         self.stats = {
             "prompt_tokens": int(self.plens.sum()),
             "prompt_tokens_computed": 0,
-            "shared_prefix": self.n_prefix,
+            "shared_prefix": 0,
             "generated_tokens": 0,
             "positions_run": 0,
             "prefills": 0,
             "prompt_block_tokens_skipped": 0,
+            "prompt_tokens_reused": 0,
+            "midstack_prefills": 0,
         }
+        self.prefill = Prefill(
+            self.backend,
+            encoded,
+            ivs,
+            share=share_prefix,
+            run=self._forward,
+            steer=self._steer_rows,
+            check=check,
+            left_pad=left_pad,
+            stats=self.stats,
+            device=self.dev,
+        )
+        self.stats["shared_prefix"] = self.prefill.n_prefix
 
     # ------------------------------------------------------------------ steering state
 
@@ -242,189 +191,6 @@ class Engine:
         self.stats["positions_run"] += ids.numel()
         self._check(logits, None if self.handle is None else self.handle.overflow, rows)
         return logits
-
-    # ------------------------------------------------------------------ prefill
-
-    def _prefix(self, rows: list[int]) -> kvcache.KV:
-        """The shared prefix's KV cache for ``rows`` (computing keys not seen before)."""
-        keys = [prefix_key(self.ivs[r], len(self.encoded[r]), self.n_prefix) for r in rows]
-        return self._prefix_for_keys(keys, rows)
-
-    def _prefix_for_keys(self, keys: list[tuple[object, ...]], rows: list[int]) -> kvcache.KV:
-        """The prefix cache under each of ``keys`` (row ``rows[i]`` steers as ``keys[i]`` says)."""
-        missing: dict[tuple[object, ...], int] = {}
-        for r, k in zip(rows, keys, strict=True):
-            if k not in self._prefix_index and k not in missing:
-                missing[k] = r
-        if () in missing and len(missing) > 1:  # the unsteered prefix runs on its own
-            self._prefix_for_keys([()], [missing.pop(())])
-        if missing:
-            reps = torch.tensor(list(missing.values()), device=self.dev)
-            ids = torch.tensor(self.encoded[int(reps[0])][: self.n_prefix], device=self.dev)
-            ids = ids[None, :].expand(len(missing), -1).contiguous()
-            mask = torch.ones_like(ids)
-            cache = self.backend.new_cache()
-            if () in missing:  # rows[i] may steer elsewhere in the prefix; this key does not
-                pos = (mask.cumsum(-1) - 1)[:, -ids.shape[1] :]
-                out = self.backend.forward(ids, mask, pos, cache, None)
-                assert out is not None
-                self._check(out, None, reps)
-            else:
-                self._steer_rows(reps)
-                self._forward(ids, mask, cache, reps)
-            self.stats["prompt_tokens_computed"] += ids.numel()
-            kv = self.backend.cache_kv(cache)
-            assert kv is not None  # the engine runs only on caches that come apart
-            for j, k in enumerate(missing):
-                self._prefix_index[k] = len(self._prefix_kv)
-                self._prefix_kv.append(kvcache.select_rows(kv, torch.tensor([j], device=self.dev)))
-        return kvcache.gather_prefix(self._prefix_kv, [self._prefix_index[k] for k in keys])
-
-    def _prefill(self, rows: list[int]) -> tuple[_Live, torch.Tensor]:
-        """Prefill ``rows``; returns them as a live group and their next-token logits."""
-        if not self.layershare:
-            return self._prefill_all(rows)
-        self._make_bases([r for r in rows if self.starts[r] > 0])
-        by_start: dict[int, list[int]] = {}
-        for r in rows:
-            by_start.setdefault(self.starts[r], []).append(r)
-        parts: list[tuple[list[int], kvcache.KV, torch.Tensor, torch.Tensor]] = []
-        for start, rs in sorted(by_start.items()):
-            if start == 0:
-                live, logits = self._prefill_all(rs)
-                kv = self.backend.cache_kv(live.cache)
-                assert kv is not None
-                parts.append((rs, kv, live.mask, logits))
-            else:
-                parts.append(self._prefill_upper(start, rs))
-        for r in rows:
-            key = tuple(self.encoded[r])
-            if self.starts[r] > 0:
-                self._uses[key] -= 1
-                if self._uses[key] <= 0:
-                    self._bases.pop(key, None)
-        return self._stack_parts(parts)
-
-    def _stack_parts(
-        self, parts: list[tuple[list[int], kvcache.KV, torch.Tensor, torch.Tensor]]
-    ) -> tuple[_Live, torch.Tensor]:
-        width = max(m.shape[1] for _, _, m, _ in parts)
-        kv: kvcache.KV | None = None
-        masks, rows = [], []
-        for rs, kvp, m, _ in parts:
-            kvp = kvcache.pad_left(kvp, width - m.shape[1])
-            kv = kvp if kv is None else kvcache.stack_rows(kv, kvp)
-            masks.append(F.pad(m, (width - m.shape[1], 0)))
-            rows += rs
-        assert kv is not None
-        rt = torch.tensor(rows, device=self.dev)
-        zeros = torch.zeros(len(rows), dtype=torch.long, device=self.dev)
-        live = _Live(
-            rt, self.backend.cache_from_kv(kv), torch.cat(masks), zeros, zeros.clone(), zeros.bool()
-        )
-        return live, torch.cat([lg for _, _, _, lg in parts])
-
-    def _make_bases(self, rows: list[int]) -> None:
-        """Compute the bases of ``rows``' prompts not computed yet, in one unsteered call."""
-        todo: dict[tuple[int, ...], int] = {}
-        for r in rows:
-            key = tuple(self.encoded[r])
-            if key not in self._bases and key not in todo:
-                todo[key] = r
-        if not todo:
-            return
-        reps = list(todo.values())
-        p, n_layers = self.n_prefix, self.backend.n_layers
-        wanted = sorted({st for st in self.starts if 0 < st < n_layers})
-        seen: dict[int, torch.Tensor] = {}
-
-        def keeper(layer: int):  # type: ignore[no-untyped-def]
-            def keep(h: torch.Tensor) -> torch.Tensor:
-                seen[layer] = h
-                return h
-
-            return keep
-
-        edits: Edits = {Site(st, "resid_pre"): [keeper(st)] for st in wanted}
-        ids, rest = self._left_pad([self.encoded[r][p:] for r in reps], self.dev)
-        if p:
-            kv0 = self._prefix_for_keys([()] * len(reps), reps)
-            mask = torch.cat([torch.ones_like(rest[:, :1]).expand(-1, p), rest], dim=1)
-            cache = self.backend.cache_from_kv(kv0)
-        else:
-            mask, cache = rest, self.backend.new_cache()
-        pos = (mask.cumsum(-1) - 1).clamp_(min=0)[:, -ids.shape[1] :]
-        logits = self.backend.forward(ids, mask, pos, cache, edits)
-        assert logits is not None
-        self._check(logits, None, torch.tensor(reps, device=self.dev))
-        kv = self.backend.cache_kv(cache)
-        assert kv is not None
-        self.stats["prompt_tokens_computed"] += int(rest.sum())
-        for j, key in enumerate(todo):
-            w = len(key) - p
-            self._bases[key] = Base(
-                kv=[(k[j : j + 1, :, -w:], v[j : j + 1, :, -w:]) for k, v in kv],
-                resid={st: h[j, -w:] for st, h in seen.items()},
-                logits=logits[j],
-            )
-
-    def _prefill_upper(
-        self, start: int, rows: list[int]
-    ) -> tuple[list[int], kvcache.KV, torch.Tensor, torch.Tensor]:
-        """Rows whose steering starts at block ``start``: blocks below it come from the bases."""
-        p, n_layers = self.n_prefix, self.backend.n_layers
-        bases = [self._bases[tuple(self.encoded[r])] for r in rows]
-        ids, rest = self._left_pad([self.encoded[r][p:] for r in rows], self.dev)
-        width = ids.shape[1]
-        mask = torch.cat([torch.ones_like(rest[:, :1]).expand(-1, p), rest], dim=1)
-        if p:
-            pre = self._prefix(rows)
-        else:  # no shared prefix: every layer starts empty
-            pre = [(_empty(k, len(rows)), _empty(v, len(rows))) for k, v in bases[0].kv]
-        lower = stacked_kv(bases, start, width)
-        n_rest = int(rest.sum())
-        self.stats["prompt_block_tokens_skipped"] += n_rest * start
-        if start == n_layers:  # the prompt is untouched: nothing to run
-            kv = [
-                (torch.cat([pk, lk], 2), torch.cat([pv, lv], 2))
-                for (pk, pv), (lk, lv) in zip(pre, lower, strict=True)
-            ]
-            return rows, kv, mask, torch.stack([b.logits for b in bases])
-        rt = torch.tensor(rows, device=self.dev)
-        cache = self.backend.cache_from_kv(pre)
-        self._steer_rows(rt)
-        logits = self._forward(ids, mask, cache, rt, start, stacked_resid(bases, start, width))
-        self.stats["prompt_tokens_computed"] += n_rest
-        self.stats["prefills"] += 1
-        got = self.backend.cache_kv(cache)
-        assert got is not None
-        kv = [
-            (torch.cat([k, lower[i][0]], 2), torch.cat([v, lower[i][1]], 2))
-            if i < start
-            else (k, v)
-            for i, (k, v) in enumerate(got)
-        ]
-        return rows, kv, mask, logits
-
-    def _prefill_all(self, rows: list[int]) -> tuple[_Live, torch.Tensor]:
-        """Prefill ``rows`` through every block."""
-        rt = torch.tensor(rows, device=self.dev)
-        p = self.n_prefix
-        if p:
-            kv = self._prefix(rows)
-            ids, rest = self._left_pad([self.encoded[r][p:] for r in rows], self.dev)
-            mask = torch.cat([torch.ones_like(rest[:, :1]).expand(-1, p), rest], dim=1)
-            cache = self.backend.cache_from_kv(kv)
-        else:
-            ids, mask = self._left_pad([self.encoded[r] for r in rows], self.dev)
-            cache = self.backend.new_cache()
-        self._steer_rows(rt)
-        logits = self._forward(ids, mask, cache, rt)
-        self.stats["prompt_tokens_computed"] += sum(len(self.encoded[r]) - p for r in rows)
-        self.stats["prefills"] += 1
-        zeros = torch.zeros(len(rows), dtype=torch.long, device=self.dev)
-        live = _Live(rt, cache, mask, zeros, zeros.clone(), zeros.bool())
-        return live, logits
 
     # ------------------------------------------------------------------ tokens
 
@@ -469,11 +235,9 @@ class Engine:
             live.done.index_select(0, keep),
         )
 
-    def _join(self, live: _Live, free: torch.Tensor, group: _Live) -> _Live:
+    def _join(self, live: _Live, free: torch.Tensor, group: _Live, kv: kvcache.KV) -> _Live:
         """``group``'s rows take the slots ``free`` (finished rows) of ``live``; newcomers beyond
         them are added as new rows, slots beyond the newcomers are dropped."""
-        kv = self.backend.cache_kv(group.cache)
-        assert kv is not None
         n, k = len(group.rows), min(len(group.rows), free.numel())
         rows, mask = live.rows.clone(), live.mask  # a new rows tensor: the steering follows it
         tok, n_gen, done = live.tok.clone(), live.n_gen.clone(), live.done.clone()
@@ -557,12 +321,12 @@ class Engine:
                 on_finish(live.rows.index_select(0, free).tolist())
         room = self.batch_size - (0 if live is None else len(live.rows) - free.numel())
         new = [waiting.popleft() for _ in range(min(room, len(waiting)))]
-        group, logits = self._prefill(new)
+        rows, kv, mask, logits = self.prefill(new)
+        zeros = torch.zeros(len(rows), dtype=torch.long, device=self.dev)
+        rt = torch.tensor(rows, device=self.dev)
+        group = _Live(rt, None, mask, zeros, zeros.clone(), zeros.bool())
         self._take(group, logits)
         if live is None:
-            kv = self.backend.cache_kv(group.cache)
-            assert kv is not None
-            return _Live(
-                group.rows, kvcache.slot_cache(kv), group.mask, group.tok, group.n_gen, group.done
-            )
-        return self._join(live, free, group)
+            group.cache = kvcache.slot_cache(kv)
+            return group
+        return self._join(live, free, group, kv)

@@ -103,7 +103,10 @@ def generate(
     ``on_rows(n)`` whenever ``n`` more rows finish (for an outer progress bar). ``stats``, when
     given, is filled with counts of the work done (continuous engine only): ``prompt_tokens``,
     ``prompt_tokens_computed`` (shared prefixes counted once), ``shared_prefix``,
-    ``generated_tokens``, ``positions_run`` (pads and finished rows included).
+    ``generated_tokens``, ``positions_run`` (pads and finished rows included), ``prefills``,
+    ``prompt_block_tokens_skipped`` (prompt tokens x blocks not run: lower layers shared),
+    ``prompt_tokens_reused`` (rows whose steering left the prompt alone) and
+    ``midstack_prefills``.
     """
     cfg = config or GenerationConfig()
     _check_seeds(rows)

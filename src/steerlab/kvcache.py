@@ -138,6 +138,19 @@ class SlotLayer(DynamicLayer):
         self._views()
         return self.kview, self.vview
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        room = self._kb.shape[2] - self._n
+        self.reset_buffers(self.kview[indices], self.vview[indices], room=room)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("a slot cache is not cropped")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("a slot cache does not repeat rows")
+
+    def reset(self) -> None:
+        raise NotImplementedError("a slot cache is not reset")
+
     def reset_buffers(self, keys: torch.Tensor, values: torch.Tensor, room: int = HEADROOM) -> None:
         """Hold (a copy of) ``keys``/``values``, with ``room`` spare columns."""
         self._n = keys.shape[2]

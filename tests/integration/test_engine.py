@@ -3,8 +3,9 @@
 Continuous batching (finished rows replaced by waiting ones), shared prompt prefixes and a
 prompt's lower layers shared across settings are optimizations: with them on, every row's greedy
 tokens equal those of the fixed-batch loop and of the row decoded alone, and its log-probabilities
-agree to float32 rounding; seeded sampling gives the same tokens too. Checked on every tiny architecture with every intervention kind and position
-mode mixed row by row, with small batches and staggered token budgets so rows join mid-decode.
+agree to float32 rounding; seeded sampling gives the same tokens too. Checked on every tiny
+architecture with every intervention kind and position mode mixed row by row, steering starting at
+different blocks, with small batches and staggered budgets so rows join mid-decode.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import pytest
 import torch
 from tests.conftest import VectorFactory
 
-from steerlab.engine import prefix_key, shared_prefix_length
 from steerlab.generation import GenerationConfig, Row, RowResult, generate
 from steerlab.interventions import Intervention
 from steerlab.models import Model
+from steerlab.prefill import prefix_key, shared_prefix_length
 
 PREFIX = "System: answer briefly.\nUser: "
 QUESTIONS = ("Hey!", "Hello there", "The cat sat on a mat", "Why?", "Tell me a story, please")
@@ -74,11 +75,13 @@ def test_continuous_equals_fixed_batches_and_alone(
     assert stats["prompt_tokens_computed"] < stats["prompt_tokens"]
     assert stats["prefills"] > len(rows) // 5
     if tiny_model.backend.can_start_midstack:  # each prompt's lower layers were shared
-        assert stats["prompt_block_tokens_skipped"] > 0
+        assert stats["midstack_prefills"] > 0 and stats["prompt_block_tokens_skipped"] > 0
+    assert stats["prompt_tokens_reused"] > 0  # rows that leave the prompt alone: no prefill
     assert sum(r.token_ids != fixed[0].token_ids for r in fixed[1 : 1 + len(KINDS) * 6]) > 0
     _assert_same(cont, fixed, logprobs=temperature == 0)
     for i in (0, 1, 7, 14, len(rows) - 1):
-        alone = generate(tiny_model, [rows[i]], GenerationConfig(**base), progress=False)
+        solo = GenerationConfig(**base, share_prefix=False)  # nothing shared at all
+        alone = generate(tiny_model, [rows[i]], solo, progress=False)
         _assert_same([cont[i]], alone, logprobs=temperature == 0)
     assert tiny_model.backend.count_hooks() == 0
 
@@ -90,7 +93,7 @@ def test_prefix_sharing_on_equals_off(tiny_llama: Model, make_vector: VectorFact
     stats: dict[str, int] = {}
     on = generate(tiny_llama, rows, cfg, progress=False, stats=stats)
     assert stats["shared_prefix"] > 0
-    assert stats["prompt_block_tokens_skipped"] > 0
+    assert stats["midstack_prefills"] > 0
     _assert_same(on, off)
 
 
@@ -132,3 +135,40 @@ def test_cache_comes_apart_and_back(tiny_llama: Model) -> None:
     assert again is not None
     for (k1, v1), (k2, v2) in zip(kv, again, strict=True):
         assert torch.equal(k1, k2) and torch.equal(v1, v2)
+
+
+def test_lower_layer_sharing_edge_cases(tiny_model: Model, make_vector: VectorFactory) -> None:
+    """Rows with interventions at several layers (one touching only generated tokens), prompts
+    with no common prefix and different lengths, and budgets of one token: sharing on == off ==
+    fixed batches."""
+    vec = make_vector(tiny_model, seed=5, norm=4.0)
+    top, mid = tiny_model.n_layers - 1, tiny_model.n_layers // 2
+    prompts = ("Hey!", "Tell me a story, please", "Why is the sky blue today?", "Ok")
+    settings: list[tuple[Intervention, ...]] = [
+        (),
+        (  # steering starts at `mid` for the prompt; layer 0 acts on generated tokens only
+            Intervention(vec, 0, "add", 6.0, positions="generated", scale="resid"),
+            Intervention(vec, mid, "ablate", 1.0, scale="resid"),
+        ),
+        (
+            Intervention(vec, 1, "add", 3.0, positions="last-prompt", scale="resid"),
+            Intervention(vec, top, "clamp", 3.0, scale="resid"),
+        ),
+        (Intervention(vec, top, "add", 6.0, positions="window:-3:-1", scale="resid"),),
+    ]
+    rows = [
+        Row(p, s, seed=i * 7 + j, max_new_tokens=1 + (i + j) % 4)
+        for i, p in enumerate(prompts)
+        for j, s in enumerate(settings)
+    ]
+    cfg = GenerationConfig(max_new_tokens=4, batch_size=3)
+    stats: dict[str, int] = {}
+    on = generate(tiny_model, rows, cfg, progress=False, stats=stats)
+    off = generate(tiny_model, rows, GenerationConfig(max_new_tokens=4, share_prefix=False))
+    fixed = generate(tiny_model, rows, GenerationConfig(max_new_tokens=4, continuous=False))
+    assert stats["shared_prefix"] == 0  # the prompts share no prefix
+    if tiny_model.backend.can_start_midstack:
+        assert stats["midstack_prefills"] > 0
+    _assert_same(on, off)
+    _assert_same(on, fixed)
+    assert tiny_model.backend.count_hooks() == 0

@@ -7,7 +7,7 @@ example compute the same activations there. Those positions are computed once.
 
 **Sharing.** A row's *prefix* is its prompt minus the last token. A causal model's activations on
 the prefix depend only on the prefix tokens and on the steering applied at them, which
-:func:`steerlab.engine.prefix_key` summarises (empty when no intervention touches the prefix).
+:func:`steerlab.prefill.prefix_key` summarises (empty when no intervention touches the prefix).
 Rows with the same prefix tokens and the same key get the same prefix KV cache by construction:
 it is computed once (keys batched together, left-padded, steered with the interventions that
 touch the prefix), then each row feeds only its last token on a copy of it, with its own
@@ -32,10 +32,10 @@ import torch
 from steerlab import kvcache
 from steerlab.backends.base import call_info_from_mask
 from steerlab.batching import check_finite, left_pad
-from steerlab.engine import prefix_key
 from steerlab.hooks import SteeringHandle
 from steerlab.interventions import Intervention, compile_plan
 from steerlab.models import Model
+from steerlab.prefill import prefix_key
 
 RowIvs = tuple[Intervention, ...]
 Batches = Iterator[tuple[list[int], torch.Tensor]]
