@@ -273,6 +273,28 @@ class HFBackend(Backend):
 
     # ------------------------------------------------------------------ forward
 
+    def _call_kwargs(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any | None,
+        last_logits: bool,
+    ) -> dict[str, Any]:
+        """Keyword arguments of one Hugging Face model call (``last_logits``: only the last
+        position's logits, where the model supports it)."""
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            "use_cache": cache is not None,
+        }
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        if last_logits:
+            kwargs.update(self._logits_kw)
+        return kwargs
+
     def forward(
         self,
         ids: torch.Tensor,
@@ -282,16 +304,7 @@ class HFBackend(Backend):
         edits: Edits | None = None,
         stop_at: Site | None = None,
     ) -> torch.Tensor | None:
-        kwargs: dict[str, Any] = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "position_ids": positions,
-            "use_cache": cache is not None,
-        }
-        if cache is not None:
-            kwargs[self._cache_kw] = cache
-        if stop_at is None:
-            kwargs.update(self._logits_kw)
+        kwargs = self._call_kwargs(ids, mask, positions, cache, last_logits=stop_at is None)
         with self._hooks(edits or {}, stop_at):
             try:
                 out = self.hf(**kwargs)
@@ -341,15 +354,7 @@ class HFBackend(Backend):
         for site in edits or {}:
             self.check_site(site)
         kept = {site: fns for site, fns in (edits or {}).items() if site.layer >= start}
-        kwargs: dict[str, Any] = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "position_ids": positions,
-            "use_cache": cache is not None,
-            **self._logits_kw,
-        }
-        if cache is not None:
-            kwargs[self._cache_kw] = cache
+        kwargs = self._call_kwargs(ids, mask, positions, cache, last_logits=True)
         with self._from_layer(start, resid), self._hooks(kept):
             out = self.hf(**kwargs)
         return out.logits[:, -1, :].float()
