@@ -142,8 +142,12 @@ def main() -> None:
         out = generate(model, rows, cfg, progress=False, stats=stats)
         return sum(len(r.token_ids) for r in out)
 
+    plain_stats: dict[str, int] = {}
+
     def unsteered() -> int:
-        return sum(len(r.token_ids) for r in generate(model, plain, cfg, progress=False))
+        plain_stats.clear()
+        out = generate(model, plain, cfg, progress=False, stats=plain_stats)
+        return sum(len(r.token_ids) for r in out)
 
     def hf_per_setting() -> int:
         tok = model.tokenizer
@@ -245,6 +249,15 @@ def main() -> None:
         "unsteered: each prompt's prefill computed once for its "
         f"{len(settings)} identical rows; steered rows rerun the blocks from their steered layer up"
     )
+    if "decode_ms" in st and "decode_ms" in plain_stats:  # the last round of each
+        ps, pd = st["prefill_ms"] / 1000, st["decode_ms"] / 1000
+        qs, qd = plain_stats["prefill_ms"] / 1000, plain_stats["decode_ms"] / 1000
+        print(
+            f"time in prefill / decode steps (last round): sweep {ps:.1f} s / {pd:.1f} s | "
+            f"unsteered {qs:.1f} s / {qd:.1f} s; decode steps steered/unsteered "
+            f"{qd / max(pd, 1e-9):.3f} (tokens/s ratio, same token counts within "
+            f"{abs(st['generated_tokens'] - plain_stats['generated_tokens'])})"
+        )
     print(
         f"RATIOS sweep/hf_per_setting={med['hf_per_setting'] / med['sweep']:.2f} "
         f"steered/unsteered={tps['sweep'] / tps['unsteered']:.3f} ceiling_fraction={frac:.2f}"

@@ -20,6 +20,7 @@ steering touches, once per prompt.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -132,7 +133,7 @@ class Engine:
         #: prefill calls (one per group of rows joining the batch), prompt tokens x blocks not
         #: run because a prompt's lower layers were shared, prompt tokens of rows whose steering
         #: left the prompt alone (no prefill: their prompt's unsteered cache is reused), prefill
-        #: calls that started mid-stack
+        #: calls that started mid-stack, wall time in prefill and in decode steps (ms)
         self.stats = {
             "prompt_tokens": int(self.plens.sum()),
             "prompt_tokens_computed": 0,
@@ -143,6 +144,8 @@ class Engine:
             "prompt_block_tokens_skipped": 0,
             "prompt_tokens_reused": 0,
             "midstack_prefills": 0,
+            "prefill_ms": 0,
+            "decode_ms": 0,
         }
         self.prefill = Prefill(
             self.backend,
@@ -298,8 +301,10 @@ class Engine:
                     continue
                 live.mask = torch.cat([live.mask, torch.ones_like(live.mask[:, :1])], dim=1)
                 self._steer_rows(live.rows)
+                t0 = time.perf_counter()
                 logits = self._forward(live.tok[:, None], live.mask, live.cache, live.rows)
                 self._take(live, logits)
+                self.stats["decode_ms"] += round((time.perf_counter() - t0) * 1000)
         return self.tracks
 
     def _drop_done(self, live: _Live, on_finish: Callable[[list[int]], None]) -> _Live | None:
@@ -321,7 +326,9 @@ class Engine:
                 on_finish(live.rows.index_select(0, free).tolist())
         room = self.batch_size - (0 if live is None else len(live.rows) - free.numel())
         new = [waiting.popleft() for _ in range(min(room, len(waiting)))]
+        t0 = time.perf_counter()
         rows, kv, mask, logits = self.prefill(new)
+        self.stats["prefill_ms"] += round((time.perf_counter() - t0) * 1000)
         zeros = torch.zeros(len(rows), dtype=torch.long, device=self.dev)
         rt = torch.tensor(rows, device=self.dev)
         group = _Live(rt, None, mask, zeros, zeros.clone(), zeros.bool())

@@ -106,7 +106,7 @@ def generate(
     ``generated_tokens``, ``positions_run`` (pads and finished rows included), ``prefills``,
     ``prompt_block_tokens_skipped`` (prompt tokens x blocks not run: lower layers shared),
     ``prompt_tokens_reused`` (rows whose steering left the prompt alone) and
-    ``midstack_prefills``.
+    ``midstack_prefills``; ``prefill_ms`` and ``decode_ms``, wall time spent in each.
     """
     cfg = config or GenerationConfig()
     _check_seeds(rows)
