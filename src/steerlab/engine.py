@@ -239,37 +239,25 @@ class Engine:
         )
 
     def _join(self, live: _Live, free: torch.Tensor, group: _Live, kv: kvcache.KV) -> _Live:
-        """``group``'s rows take the slots ``free`` (finished rows) of ``live``; newcomers beyond
-        them are added as new rows, slots beyond the newcomers are dropped."""
-        n, k = len(group.rows), min(len(group.rows), free.numel())
-        rows, mask = live.rows.clone(), live.mask  # a new rows tensor: the steering follows it
+        """``group``'s rows take the slots ``free`` (finished rows) of ``live``; slots beyond the
+        newcomers are dropped. (Rows wait only while the batch is full, so newcomers never
+        outnumber the free slots.)"""
+        k = len(group.rows)
+        assert 0 < k <= free.numel()
+        slots = free[:k]
+        grow = kvcache.place(live.cache, slots, kv)
+        mask = F.pad(live.mask, (grow, 0)).clone()
+        mask[slots] = F.pad(group.mask, (mask.shape[1] - group.mask.shape[1], 0))
+        rows = live.rows.clone()  # a new rows tensor: the steering follows it
         tok, n_gen, done = live.tok.clone(), live.n_gen.clone(), live.done.clone()
-        if k:
-            slots, first = free[:k], torch.arange(k, device=self.dev)
-            grow = kvcache.place(live.cache, slots, kvcache.select_rows(kv, first))
-            mask = F.pad(mask, (grow, 0)).clone()
-            mask[slots] = F.pad(group.mask[:k], (mask.shape[1] - group.mask.shape[1], 0))
-            rows[slots], tok[slots] = group.rows[:k], group.tok[:k]
-            n_gen[slots], done[slots] = group.n_gen[:k], group.done[:k]
+        rows[slots], tok[slots], n_gen[slots], done[slots] = (
+            group.rows,
+            group.tok,
+            group.n_gen,
+            group.done,
+        )
         live = _Live(rows, live.cache, mask, tok, n_gen, done)
-        if n > k:
-            rest = torch.arange(k, n, device=self.dev)
-            grow = kvcache.add_slots(live.cache, kvcache.select_rows(kv, rest))
-            w = live.mask.shape[1] + grow
-            live = _Live(
-                torch.cat([live.rows, group.rows[k:]]),
-                live.cache,
-                torch.cat(
-                    [
-                        F.pad(live.mask, (grow, 0)),
-                        F.pad(group.mask[k:], (w - group.mask.shape[1], 0)),
-                    ]
-                ),
-                torch.cat([live.tok, group.tok[k:]]),
-                torch.cat([live.n_gen, group.n_gen[k:]]),
-                torch.cat([live.done, group.done[k:]]),
-            )
-        elif free.numel() > k:
+        if free.numel() > k:
             drop = torch.zeros(len(live.rows), dtype=torch.bool, device=self.dev)
             drop[free[k:]] = True
             live = self._keep(live, (~drop).nonzero().squeeze(-1))

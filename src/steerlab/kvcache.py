@@ -212,17 +212,3 @@ def keep_slots(cache: Any, keep: torch.Tensor) -> None:
         layer.reset_buffers(
             layer.kview.index_select(0, keep), layer.vview.index_select(0, keep), room=room
         )
-
-
-def add_slots(cache: Any, kv: KV) -> int:
-    """Append ``kv``'s rows below a slot cache's rows, both right-aligned; returns the zero
-    columns added on the left of the existing rows (as :func:`place`)."""
-    layers = slot_layers(cache)
-    width, w = layers[0].kview.shape[2], kv[0][0].shape[2]
-    full = max(width, w)
-    for layer, (k, v) in zip(layers, kv, strict=True):
-        old = pad_left([(layer.kview, layer.vview)], full - width)
-        new = pad_left([(k, v)], full - w)
-        keys, values = stack_rows(old, new)[0]
-        layer.reset_buffers(keys, values)
-    return full - width

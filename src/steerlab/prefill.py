@@ -145,10 +145,7 @@ class Prefill:
             mask = torch.ones_like(ids)
             cache = self.backend.new_cache()
             if () in missing:  # rows[i] may steer elsewhere in the prefix; this key does not
-                pos = (mask.cumsum(-1) - 1)[:, -ids.shape[1] :]
-                out = self.backend.forward(ids, mask, pos, cache, None)
-                assert out is not None
-                self._check(out, None, reps)
+                self._unsteered(ids, mask, cache, reps, {})
             else:
                 self._steer(reps)
                 self._run(ids, mask, cache, reps, 0, None)
@@ -194,6 +191,17 @@ class Prefill:
         assert kv is not None
         return rows, kv, torch.cat(masks), torch.cat([lg for _, _, _, lg in parts])
 
+    def _unsteered(
+        self, ids: torch.Tensor, mask: torch.Tensor, cache: object, reps: torch.Tensor, edits: Edits
+    ) -> torch.Tensor:
+        """A forward without the rows' steering (``edits`` only record); next-token logits."""
+        pos = (mask.cumsum(-1) - 1).clamp_(min=0)[:, -ids.shape[1] :]  # from the mask
+        logits = self.backend.forward(ids, mask, pos, cache, edits)
+        assert logits is not None
+        self._check(logits, None, reps)
+        self.stats["positions_run"] += ids.numel()
+        return logits
+
     def _make_bases(self, rows: list[int]) -> None:
         """Compute the bases of ``rows``' prompts not computed yet, in one unsteered call."""
         todo: dict[tuple[int, ...], int] = {}
@@ -223,14 +231,10 @@ class Prefill:
             cache = self.backend.cache_from_kv(kv0)
         else:
             mask, cache = rest, self.backend.new_cache()
-        pos = (mask.cumsum(-1) - 1).clamp_(min=0)[:, -ids.shape[1] :]
-        logits = self.backend.forward(ids, mask, pos, cache, edits)
-        assert logits is not None
-        self._check(logits, None, torch.tensor(reps, device=self.dev))
+        logits = self._unsteered(ids, mask, cache, torch.tensor(reps, device=self.dev), edits)
         kv = self.backend.cache_kv(cache)
         assert kv is not None
         self.stats["prompt_tokens_computed"] += int(rest.sum())
-        self.stats["positions_run"] += ids.numel()
         self.stats["prefills"] += 1
         for j, key in enumerate(todo):
             w = len(key) - p
