@@ -1,6 +1,7 @@
 """The seed's sweep grid, timed side by side in one run (a script, not a test).
 
     python benchmarks/bench_sweep.py [--prompts 24] [--tokens 48] [--rounds 2] [--batch 128]
+        [--matmul-dtype bf16] [--device cuda --dtype bfloat16]
 
 On the embedded model (fp32), with the sweep's sampling (temperature 0.7, top-p 0.9):
 
@@ -12,9 +13,10 @@ On the embedded model (fp32), with the sweep's sampling (temperature 0.7, top-p 
 
 The contenders run in interleaved rounds (this VM's speed drifts by several percent over
 minutes); each figure is the median over rounds. A GEMM ceiling is measured in the same run
-(fp32 matmuls at the model's widths and at a large size); ``ceiling_fraction`` is the FLOPs the
-sweep did on real tokens (prompt tokens it computed, shared prefixes once and blocks it skipped
-left out, plus generated tokens, each 2 x parameters) per second over that ceiling.
+(matmuls in the model's dtype on its device, at the model's widths and at a large size);
+``ceiling_fraction`` is the FLOPs the sweep did on real tokens (prompt tokens it computed,
+shared prefixes once and blocks it skipped left out, plus generated tokens, each 2 x
+parameters) per second over that ceiling.
 
 Ends with ``RATIOS sweep/hf_per_setting=... steered/unsteered=... ceiling_fraction=...``.
 Targets (issue 13) on 2 cores: >= 3, >= 0.95, >= 0.6.
@@ -42,17 +44,27 @@ KINDS = ("add", "ablate")
 PROMPTS = Path(__file__).resolve().parents[1] / "src/steerlab/data/prompts"
 
 
-def gemm_ceiling(repeats: int = 5) -> float:
-    """Best fp32 GEMM rate (FLOP/s) over a large square and the model's decode shapes."""
+def gemm_ceiling(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """Best GEMM rate (FLOP/s) in the model's dtype on its device, over a large square and the
+    model's decode shapes."""
+    big = 8192 if device.type == "cuda" else 2048
     best = 0.0
-    for m, k, n in ((2048, 2048, 2048), (256, 576, 1536), (256, 1536, 576), (256, 576, 49152)):
-        a, b = torch.randn(m, k), torch.randn(k, n)
+    for m, k, n in ((big, big, big), (256, 576, 1536), (256, 1536, 576), (256, 576, 49152)):
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
         torch.mm(a, b)
         for _ in range(repeats):
+            _sync(device)
             t0 = time.perf_counter()
             torch.mm(a, b)
+            _sync(device)
             best = max(best, 2 * m * k * n / (time.perf_counter() - t0))
     return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def read_prompts(n: int) -> list[str]:
@@ -113,9 +125,12 @@ def main() -> None:
         "greedy-token agreement with float32",
     )
     ap.add_argument("--skip-hf", action="store_true", help="leave out HF generate per setting")
+    ap.add_argument("--device", default="cpu", help="cpu (the issue's targets), cuda, auto")
+    ap.add_argument("--dtype", default=None, help="model dtype (default: float32 on CPU)")
     args = ap.parse_args()
 
-    model = load_model(args.model)
+    device = None if args.device == "auto" else args.device
+    model = load_model(args.model, device=device, dtype=args.dtype)
     n = model.n_layers
     layers = sorted({n * 4 // 15, n // 2, n * 11 // 15})
     n_params = sum(p.numel() for p in model.hf.parameters())
@@ -184,7 +199,9 @@ def main() -> None:
         del contenders["hf_per_setting"]
     low: Model | None = None
     if args.matmul_dtype:
-        low = load_model(args.model, matmul_dtype=args.matmul_dtype)
+        low = load_model(
+            args.model, device=device, dtype=args.dtype, matmul_dtype=args.matmul_dtype
+        )
 
         def sweep_low() -> int:
             assert low is not None
@@ -196,7 +213,7 @@ def main() -> None:
     ceilings: list[float] = []
     sweep_stats: list[dict[str, int]] = []
     for r in range(args.rounds):
-        ceilings.append(gemm_ceiling())
+        ceilings.append(gemm_ceiling(model.device, model.dtype))
         for name, fn in contenders.items():
             t0 = time.perf_counter()
             toks[name].append(fn())

@@ -7,6 +7,7 @@ tokenizer, so every test here runs on CPU in milliseconds per forward pass.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -33,10 +34,16 @@ assert set(ALL_TINY) == set(TINY_MODELS)
 VectorFactory = Callable[..., SteeringVector]
 
 
+# STEERLAB_TEST_DEVICE=cuda (and STEERLAB_TEST_DTYPE, default float32) runs the tiny-model tests
+# on a GPU; tests that build their own tensors put them on ``model.device``.
+TEST_DEVICE = os.environ.get("STEERLAB_TEST_DEVICE", "cpu")
+TEST_DTYPE = os.environ.get("STEERLAB_TEST_DTYPE", "float32")
+
+
 @functools.cache
 def _load_tiny(name: str) -> Model:
     """One instance per tiny model for the whole session (tests must not mutate it)."""
-    return load_model(name, device="cpu")
+    return load_model(name, device=TEST_DEVICE, dtype=TEST_DTYPE)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +60,7 @@ def tiny_model(request: pytest.FixtureRequest) -> Model:
 def resid_norms(model: Model, text: str = "The quick brown fox jumps.") -> dict[int, float]:
     """Mean residual-stream norm entering each block (resid_pre) on ``text``, from HF's own
     ``output_hidden_states`` (independent of steerlab's recorder)."""
-    ids = torch.tensor([model.encode(text)])  # (1, T)
+    ids = torch.tensor([model.encode(text)], device=model.device)  # (1, T)
     with torch.inference_mode():
         out = model.hf(input_ids=ids, output_hidden_states=True, use_cache=False)
     # hidden_states[L] is the input of block L for L < n_layers

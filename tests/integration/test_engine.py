@@ -124,7 +124,7 @@ def test_shared_prefix_length_leaves_a_token_to_prefill() -> None:
 
 def test_cache_comes_apart_and_back(tiny_llama: Model) -> None:
     be = tiny_llama.backend
-    ids = torch.tensor([tiny_llama.encode("Hello there")])
+    ids = torch.tensor([tiny_llama.encode("Hello there")], device=tiny_llama.device)
     mask = torch.ones_like(ids)
     cache = be.new_cache()
     with torch.inference_mode():

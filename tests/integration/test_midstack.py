@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from tests.conftest import ALL_TINY, _load_tiny
+from tests.conftest import ALL_TINY, TEST_DEVICE, _load_tiny
 
 from steerlab.backends.base import Edits
 from steerlab.backends.hf import HFBackend, _get_attr_path
@@ -68,7 +68,7 @@ def _backend(kind: str) -> HFBackend:
     if kind in ALL_TINY:
         backend = _load_tiny(kind).backend
     elif kind == "embedded":
-        backend = load_model("embedded", device="cpu", dtype=torch.float32).backend
+        backend = load_model("embedded", device=TEST_DEVICE, dtype=torch.float32).backend
     else:
         from transformers import AutoModelForCausalLM
 
@@ -78,7 +78,7 @@ def _backend(kind: str) -> HFBackend:
             hf = AutoModelForCausalLM.from_config(_extra_config(kind), dtype=torch.float32)
         finally:
             torch.random.set_rng_state(state)
-        backend = HFBackend(hf.eval(), kind)
+        backend = HFBackend(hf.to(TEST_DEVICE).eval(), kind)
     assert isinstance(backend, HFBackend)
     return backend
 
@@ -120,11 +120,11 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
     rmask = torch.ones_like(rids)
     rmask[2, :1] = 0
     rids[2, :1] = 0
-    return pids, pmask, rids, rmask
+    return tuple(t.to(TEST_DEVICE) for t in (pids, pmask, rids, rmask))  # type: ignore[return-value]
 
 
 def _adder(d: int, seed: int, scale: float = 0.5) -> Callable[[torch.Tensor], torch.Tensor]:
-    v = torch.randn(d, generator=torch.Generator().manual_seed(seed)) * scale
+    v = (torch.randn(d, generator=torch.Generator().manual_seed(seed)) * scale).to(TEST_DEVICE)
     return lambda h: h + v
 
 
@@ -242,7 +242,7 @@ def test_forward_from_restores_after_exception() -> None:
     full = _layer_list(be)
     pids, pmask, _, _ = _inputs(2)
     pos = _positions(pmask, pids.shape[1])
-    resid = torch.randn(*pids.shape, be.d_model)
+    resid = torch.randn(*pids.shape, be.d_model, device=TEST_DEVICE)
 
     def fail(_h: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("edit failed")

@@ -53,7 +53,7 @@ def left_pad(model: Model, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Te
     for r, s in enumerate(seqs):
         ids[r, width - len(s) :] = torch.tensor(s)
         mask[r, width - len(s) :] = 1
-    return ids, mask
+    return ids.to(model.device), mask.to(model.device)
 
 
 def forward_logits(model: Model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,7 @@ def capture(model: Model, layer: int, point: str, sink: list[torch.Tensor]) -> I
 def expected_selection(mask: torch.Tensor, prompt_lens: torch.Tensor, mode: str) -> torch.Tensor:
     """(B, W) bool: which columns ``mode`` steers, from first principles (pads never)."""
     b, w = mask.shape
-    sel = torch.zeros(b, w, dtype=torch.bool)
+    sel = torch.zeros(b, w, dtype=torch.bool, device=mask.device)
     for r in range(b):
         n = int(mask[r].sum())
         for j in range(w - n, w):
@@ -201,7 +201,7 @@ def test_hidden_state_algebra_at_selected_positions(
     # everything outside the window, pads included, is bit-for-bit unchanged
     assert torch.equal(h1[~sel], h0[~sel])
 
-    u = v.unit(layer)  # (d,)
+    u = v.unit(layer).to(h0.device, h0.dtype)  # (d,)
     s = iv.scale_factor()
     x0, x1 = h0[sel], h1[sel]  # (N, d)
     proj0 = x0 @ u  # (N,)
@@ -209,10 +209,12 @@ def test_hidden_state_algebra_at_selected_positions(
         expected = x0 + alpha * s * u
     elif kind == "ablate":
         expected = x0 - alpha * proj0[:, None] * u
-        assert torch.allclose(x1 @ u, torch.zeros(len(x1)), atol=1e-4)
+        assert torch.allclose(x1 @ u, torch.zeros(len(x1), device=x1.device), atol=1e-4)
     else:
         expected = x0 + (alpha * s - proj0)[:, None] * u
-        assert torch.allclose(x1 @ u, torch.full((len(x1),), alpha * s), atol=1e-4)
+        assert torch.allclose(
+            x1 @ u, torch.full((len(x1),), alpha * s, device=x1.device), atol=1e-4
+        )
     assert torch.allclose(x1, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(x1, x0, atol=1e-3)  # the selected positions really moved
 
@@ -577,9 +579,9 @@ def test_new_prompt_one_token_longer_is_not_a_decoding_step(
     is a new prompt: ``generated`` steering must not touch its prompt tokens."""
     model = tiny_llama
     iv = Intervention(make_vector(model, seed=14), layer=1, alpha=30.0, positions="generated")
-    a = torch.tensor([model.encode("Hello")])
+    a = torch.tensor([model.encode("Hello")], device=model.device)
     n = 4
-    b = torch.tensor([model.encode("Good morning!")[: a.shape[1] + n]])
+    b = torch.tensor([model.encode("Good morning!")[: a.shape[1] + n]], device=model.device)
     with torch.inference_mode():
         plain = model.hf(b).logits
         with steering(model, [iv]):
