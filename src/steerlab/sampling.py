@@ -24,8 +24,13 @@ TOP_P_FIRST_K = 64
 
 def token_stats(logits: torch.Tensor, tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logprob of tok, entropy)`` per row, both (b,), from the untempered logits (b, V)."""
-    logp = torch.log_softmax(logits, dim=-1)
-    ent = -(logp.exp() * logp).nan_to_num(0.0).sum(-1)
+    logp = torch.log_softmax(logits, dim=-1)  # (b, V)
+    p = logp.exp()
+    # -sum(p * logp) as one batched dot product per row: no (b, V) product to write and sum
+    ent = -torch.bmm(p.unsqueeze(1), logp.unsqueeze(2)).view(-1)  # (b,)
+    bad = ent.isnan()  # a -inf logit: p = 0 there, and 0 * -inf is nan; such terms are 0
+    if bool(bad.any()):
+        ent[bad] = -(p[bad] * logp[bad]).nan_to_num(0.0).sum(-1)
     return logp.gather(-1, tok[:, None]).squeeze(-1), ent
 
 
@@ -45,7 +50,7 @@ def choose(
     k, vocab = TOP_P_FIRST_K, probs.shape[-1]
     while todo.numel():
         k = min(k, vocab)
-        sub = probs.index_select(0, todo)
+        sub = probs if len(todo) == len(probs) else probs.index_select(0, todo)
         vals, order = sub.topk(k, dim=-1)  # (n, k) descending
         # mass before each candidate; a token is kept when that mass is <= top_p
         before = vals.cumsum(-1) - vals

@@ -48,3 +48,19 @@ def test_greedy_and_stats() -> None:
     ref = torch.log_softmax(logits, -1)
     assert torch.allclose(lp, ref[[0, 1], [1, 0]])
     assert torch.allclose(ent, -(ref.exp() * ref).sum(-1))
+
+
+def test_stats_with_masked_logits_match_the_elementwise_definition() -> None:
+    """A -inf logit has probability 0 and adds nothing to the entropy (the batched dot product
+    alone would give nan there)."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 50, generator=gen) * 3
+    logits[1, 7] = -torch.inf
+    logits[4, :10] = -torch.inf
+    tok = torch.tensor([0, 1, 2, 3, 40, 5])
+    lp, ent = token_stats(logits, tok)
+    ref = torch.log_softmax(logits, -1)
+    want = -(ref.exp() * ref).nan_to_num(0.0).sum(-1)
+    assert bool(torch.isfinite(ent).all())
+    assert torch.allclose(ent, want, atol=1e-5)
+    assert torch.equal(lp, ref[torch.arange(6), tok])
