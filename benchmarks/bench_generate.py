@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from steerlab.directions import forced_prefix
-from steerlab.generation import GenerationConfig, Row, generate
+from steerlab.engine.generate import GenerationConfig, Row, generate
 from steerlab.interventions import Intervention
 from steerlab.models import Model, load_model
 

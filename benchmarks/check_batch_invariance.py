@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
+from steerlab._util.jsonl import read_jsonl
 from steerlab.directions import contrast
-from steerlab.generation import GenerationConfig, Row, RowResult, generate
+from steerlab.engine.generate import GenerationConfig, Row, RowResult, generate
 from steerlab.interventions import Intervention
-from steerlab.jsonl import read_jsonl
 from steerlab.models import load_model
 
 PROMPTS = Path(__file__).resolve().parents[1] / "src/steerlab/data/prompts/benign.jsonl"

@@ -67,7 +67,7 @@ print(model.name, "layer", layer, built.stats[layer])""",
         ),
         (
             "code",
-            """from steerlab.generation import GenerationConfig, Row, generate
+            """from steerlab.engine.generate import GenerationConfig, Row, generate
 from steerlab.interventions import Intervention
 from steerlab.metrics import refusal_score, helpfulness_score
 
@@ -158,7 +158,7 @@ print("run:", run_dir)""",
         ),
         (
             "code",
-            """from steerlab.report import build_report
+            """from steerlab.pipelines.reliability.report import build_report
 paths = build_report(run_dir)
 paths""",
         ),

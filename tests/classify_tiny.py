@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.cli import main
+from steerlab.pipelines._shared import EvalModelCfg
 from steerlab.pipelines.classify.config import ClassifyConfig
-from steerlab.pipelines.model_config import EvalModelCfg
 
 CONFIG = """\
 name: tinyvuln
@@ -75,7 +75,7 @@ def run(out: Path, task: Path, *extra: str) -> None:
 
 def config(out: Path, task: Path, **fields: Any) -> ClassifyConfig:
     """The config the CLI would make for ``task`` (tiny-llama), with ``fields`` set."""
-    from steerlab.cli_classify import _task_ref
+    from steerlab.cli.classify import _task_ref
 
     stored, digest = _task_ref(str(task))
     data: dict[str, Any] = {

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 import pandas as pd
 from pydantic import Field
 
+from steerlab._util.io import atomic_path
 from steerlab.errors import SteerlabError
-from steerlab.io import atomic_path
 from steerlab.runs import RunConfig, Runtime, Workflow, execute
 from steerlab.runs.executor import ExecutorSpec
 

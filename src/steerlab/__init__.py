@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from steerlab._util.version import __version__
 
 _NAMES = {
     "load_model": "steerlab.models",
@@ -34,17 +34,17 @@ _NAMES = {
     "record": "steerlab.directions",
     "Intervention": "steerlab.interventions",
     "compile_plan": "steerlab.interventions",
-    "steering": "steerlab.hooks",
-    "generate": "steerlab.generation",
-    "Row": "steerlab.generation",
-    "RowResult": "steerlab.generation",
-    "GenerationConfig": "steerlab.generation",
+    "steering": "steerlab.engine.handle",
+    "generate": "steerlab.engine.generate",
+    "Row": "steerlab.engine.generate",
+    "RowResult": "steerlab.engine.generate",
+    "GenerationConfig": "steerlab.engine.generate",
     "Site": "steerlab.sites",
     "parse_site": "steerlab.sites",
     "SteerlabError": "steerlab.errors",
-    "create_contrast_vector": "steerlab.compat",
-    "generate_with_steering": "steerlab.compat",
-    "find_best_layers_for_steering": "steerlab.compat",
+    "create_contrast_vector": "steerlab.shortcuts",
+    "generate_with_steering": "steerlab.shortcuts",
+    "find_best_layers_for_steering": "steerlab.shortcuts",
 }
 
 __all__ = ["__version__", *_NAMES]

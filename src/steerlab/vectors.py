@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from steerlab import __version__
+from steerlab._util.version import __version__
 from steerlab.errors import SteerlabError
 from steerlab.sites import POINTS
 
@@ -241,7 +241,7 @@ class SteeringVector:
         """Write atomically to ``path`` (``.safetensors``)."""
         from safetensors.torch import save_file
 
-        from steerlab.io import atomic_path
+        from steerlab._util.io import atomic_path
 
         path = Path(path)
         tensors = {f"layer.{k}": v.contiguous() for k, v in self.directions.items()}

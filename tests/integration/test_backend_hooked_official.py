@@ -26,11 +26,11 @@ from transformer_lens import HookedTransformer
 
 from steerlab.backends import transformer_lens as tl_mod
 from steerlab.backends.transformer_lens import TransformerLensBackend, official_name
+from steerlab.engine.generate import GenerationConfig, Row, generate
 from steerlab.errors import SteerlabError
-from steerlab.generation import GenerationConfig, Row, generate
 from steerlab.interventions import Intervention
 from steerlab.models import Model, model_from_hf
-from steerlab.tiny import build_tiny_model
+from steerlab.models.tiny import build_tiny_model
 
 # tiny model -> an official TransformerLens name of the same architecture
 OFFICIAL = {

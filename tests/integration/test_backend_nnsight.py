@@ -20,15 +20,15 @@ pytest.importorskip("nnsight")
 from steerlab.backends.base import Edits, SiteFn
 from steerlab.backends.hf import HFBackend
 from steerlab.backends.nnsight import NNsightBackend
+from steerlab.engine.generate import GenerationConfig, Row, generate
+from steerlab.engine.handle import count_hooks, steering
 from steerlab.errors import SteerlabError
-from steerlab.generation import GenerationConfig, Row, generate
-from steerlab.hooks import count_hooks, steering
 from steerlab.interventions import Intervention
 from steerlab.models import Model, model_from_hf
+from steerlab.models.tiny import build_tiny_model
 from steerlab.sites import POINTS, Site, SiteError
-from steerlab.tiny import build_tiny_model
 
-# Every tiny architecture; kinds this checkout's steerlab.tiny cannot build are skipped.
+# Every tiny architecture; kinds this checkout's steerlab.models.tiny cannot build are skipped.
 KINDS = (
     "tiny-llama",
     "tiny-gpt2",
@@ -49,7 +49,7 @@ def _hf_copy(kind: str, copy: int) -> tuple[object, object]:
     try:
         return build_tiny_model(kind)
     except ValueError:
-        pytest.skip(f"steerlab.tiny cannot build {kind} here")
+        pytest.skip(f"steerlab.models.tiny cannot build {kind} here")
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from tests.conftest import ALL_TINY, _load_tiny
 
 import steerlab as sl
 from steerlab.backends.base import call_info_from_mask
-from steerlab.hooks import SteeringHandle
+from steerlab.engine.handle import SteeringHandle
 from steerlab.interventions import compile_plan
 from steerlab.models import Model, model_from_hf
 from steerlab.sites import Site
@@ -176,7 +176,7 @@ def test_edits_see_the_same_activations(pair: tuple[Model, Model]) -> None:
 
 def test_no_hooks_left_after_a_failing_edit(pair: tuple[Model, Model]) -> None:
     hf_model, other = pair
-    from steerlab.hooks import count_hooks
+    from steerlab.engine.handle import count_hooks
 
     before = (count_hooks(hf_model.hf), other.backend.count_hooks())
 

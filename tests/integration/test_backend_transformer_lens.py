@@ -34,12 +34,12 @@ from steerlab.backends.transformer_lens import (
     TransformerLensBackend,
     tokenizer_for_tl,
 )
-from steerlab.generation import GenerationConfig, Row, generate
-from steerlab.hooks import steering
+from steerlab.engine.generate import GenerationConfig, Row, generate
+from steerlab.engine.handle import steering
 from steerlab.interventions import Intervention
 from steerlab.models import TINY_MODELS, Model, load_model, wrap
+from steerlab.models.tiny import VOCAB_SIZE, build_tiny_tokenizer
 from steerlab.sites import POINTS, Site, SiteError
-from steerlab.tiny import VOCAB_SIZE, build_tiny_tokenizer
 
 ARCHS = TINY_MODELS
 PARALLEL = ("tiny-neox", "tiny-phi")

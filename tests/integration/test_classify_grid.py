@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from tests.classify_tiny import GROUPS, N_EVAL, config, prompt, run, write_task
 
-from steerlab.generation import GenerationConfig, Row, generate
+from steerlab.engine.generate import GenerationConfig, Row, generate
 from steerlab.models import Model
 from steerlab.pipelines.classify.run import Classify
 from steerlab.runs.runner import execute

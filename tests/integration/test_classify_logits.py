@@ -26,17 +26,13 @@ import torch
 from tests.conftest import _load_tiny
 
 import steerlab.backends.transformer_lens as tl_backend
-from steerlab.classify import (
-    LogitScores,
-    answer_margins,
-    group_vectors,
-    next_token_logprobs,
-    sign_check,
-)
+from steerlab.analysis.signcheck import sign_check
 from steerlab.directions import labeled
+from steerlab.directions.grouped import group_vectors
+from steerlab.engine.generate import GenerationConfig, Row, generate
+from steerlab.engine.handle import count_hooks
+from steerlab.engine.score import LogitScores, answer_margins, next_token_logprobs
 from steerlab.errors import SteerlabError
-from steerlab.generation import GenerationConfig, Row, generate
-from steerlab.hooks import count_hooks
 from steerlab.interventions import Intervention
 from steerlab.models import Model, model_from_hf
 from steerlab.vectors import SteeringVector
@@ -441,7 +437,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from steerlab.models import load_model
-    from steerlab.classify import group_vectors
+    from steerlab.directions.grouped import group_vectors
     from steerlab.directions import labeled
 
     how, n = sys.argv[1], int(sys.argv[2])

@@ -1,4 +1,4 @@
-"""Shared prompt prefixes in logit scoring (steerlab.classify.forward) on tiny random models.
+"""Shared prompt prefixes in logit scoring (steerlab.engine.score_prefix) on tiny random models.
 
 Sharing is an optimization: with it on, every row's label log-probabilities equal those computed
 with each row's whole prompt in one forward (to float32 rounding), for every position mode and
@@ -20,10 +20,10 @@ import torch
 from tests.conftest import VectorFactory, _load_tiny
 from tests.integration.test_classify_logits import BACKENDS, _on_backend
 
-from steerlab.classify import LogitScores, answer_margins, next_token_logprobs
+from steerlab.engine.score import LogitScores, answer_margins, next_token_logprobs
 from steerlab.interventions import Intervention
 from steerlab.models import Model
-from steerlab.prompting import Prompt
+from steerlab.models.prompting import Prompt
 
 POS, NEG = "vulnerable", "secure"
 PREFIX = "System: answer yes or no.\nUser: "

@@ -20,7 +20,7 @@ import torch
 from tests.cli_run import Result, cli
 
 from steerlab.cli import main
-from steerlab.tiny import build_tiny_tokenizer
+from steerlab.models.tiny import build_tiny_tokenizer
 from steerlab.vectors import SteeringVector
 
 MODEL = ("--model", "tiny-llama")

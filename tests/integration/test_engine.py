@@ -1,4 +1,4 @@
-"""The continuous engine (steerlab.engine) against the fixed-batch loop and each row alone.
+"""The continuous engine (steerlab.engine.continuous) against the fixed-batch loop and each row alone.
 
 Continuous batching (finished rows replaced by waiting ones), shared prompt prefixes and a
 prompt's lower layers shared across settings are optimizations: with them on, every row's greedy
@@ -14,10 +14,10 @@ import pytest
 import torch
 from tests.conftest import VectorFactory
 
-from steerlab.generation import GenerationConfig, Row, RowResult, generate
+from steerlab.engine.generate import GenerationConfig, Row, RowResult, generate
+from steerlab.engine.prefill import prefix_key, shared_prefix_length
 from steerlab.interventions import Intervention
 from steerlab.models import Model
-from steerlab.prefill import prefix_key, shared_prefix_length
 
 PREFIX = "System: answer briefly.\nUser: "
 QUESTIONS = ("Hey!", "Hello there", "The cat sat on a mat", "Why?", "Tell me a story, please")

@@ -16,8 +16,7 @@ import pytest
 import torch
 from tests.cli_run import cli
 
-from steerlab.errors import SteerlabError
-from steerlab.layer_finder import (
+from steerlab.analysis.layer_finder import (
     CSV_COLUMNS,
     DEFAULT_NEUTRAL_PROMPTS,
     LayerReport,
@@ -27,8 +26,9 @@ from steerlab.layer_finder import (
     parse_layers,
     target_token_ids,
 )
+from steerlab.errors import SteerlabError
 from steerlab.models import Model, model_from_hf
-from steerlab.tiny import build_tiny_model
+from steerlab.models.tiny import build_tiny_model
 from steerlab.vectors import SteeringVector
 
 POS = "I am helpful and honest."
@@ -303,7 +303,7 @@ def test_csv_plot_and_text(tiny_llama: Model, tmp_path: Path) -> None:
 
 
 def test_core_does_not_import_matplotlib() -> None:
-    code = "import sys, steerlab.layer_finder, steerlab.compat; print('matplotlib' in sys.modules)"
+    code = "import sys, steerlab.analysis.layer_finder, steerlab.shortcuts; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

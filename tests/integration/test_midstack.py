@@ -19,17 +19,17 @@ from tests.conftest import ALL_TINY, TEST_DEVICE, _load_tiny
 
 from steerlab.backends.base import Edits
 from steerlab.backends.hf import HFBackend, _get_attr_path
-from steerlab.kvcache import KV
+from steerlab.backends.kvcache import KV
 from steerlab.models import load_model
+from steerlab.models.tiny import VOCAB_SIZE
 from steerlab.sites import Site
-from steerlab.tiny import VOCAB_SIZE
 
 UNSUPPORTED_TINY = {"tiny-gemma2"}  # alternating sliding/full layers, read by loop position
 SUPPORTED_TINY = tuple(k for k in ALL_TINY if k not in UNSUPPORTED_TINY)
 
 
 def _extra_config(kind: str) -> Any:
-    """Tiny configs of architectures without a ``steerlab.tiny`` kind (and gemma2 made uniform)."""
+    """Tiny configs of architectures without a ``steerlab.models.tiny`` kind (and gemma2 made uniform)."""
     import transformers as tf
 
     common: dict[str, Any] = {

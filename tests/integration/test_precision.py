@@ -1,4 +1,4 @@
-"""The opt-in bf16-matmul CPU mode (steerlab.precision).
+"""The opt-in bf16-matmul CPU mode (steerlab.models.precision).
 
 Only the matrix products change precision: the residual stream and every steering edit stay in
 float32, the steering algebra and positions are unchanged, and the engine's invariants (α = 0 is
@@ -11,11 +11,11 @@ import pytest
 import torch
 from tests.conftest import VectorFactory
 
+from steerlab.engine.generate import GenerationConfig, Row, generate
 from steerlab.errors import SteerlabError
-from steerlab.generation import GenerationConfig, Row, generate
 from steerlab.interventions import Intervention
 from steerlab.models import load_model
-from steerlab.precision import LowPrecisionLinear
+from steerlab.models.precision import LowPrecisionLinear
 from steerlab.sites import Site
 
 PROMPTS = ("Hey!", "Hello there", "The cat sat on a mat")

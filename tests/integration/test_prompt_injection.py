@@ -12,7 +12,7 @@ import torch
 
 import steerlab as sl
 from steerlab.models import Model
-from steerlab.prompting import Prompt, markers, trusted_ids
+from steerlab.models.prompting import Prompt, markers, trusted_ids
 
 
 def special_ids(model: Model) -> set[int]:

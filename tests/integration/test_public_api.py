@@ -11,12 +11,12 @@ import torch
 
 import steerlab as sl
 from steerlab.backends.base import call_info_from_mask
+from steerlab.engine.handle import SteeringHandle
 from steerlab.errors import ModelLoadError, SteerlabError
-from steerlab.hooks import SteeringHandle
 from steerlab.interventions import compile_plan
 from steerlab.models import Model
+from steerlab.models.tiny import build_tiny_model
 from steerlab.sites import Site
-from steerlab.tiny import build_tiny_model
 
 EVERYDAY = (
     "load_model",
@@ -208,7 +208,7 @@ def test_wrap_accepts_subclasses_of_the_frameworks_classes() -> None:
     pytest.importorskip("transformer_lens")
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from steerlab.tiny import build_tiny_tokenizer
+    from steerlab.models.tiny import build_tiny_tokenizer
 
     class MyHooked(HookedTransformer):  # e.g. sae-lens's HookedSAETransformer
         pass

@@ -17,7 +17,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from steerlab.cli_sae_features import read_baseline, register, sae_features_cmd
+from steerlab.cli.sae_features import read_baseline, register, sae_features_cmd
 from steerlab.directions import record
 from steerlab.errors import SteerlabError
 from steerlab.models import Model

@@ -35,8 +35,8 @@ from tests.integration.test_steering_invariants import (
 )
 
 from steerlab import directions
-from steerlab.generation import GenerationConfig, Row
-from steerlab.hooks import count_hooks, steering
+from steerlab.engine.generate import GenerationConfig, Row
+from steerlab.engine.handle import count_hooks, steering
 from steerlab.interventions import Intervention, compile_plan
 from steerlab.models import Model
 from steerlab.sae import SparseAutoencoder

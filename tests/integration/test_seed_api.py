@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import steerlab as sl
+from steerlab.analysis.layer_finder import find_layers
 from steerlab.errors import SteerlabError
 from steerlab.interventions import Intervention
-from steerlab.layer_finder import find_layers
 from steerlab.models import Model
 
 POS = "I provide helpful information."

@@ -17,7 +17,7 @@ import typer
 from tests.pipeline_helpers import KEY, run_cmd, tiny_run_config
 
 from steerlab import cli
-from steerlab.io import atomic_path
+from steerlab._util.io import atomic_path
 from steerlab.pipelines.reliability.config import load_config
 from steerlab.pipelines.reliability.run import run_stages
 

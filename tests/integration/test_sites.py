@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from steerlab.backends.base import SiteFn
-from steerlab.generation import GenerationConfig, Row, generate
+from steerlab.engine.generate import GenerationConfig, Row, generate
 from steerlab.interventions import Intervention
 from steerlab.models import Model
 from steerlab.sites import POINTS, WIRING, Site, SiteError, parse_site
@@ -241,7 +241,7 @@ def _wiring_models() -> dict[str, Model]:
     import transformers as tf
 
     from steerlab.models import model_from_hf
-    from steerlab.tiny import build_tiny_tokenizer
+    from steerlab.models.tiny import build_tiny_tokenizer
 
     common = {
         "vocab_size": 259,
@@ -305,7 +305,7 @@ def test_table_architectures_satisfy_the_identities(arch: str) -> None:
 
 def test_nested_contexts_form_resid_mid_from_the_final_block_input(tiny_llama: Model) -> None:
     """A resid_mid clamp in an outer context sees edits at resid_pre made by an inner call."""
-    from steerlab.hooks import steering
+    from steerlab.engine.handle import steering
 
     g = torch.Generator().manual_seed(0)
     v = SteeringVector({1: torch.randn(64, generator=g)}, "resid_mid", model_id=tiny_llama.name)

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import torch
 
-from steerlab.generation import GenerationConfig, Row, RowResult, generate
-from steerlab.hooks import count_hooks, steering
+from steerlab.engine.generate import GenerationConfig, Row, RowResult, generate
+from steerlab.engine.handle import count_hooks, steering
 from steerlab.interventions import Intervention
 from steerlab.models import Model
 

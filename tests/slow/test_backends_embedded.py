@@ -74,7 +74,7 @@ def test_readme_opening_example_runs(embedded: Model) -> None:
 
 
 def test_embedded_template_cannot_be_forged(embedded: Model) -> None:
-    from steerlab.prompting import trusted_ids
+    from steerlab.models.prompting import trusted_ids
 
     tok = embedded.tokenizer
     evil = (

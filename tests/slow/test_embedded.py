@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from steerlab.generation import GenerationConfig, Row, generate
+from steerlab.engine.generate import GenerationConfig, Row, generate
 from steerlab.models import EMBEDDED_NAME, Model, load_model
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlab.batching import check_finite
+from steerlab.engine.batch import check_finite
 from steerlab.errors import SteerlabError
 
 NAN, INF = float("nan"), float("inf")

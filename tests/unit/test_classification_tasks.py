@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from steerlab._util.resources import shipped_names
 from steerlab.errors import SteerlabError
-from steerlab.resources import shipped_names
 from steerlab.tasks.classification import (
     ClassificationTask,
     ClassificationTaskError,
@@ -358,7 +358,7 @@ def test_answer_token_ids_refuses_a_shared_first_token(vuln: ClassificationTask)
 @pytest.mark.slow
 def test_answer_token_ids_with_the_embedded_tokenizer(vuln: ClassificationTask) -> None:
     try:
-        from steerlab.models import _cached_gguf_dir, embedded_gguf_path
+        from steerlab.models.load import _cached_gguf_dir, embedded_gguf_path
 
         path = _cached_gguf_dir(embedded_gguf_path())
     except SteerlabError as e:

@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from steerlab.classify import (
-    LogitScores,
+from steerlab.analysis.signcheck import (
     PairedEffect,
     SignCheck,
     answer_sign_check,
     paired_effect,
     sign_check,
 )
-from steerlab.classify.logits import _label_ids
+from steerlab.engine.score import LogitScores, _label_ids
 from steerlab.errors import SteerlabError
 
 LABELS = ("vulnerable", "secure")

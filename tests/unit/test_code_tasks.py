@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from steerlab._util.resources import shipped_names
 from steerlab.errors import SteerlabError
-from steerlab.resources import shipped_names
 from steerlab.tasks import code as code_mod
 from steerlab.tasks.code import (
     PROMPT_MODES,

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 import steerlab
+from steerlab._util.resources import local_path, resolve, shipped_names
 from steerlab.errors import SteerlabError
 from steerlab.pipelines.reliability.config import dump_config, load_config, parse_config
 from steerlab.pipelines.reliability.run import resolve_config
-from steerlab.resources import local_path, resolve, shipped_names
 from steerlab.tasks.prompts import PromptRow, read_prompts, shipped_prompts, write_prompts
 
 PACKAGE = Path(steerlab.__file__).resolve().parent

@@ -14,8 +14,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from steerlab._util.jsonl import read_jsonl  # noqa: E402
 from steerlab.errors import SteerlabError  # noqa: E402
-from steerlab.jsonl import read_jsonl  # noqa: E402
 from steerlab.pipelines.reliability.config import load_config  # noqa: E402
 from steerlab.tasks.prompts import read_prompts  # noqa: E402
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from steerlab.io import atomic_path, atomic_write_text
+from steerlab._util.io import atomic_path, atomic_write_text
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])

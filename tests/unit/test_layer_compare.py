@@ -16,9 +16,14 @@ import pandas as pd
 import pytest
 
 from steerlab.metrics.stats import bootstrap_ci, bootstrap_contrast_ci, bootstrap_diff_ci
-from steerlab.report import summarize
-from steerlab.report._fmt import pp_ci
-from steerlab.report.layers import EFFECTS, checklist_note, layer_comparison, layer_section
+from steerlab.pipelines.reliability.report import summarize
+from steerlab.pipelines.reliability.report._fmt import pp_ci
+from steerlab.pipelines.reliability.report.layers import (
+    EFFECTS,
+    checklist_note,
+    layer_comparison,
+    layer_section,
+)
 
 N = 60
 N_BOOT = 400

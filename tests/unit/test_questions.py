@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from steerlab._util.resources import local_path, shipped_names
 from steerlab.errors import SteerlabError
-from steerlab.resources import local_path, shipped_names
 from steerlab.tasks.questions import (
     QUESTION_TYPES,
     Question,

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerlab.report import (
+from steerlab.pipelines.reliability.report import (
     build_report,
     confound_check,
     seed_check,
@@ -19,7 +19,7 @@ from steerlab.report import (
     write_report,
     write_summary_csv,
 )
-from steerlab.report._grid import Setting, pareto_mask
+from steerlab.pipelines.reliability.report._grid import Setting, pareto_mask
 
 N_BOOT = 200
 N = 60  # prompts per split: every rate below is a multiple of 1/60, so it is exact

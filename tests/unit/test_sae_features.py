@@ -12,11 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from steerlab.directions import record
-from steerlab.errors import SteerlabError
-from steerlab.models import Model
-from steerlab.sae import SparseAutoencoder
-from steerlab.sae.features import (
+from steerlab.analysis.sae_features import (
     COLUMNS,
     FEATURES_CSV,
     TOP_JSON,
@@ -26,6 +22,10 @@ from steerlab.sae.features import (
     permutation_p,
     write_results,
 )
+from steerlab.directions import record
+from steerlab.errors import SteerlabError
+from steerlab.models import Model
+from steerlab.sae import SparseAutoencoder
 from steerlab.sites import Site
 from steerlab.vectors import SteeringVector
 

@@ -1,4 +1,4 @@
-"""The SAE trainer (``steerlab.sae.train``) and its offline corpus, on the tiny random llama.
+"""The SAE trainer (``steerlab.sae_training.train``) and its offline corpus, on the tiny random llama.
 
 One small SAE (d_model 64, width 128, k 8, ~4k tokens) is trained once per module into a
 temporary cache; the tests check that training lowers the reconstruction loss, that the saved
@@ -19,9 +19,9 @@ import torch
 
 from steerlab.errors import SteerlabError
 from steerlab.models import Model
-from steerlab.sae import train as sae_train
-from steerlab.sae.corpus import CorpusConfig, build_corpus, corpus_hash
-from steerlab.sae.train import (
+from steerlab.sae_training import train as sae_train
+from steerlab.sae_training.corpus import CorpusConfig, build_corpus, corpus_hash
+from steerlab.sae_training.train import (
     CFG_FILE,
     METRIC_KEYS,
     METRICS_FILE,
@@ -225,7 +225,7 @@ def test_the_corpus_hash_follows_the_settings() -> None:
 def test_too_large_a_budget_is_one_error(
     tiny_llama: Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from steerlab.sae import corpus
+    from steerlab.sae_training import corpus
 
     monkeypatch.setattr(corpus, "stdlib_files", list)
     with pytest.raises(SteerlabError, match="offline corpus holds only"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlab.sampling import TOP_P_FIRST_K, choose, token_stats
+from steerlab.engine.sampling import TOP_P_FIRST_K, choose, token_stats
 
 
 def _reference(

@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from steerlab import steering_config as sc
+from steerlab._util.resources import local_path, shipped_names
 from steerlab.interventions import compile_plan
 from steerlab.models import Model
-from steerlab.resources import local_path, shipped_names
 from steerlab.steering_config import (
     SteeringConfigError,
     SteeringConfigFile,

@@ -35,8 +35,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from steerlab.backends.kvcache import KV, dynamic_cache_from_kv, dynamic_cache_kv
 from steerlab.errors import SteerlabError
-from steerlab.kvcache import KV, dynamic_cache_from_kv, dynamic_cache_kv
 from steerlab.sites import Site, SiteError, check_point
 
 SiteFn = Callable[[torch.Tensor], torch.Tensor]  # (B, S, d) -> (B, S, d)

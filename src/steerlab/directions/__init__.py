@@ -8,8 +8,8 @@ from steerlab.directions.forced_prefix import forced_prefix
 from steerlab.directions.labeled import labeled
 from steerlab.directions.outcome import outcome_conditioned
 from steerlab.directions.pca import pca
-from steerlab.directions.record import Recording, record
 from steerlab.directions.sae import sae
+from steerlab.engine.record import Recording, record
 
 METHODS = ("contrast", "single", "forced-prefix", "labeled", "pca")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from steerlab import __version__
-from steerlab.directions.record import Recording
+from steerlab._util.version import __version__
+from steerlab.engine.record import Recording
 from steerlab.errors import SteerlabError
 from steerlab.models import Model
 from steerlab.sites import parse_point

@@ -15,7 +15,7 @@ from steerlab.directions.base import (
     split_pairs,
     token_positions,
 )
-from steerlab.directions.record import Recording, record
+from steerlab.engine.record import Recording, record
 from steerlab.errors import SteerlabError
 from steerlab.models import Model
 

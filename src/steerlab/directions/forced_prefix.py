@@ -20,7 +20,7 @@ from steerlab.directions.base import (
     mean_resid,
     prompts_hash,
 )
-from steerlab.directions.record import record
+from steerlab.engine.record import record
 from steerlab.errors import SteerlabError
 from steerlab.models import Model
 

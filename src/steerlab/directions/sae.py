@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from steerlab import __version__
+from steerlab._util.version import __version__
 from steerlab.errors import SteerlabError
 from steerlab.sae.clamp import METHOD
 from steerlab.sae.model import SparseAutoencoder

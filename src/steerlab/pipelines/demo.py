@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from steerlab.directions import forced_prefix
-from steerlab.generation import GenerationConfig, Row, generate
+from steerlab.engine.generate import GenerationConfig, Row, generate
 from steerlab.interventions import Intervention
 from steerlab.metrics import refusal_score
 from steerlab.models import Model

@@ -12,20 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from steerlab import directions
+from steerlab._util.io import atomic_write_text
+from steerlab._util.jsonl import JsonlError, read_field, read_jsonl, write_jsonl
+from steerlab._util.resources import local_path, resolve
 from steerlab.directions.base import BuildResult
-from steerlab.errors import SteerlabError
-from steerlab.generation import (
+from steerlab.engine.generate import (
     GenerationConfig,
     Row,
     check_fits,
     check_prompt_length,
     generate,
 )
+from steerlab.errors import SteerlabError
 from steerlab.interventions import Intervention
-from steerlab.io import atomic_write_text
-from steerlab.jsonl import JsonlError, read_field, read_jsonl, write_jsonl
 from steerlab.models import Model
-from steerlab.resources import local_path, resolve
 from steerlab.vectors import SteeringVector
 
 logger = logging.getLogger(__name__)

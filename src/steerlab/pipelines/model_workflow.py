@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any, TypeVar
 
-from steerlab.pipelines.model_config import ModelRunConfig
+from steerlab.pipelines._shared import ModelRunConfig
 from steerlab.pipelines.reliability.run import ModelLoader, describe_model
 from steerlab.runs.runner import Runtime, Workflow
 

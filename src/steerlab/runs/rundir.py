@@ -23,8 +23,8 @@ from typing import Any, Generic
 import pandas as pd
 import yaml
 
+from steerlab._util.io import atomic_write_text
 from steerlab.errors import SteerlabError
-from steerlab.io import atomic_write_text
 from steerlab.runs.config import C, diff_keys
 from steerlab.runs.shards import read_part
 

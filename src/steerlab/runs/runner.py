@@ -26,8 +26,8 @@ from typing import Any, ClassVar, Generic
 
 from tqdm.auto import tqdm
 
+from steerlab._util.pathnames import check_name
 from steerlab.errors import SteerlabError
-from steerlab.pathnames import check_name
 from steerlab.runs.config import C
 from steerlab.runs.executor import Compute, Executor, ExecutorSpec, Loader, make_executor
 from steerlab.runs.rundir import RunDir

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from steerlab._util.io import atomic_path
 from steerlab.errors import SteerlabError
-from steerlab.io import atomic_path
 
 
 class WorkItem(Protocol):

@@ -336,7 +336,7 @@ def from_pretrained(
             f"loading the SAE release {release!r} needs sae-lens: pip install 'steerlab[sae]' "
             "(a local sae-lens directory or Gemma Scope params.npz loads without it)"
         ) from e
-    from steerlab.models import _hub_reachable
+    from steerlab.models.load import _hub_reachable
 
     if not _offline_env() and not _hub_reachable():
         raise SAEError(

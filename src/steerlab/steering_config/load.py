@@ -9,11 +9,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from steerlab._util.resources import local_path, resolve
+from steerlab._util.yamlfile import read_yaml
 from steerlab.errors import SteerlabError
-from steerlab.resources import local_path, resolve
 from steerlab.steering_config.spec import VECTOR_KEYS, SteeringConfigError, SteeringConfigFile
 from steerlab.vectors import SteeringVector
-from steerlab.yamlfile import read_yaml
 
 
 def parse_steering_config(

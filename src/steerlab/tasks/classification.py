@@ -54,12 +54,12 @@ from typing import Any, Literal
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
 
+from steerlab._util.jsonl import read_jsonl
+from steerlab._util.resources import Kind, is_shipped, local_path, resolve
+from steerlab._util.yamlfile import read_yaml
 from steerlab.errors import SteerlabError
-from steerlab.jsonl import read_jsonl
-from steerlab.resources import Kind, is_shipped, local_path, resolve
 from steerlab.runs.config import Strict
 from steerlab.tasks.answers import norm_word, parse_answer
-from steerlab.yamlfile import read_yaml
 
 __all__ = [
     "BUILD_SPLIT",

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steerlab._util.jsonl import read_jsonl
+from steerlab._util.resources import is_shipped, local_path, shipped_names
 from steerlab.errors import SteerlabError
-from steerlab.jsonl import read_jsonl
-from steerlab.resources import is_shipped, local_path, shipped_names
 from steerlab.tasks.code_extract import extract_chat, extract_completion, syntax_ok
 
 __all__ = [

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steerlab._util.io import atomic_path
+from steerlab._util.resources import is_shipped, local_path, shipped_names
 from steerlab.errors import SteerlabError
-from steerlab.io import atomic_path
-from steerlab.resources import is_shipped, local_path, shipped_names
 from steerlab.tasks.prompt_templates import (
     BENIGN_TASKS,
     BENIGN_TEMPLATES,

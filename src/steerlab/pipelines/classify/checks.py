@@ -2,8 +2,8 @@
 
 For the pooled vector and each group's vector, at every layer, the held-out split is scored
 unsteered, at ``+α`` and at ``−α`` (α: the sign-check strength), in the grid's mode, and
-:func:`steerlab.classify.sign_check` (logit mode: mean P(target)) or
-:func:`steerlab.classify.answer_sign_check` (generate mode: the rate of answers stating the
+:func:`steerlab.analysis.signcheck.sign_check` (logit mode: mean P(target)) or
+:func:`steerlab.analysis.signcheck.answer_sign_check` (generate mode: the rate of answers stating the
 target) asks whether ``+α`` moves the target the intended way. Slices:
 
 - pooled: the held-out examples labeled with the target (as in the seed: "raise P(vulnerable)
@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from steerlab.io import atomic_write_text
+from steerlab._util.io import atomic_write_text
 from steerlab.pipelines.classify.config import BASELINE, POOLED, ClassifyConfig
 from steerlab.pipelines.classify.run import (
     KRow,
@@ -112,7 +112,7 @@ def _check(
     on: tuple[str, ...] | None,
     alpha: float,
 ) -> dict[str, Any]:
-    from steerlab.classify import answer_sign_check, sign_check
+    from steerlab.analysis.signcheck import answer_sign_check, sign_check
 
     c = task_of(cfg.task).config
     kw: dict[str, Any] = dict(
@@ -137,7 +137,7 @@ def _negative(labels: Sequence[str], positive: str) -> str:
 def _scores(df: pd.DataFrame, positive: str, negative: str) -> Any:
     import torch
 
-    from steerlab.classify import LogitScores
+    from steerlab.engine.score import LogitScores
 
     logp = torch.tensor(df[["logp_positive", "logp_negative"]].to_numpy(), dtype=torch.float32)
     return LogitScores((positive, negative), logp, positive, negative)  # (N, 2)

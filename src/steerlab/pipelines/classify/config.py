@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from steerlab.pipelines.model_config import ModelRunConfig
+from steerlab.pipelines._shared import ModelRunConfig
 
 BASELINE = "baseline"
 POOLED = "pooled"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from steerlab.io import atomic_path
+from steerlab._util.io import atomic_path
 from steerlab.pipelines.classify.config import BASELINE, POOLED
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steerlab.io import atomic_path, atomic_write_text
+from steerlab._util.io import atomic_path, atomic_write_text
 from steerlab.metrics.stats import bootstrap_ci, wilson_ci
 from steerlab.pipelines.classify import checks as sign_checks
 from steerlab.pipelines.classify import cross

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
+from steerlab._util.io import atomic_write_text
 from steerlab.errors import SteerlabError
-from steerlab.io import atomic_write_text
 from steerlab.pipelines.classify.config import (
     BASELINE,
     POOLED,
@@ -45,7 +45,7 @@ from steerlab.runs.runner import Runtime
 from steerlab.runs.shards import stage_results
 
 if TYPE_CHECKING:
-    from steerlab.classify import LogitScores
+    from steerlab.engine.score import LogitScores
     from steerlab.interventions import Intervention
     from steerlab.models import Model
     from steerlab.tasks.classification import ClassificationTask, Example
@@ -123,7 +123,7 @@ def margins(
     rows: Sequence[KRow],
     on_rows: Callable[[int], object] | None = None,
 ) -> LogitScores:
-    from steerlab.classify import answer_margins
+    from steerlab.engine.score import answer_margins
 
     task = task_of(steer.cfg.task)
     c = task.config
@@ -173,7 +173,7 @@ class Generate:
     def __call__(
         self, model: Model, rows: Sequence[KRow], progress: Callable[[int], object]
     ) -> pd.DataFrame:
-        from steerlab.generation import GenerationConfig, Row, generate
+        from steerlab.engine.generate import GenerationConfig, Row, generate
         from steerlab.tasks.classification import parse_answer
 
         cfg = self.steer.cfg
@@ -222,7 +222,7 @@ def _build_vectors(
     model: Model, ref: str, layers: list[int], hook_point: str, position: str
 ) -> dict[str, Any]:
     """Runs on a worker: per-group and pooled vectors from the build split."""
-    from steerlab.classify import group_vectors
+    from steerlab.directions.grouped import group_vectors
 
     task = task_of(ref)
     c = task.config

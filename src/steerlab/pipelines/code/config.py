@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from steerlab.errors import SteerlabError
-from steerlab.pipelines.model_config import ModelRunConfig
+from steerlab.pipelines._shared import ModelRunConfig
 from steerlab.pipelines.questions.config import FileRef
 from steerlab.runs.config import Strict
 

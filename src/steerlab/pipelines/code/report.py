@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steerlab.io import atomic_path, atomic_write_text
+from steerlab._util.io import atomic_path, atomic_write_text
 from steerlab.pipelines.code.analysis import (
     compare,
     noise_floor,

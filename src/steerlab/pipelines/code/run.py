@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
+from steerlab._util.io import atomic_path
 from steerlab.errors import SteerlabError
-from steerlab.io import atomic_path
 from steerlab.pipelines.code.config import NOISE, CodeConfig
 from steerlab.pipelines.model_workflow import ModelWorkflow
 from steerlab.runs.runner import Runtime
@@ -118,8 +118,8 @@ class Generate:
     def __call__(
         self, model: Model, rows: Sequence[CRow], progress: Callable[[int], object]
     ) -> pd.DataFrame:
+        from steerlab.engine.generate import GenerationConfig, Row, generate
         from steerlab.execution import Limits, run_programs
-        from steerlab.generation import GenerationConfig, Row, generate
         from steerlab.tasks.code import build_prompt, extract_code, syntax_ok
 
         cfg = self.cfg

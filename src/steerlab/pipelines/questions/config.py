@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from steerlab._util.resources import Kind, local_path, resolve
 from steerlab.errors import SteerlabError
-from steerlab.pipelines.model_config import ModelRunConfig
-from steerlab.resources import Kind, local_path, resolve
+from steerlab.pipelines._shared import ModelRunConfig
 from steerlab.runs.config import Strict
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from steerlab.io import atomic_path, atomic_write_text
+from steerlab._util.io import atomic_path, atomic_write_text
 from steerlab.metrics.stats import bootstrap_ci, bootstrap_diff_ci
 from steerlab.pipelines.questions.config import EvalConfig
 

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
+from steerlab._util.io import atomic_path, atomic_write_text
 from steerlab.errors import SteerlabError
-from steerlab.io import atomic_path, atomic_write_text
 from steerlab.pipelines.model_workflow import ModelWorkflow
 from steerlab.pipelines.questions.config import EvalConfig
 from steerlab.runs.runner import Runtime
@@ -60,7 +60,7 @@ def sample_seed(base: int, question_id: str, paraphrase_index: int, sample: int)
 
 
 def read_questions(cfg: EvalConfig) -> list[Question]:
-    from steerlab.resources import local_path
+    from steerlab._util.resources import local_path
     from steerlab.tasks.questions import load_questions
 
     with local_path("questions", cfg.questions.path) as path:
@@ -90,7 +90,7 @@ class Answer:
     def __call__(
         self, model: Model, rows: Sequence[QRow], progress: Callable[[int], object]
     ) -> pd.DataFrame:
-        from steerlab.generation import GenerationConfig, Row, generate
+        from steerlab.engine.generate import GenerationConfig, Row, generate
         from steerlab.metrics import confound_metrics, helpfulness_score, refusal_score
 
         g = self.cfg.generation

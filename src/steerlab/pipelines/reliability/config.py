@@ -19,8 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, StrictInt, field_validator
 
+from steerlab._util.resources import local_path, resolve
 from steerlab.errors import SteerlabError
-from steerlab.resources import local_path, resolve
 from steerlab.runs.config import RunConfig
 from steerlab.runs.config import Strict as _Strict
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from steerlab._util.pathnames import check_name
 from steerlab.errors import SteerlabError
-from steerlab.pathnames import check_name
 from steerlab.pipelines.reliability import stages as st
 from steerlab.pipelines.reliability.config import STAGES, PipelineConfig, load_config
 from steerlab.pipelines.reliability.store import RunDir, environment_info
@@ -193,7 +193,7 @@ class Reliability(Workflow[PipelineConfig]):
 
 def report(run: RunDir) -> dict[str, Path]:
     """Assemble results.parquet from the part files, then write the human-readable outputs."""
-    from steerlab.report import build_report
+    from steerlab.pipelines.reliability.report import build_report
 
     t0 = time.perf_counter()
     cfg = run.load_config()

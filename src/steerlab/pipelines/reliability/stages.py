@@ -17,18 +17,18 @@ from typing import Any
 
 import pandas as pd
 
+from steerlab._util.io import atomic_path, atomic_write_text
+from steerlab._util.resources import local_path
 from steerlab.directions import forced_prefix
 from steerlab.directions.base import BuildResult
 from steerlab.directions.outcome import outcome_conditioned
+from steerlab.engine.generate import GenerationConfig, Row, generate
 from steerlab.errors import SteerlabError
-from steerlab.generation import GenerationConfig, Row, generate
 from steerlab.interventions import Intervention
-from steerlab.io import atomic_path, atomic_write_text
 from steerlab.metrics import confound_metrics, helpfulness_score, refusal_score
 from steerlab.models import Model
 from steerlab.pipelines.reliability.config import PipelineConfig, default_layers
 from steerlab.pipelines.reliability.store import RunDir, WorkRow
-from steerlab.resources import local_path
 from steerlab.runs.runner import Runtime
 from steerlab.tasks.prompts import PromptRow, read_prompts, write_prompts
 from steerlab.vectors import SteeringVector

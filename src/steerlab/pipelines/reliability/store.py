@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steerlab import __version__
+from steerlab._util.version import __version__
 from steerlab.pipelines.reliability.config import PipelineConfig
 from steerlab.runs.rundir import LOCK_NAME
 from steerlab.runs.rundir import RunDir as _RunDir

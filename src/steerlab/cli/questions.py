@@ -1,0 +1,125 @@
+"""``steerlab eval-questions``: the seed-000 workflow on the command line (kept apart from
+:mod:`steerlab.cli` so each module stays one idea). The seed's own flag spellings
+(``--n_per_question``, ``--steering_config_path``) are accepted too."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from steerlab.cli.options import (
+    BackendOpt,
+    ExecutorOpt,
+    QuietOpt,
+    RayAddressOpt,
+    ThreadsOpt,
+    WorkersOpt,
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app`` (the CLI's, also when run as ``python -m``)."""
+    app.command("eval-questions")(eval_questions_cmd)
+
+
+def eval_questions_cmd(
+    questions: Annotated[
+        str, typer.Option(help="question YAML (emergent-misalignment format) or a shipped set")
+    ],
+    out: Annotated[Path, typer.Option(help="the run directory (rerun to resume)")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="embedded | tiny-* | model dir | .gguf | hub id")
+    ] = "embedded",
+    backend: BackendOpt = "hf",
+    steering_config: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--steering-config",
+            "--steering_config_path",
+            help="steering_config.yaml (repeatable: each file is one steering config)",
+        ),
+    ] = None,
+    n_per_question: Annotated[
+        int | None,
+        typer.Option(
+            "--n-per-question",
+            "--n_per_question",
+            min=1,
+            help="samples per paraphrase (overrides the file's samples_per_paraphrase)",
+        ),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 200,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    seed: int = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="rows per part file (the unit of resume)")
+    ] = 64,
+    chat: Annotated[bool, typer.Option(help="format questions with the chat template")] = True,
+    judge_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    ] = None,
+    judge_model: Annotated[str | None, typer.Option(help="the judge model's name")] = None,
+    judge_key_env: Annotated[
+        str, typer.Option(help="environment variable holding the judge's API key")
+    ] = "OPENAI_API_KEY",
+    judge_concurrency: Annotated[int, typer.Option(min=1)] = 8,
+    quiet: QuietOpt = False,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    threads_per_worker: ThreadsOpt = None,
+) -> None:
+    """Ask every question N times, unsteered and under each steering config, in shared batches;
+    score with rule-based metrics and, with --judge-url/--judge-model, an LLM judge."""
+    from steerlab.errors import SteerlabError
+    from steerlab.pipelines._shared import EvalModelCfg
+    from steerlab.pipelines.questions.config import (
+        EvalConfig,
+        EvalGenerationCfg,
+        FileRef,
+        JudgeCfg,
+        file_ref,
+        steering_refs,
+    )
+    from steerlab.pipelines.questions.run import EvalQuestions
+    from steerlab.runs.executor import ExecutorSpec
+    from steerlab.runs.runner import execute
+
+    logging.getLogger("steerlab").setLevel(logging.INFO)
+    if (judge_url is None) != (judge_model is None):
+        raise SteerlabError("--judge-url and --judge-model go together")
+    spec = ExecutorSpec(executor, ray_address, workers, threads_per_worker)  # type: ignore[arg-type]
+    qpath, qhash = file_ref("questions", questions, "--questions")
+    cfg = EvalConfig(
+        out=str(out.resolve()),
+        model=EvalModelCfg(name=model, backend=backend, chat=chat),  # type: ignore[arg-type]
+        questions=FileRef(path=qpath, sha256=qhash),
+        steering=steering_refs(list(steering_config or [])),
+        n_per_question=n_per_question,
+        generation=EvalGenerationCfg(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+        ),
+        shard_size=shard_size,
+        judge=(
+            JudgeCfg(
+                url=judge_url,
+                model=judge_model,
+                api_key_env=judge_key_env,
+                concurrency=judge_concurrency,
+            )
+            if judge_url is not None and judge_model is not None
+            else None
+        ),
+    )
+    run = execute(EvalQuestions(), cfg, executor=spec, progress=not quiet)
+    typer.echo(f"run directory: {run.path}")
+    typer.echo((run.path / "report.md").read_text(encoding="utf-8"))

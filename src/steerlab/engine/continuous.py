@@ -1,0 +1,327 @@
+"""The continuous-batching decode loop, with shared prompt prefixes.
+
+:func:`steerlab.engine.generate.generate` uses this loop when the backend's KV cache can be taken
+apart into tensors (:meth:`~steerlab.backends.base.Backend.cache_kv`); otherwise it decodes one
+fixed batch at a time.
+
+**The batch stays full.** Up to ``batch_size`` rows decode together. When rows finish (EOS or
+their token budget) and rows are waiting, the finished rows leave and waiting rows take their
+places: the newcomers are prefilled in one call, and their KV cache is stacked under the running
+rows' cache: the cache lives in slot buffers (:class:`steerlab.backends.kvcache.SlotLayer`; a decode step
+writes one column in place), a newcomer takes a finished row's slot, right-aligned with the
+running rows, and leading columns that are padding in every row are dropped from time to time.
+Positions come from the attention mask, so a row's tokens, positions and steering do not depend
+on when it joined or who shares its batch.
+
+**Prefill is shared** where the math allows (:mod:`steerlab.engine.prefill`): the prompt prefix common to
+every row, once per distinct prefix steering, and a prompt's layers below the first block its
+steering touches, once per prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from steerlab.backends import kvcache
+from steerlab.backends.base import call_info_from_mask
+from steerlab.engine.handle import SteeringHandle
+from steerlab.engine.prefill import Prefill
+from steerlab.engine.sampling import choose, token_stats
+from steerlab.interventions import Intervention, SteeringPlan, compile_plan
+from steerlab.models import Model
+
+#: leading all-padding columns that trigger a compaction of the live cache
+COMPACT_AT = 16
+
+
+@dataclass
+class Track:
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
+    reason: str = "length"
+
+
+def record(
+    tracks: Sequence[Track],
+    rows: Sequence[int],
+    tok: torch.Tensor,
+    logprob: torch.Tensor,
+    entropy: torch.Tensor,
+    is_eos: torch.Tensor,
+    alive: torch.Tensor,
+) -> None:
+    """Append each live batch row's token (or note its EOS) to ``tracks[rows[i]]``."""
+    for r, t, lp, en, e, keep in zip(
+        rows,
+        tok.tolist(),
+        logprob.tolist(),
+        entropy.tolist(),
+        is_eos.tolist(),
+        alive.tolist(),
+        strict=True,
+    ):
+        if not keep:
+            continue
+        tr = tracks[r]
+        if e:
+            tr.reason = "eos"
+        else:
+            tr.ids.append(t)
+            tr.logprobs.append(lp)
+            tr.entropies.append(en)
+
+
+@dataclass
+class _Live:
+    """The rows decoding together: ``rows`` (b,) index the call's rows; ``mask`` (b, T) is the
+    attention mask of everything in ``cache``; ``tok`` (b,) the token each row feeds next."""
+
+    rows: torch.Tensor
+    cache: object
+    mask: torch.Tensor
+    tok: torch.Tensor
+    n_gen: torch.Tensor
+    done: torch.Tensor
+
+
+class Engine:
+    """One :func:`~steerlab.engine.generate.generate` call's continuous decode (see the module doc)."""
+
+    def __init__(
+        self,
+        model: Model,
+        encoded: Sequence[Sequence[int]],
+        ivs: Sequence[Sequence[Intervention]],
+        seeds: Sequence[int],
+        budgets: Sequence[int],
+        *,
+        temperature: float,
+        top_p: float,
+        batch_size: int,
+        stop_at_eos: bool,
+        share_prefix: bool,
+        check: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], None],
+        left_pad: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    ) -> None:
+        self.model, self.backend, self.dev = model, model.backend, model.device
+        self.encoded, self.ivs = encoded, ivs
+        self.temperature, self.top_p, self.batch_size = temperature, top_p, batch_size
+        self.stop_at_eos = stop_at_eos
+        self._check, self._left_pad = check, left_pad
+        n = len(encoded)
+        self.plens = torch.tensor([len(x) for x in encoded], device=self.dev)
+        self.budgets = torch.tensor(list(budgets), device=self.dev)
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.tracks = [Track() for _ in range(n)]
+        self.eos = torch.tensor(model.eos_token_ids or (-1,), device=self.dev)
+        self.plan: SteeringPlan | None = None
+        self.handle: SteeringHandle | None = None
+        if any(ivs):
+            self.plan = compile_plan(model, [list(x) for x in ivs]).to(self.dev)
+            self.handle = SteeringHandle(self.plan, self.plens)
+        self.edits = self.handle.edits() if self.handle is not None else None
+        self._steered: torch.Tensor | None = None  # the rows the handle is set up for
+        #: work done: prompt tokens (all rows), prompt tokens computed (shared prefixes once),
+        #: generated tokens (EOS included), positions run (pads and finished rows included),
+        #: prefill calls (one per group of rows joining the batch), prompt tokens x blocks not
+        #: run because a prompt's lower layers were shared, prompt tokens of rows whose steering
+        #: left the prompt alone (no prefill: their prompt's unsteered cache is reused), prefill
+        #: calls that started mid-stack, wall time in prefill and in decode steps (ms)
+        self.stats = {
+            "prompt_tokens": int(self.plens.sum()),
+            "prompt_tokens_computed": 0,
+            "shared_prefix": 0,
+            "generated_tokens": 0,
+            "positions_run": 0,
+            "prefills": 0,
+            "prompt_block_tokens_skipped": 0,
+            "prompt_tokens_reused": 0,
+            "midstack_prefills": 0,
+            "prefill_ms": 0,
+            "decode_ms": 0,
+        }
+        self.prefill = Prefill(
+            self.backend,
+            encoded,
+            ivs,
+            share=share_prefix,
+            run=self._forward,
+            steer=self._steer_rows,
+            check=check,
+            left_pad=left_pad,
+            stats=self.stats,
+            device=self.dev,
+        )
+        self.stats["shared_prefix"] = self.prefill.n_prefix
+
+    # ------------------------------------------------------------------ steering state
+
+    def _steer_rows(self, rows: torch.Tensor) -> None:
+        if self.handle is None or self.plan is None or rows is self._steered:
+            return
+        self.handle.plan = self.plan.select(rows)
+        self.handle.prompt_lens = self.plens.index_select(0, rows)
+        self._steered = rows
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        cache: object,
+        rows: torch.Tensor,
+        start: int = 0,
+        resid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        s = ids.shape[1]
+        pos = (mask.cumsum(-1) - 1).clamp_(min=0)[:, -s:]  # from the mask, not the chunk
+        if self.handle is not None:
+            self.handle.observe(call_info_from_mask(mask, s))
+        out: torch.Tensor | None
+        if start:
+            assert resid is not None
+            out = self.backend.forward_from(start, resid, ids, mask, pos, cache, self.edits)
+        else:
+            out = self.backend.forward(ids, mask, pos, cache, self.edits)
+        assert out is not None  # (b, V) float32
+        logits = out
+        self.stats["positions_run"] += ids.numel()
+        self._check(logits, None if self.handle is None else self.handle.overflow, rows)
+        return logits
+
+    # ------------------------------------------------------------------ tokens
+
+    def _take(self, live: _Live, logits: torch.Tensor) -> int:
+        """Choose each live row's next token, record it, mark finished rows; returns how many
+        rows finished now."""
+        rows = live.rows.tolist()
+        tok = choose(logits, self.temperature, self.top_p, [self.gens[r] for r in rows])
+        tok_lp, ent = token_stats(logits, tok)
+        if self.stop_at_eos:
+            is_eos = torch.isin(tok, self.eos)
+        else:
+            is_eos = torch.zeros_like(tok, dtype=torch.bool)
+        live.n_gen += 1
+        was_done = live.done.clone()
+        newly = ~live.done & (is_eos | (live.n_gen >= self.budgets.index_select(0, live.rows)))
+        # rows already finished but not yet dropped keep decoding; their output is ignored
+        record(self.tracks, rows, tok, tok_lp, ent, is_eos, ~live.done)
+        live.done |= newly
+        live.tok = tok
+        self.stats["generated_tokens"] += int((~was_done).sum())
+        return int(newly.sum())
+
+    # ------------------------------------------------------------------ batch surgery
+
+    def _compact(self, live: _Live) -> None:
+        """Drop leading columns that are padding in every row, once there are enough of them."""
+        used = live.mask.any(0)
+        lead = int(used.int().argmax()) if bool(used.any()) else live.mask.shape[1]
+        if lead >= COMPACT_AT:
+            kvcache.drop_leading(live.cache, lead)
+            live.mask = live.mask[:, lead:]
+
+    def _keep(self, live: _Live, keep: torch.Tensor) -> _Live:
+        kvcache.keep_slots(live.cache, keep)
+        return _Live(
+            live.rows.index_select(0, keep),
+            live.cache,
+            live.mask.index_select(0, keep),
+            live.tok.index_select(0, keep),
+            live.n_gen.index_select(0, keep),
+            live.done.index_select(0, keep),
+        )
+
+    def _join(self, live: _Live, free: torch.Tensor, group: _Live, kv: kvcache.KV) -> _Live:
+        """``group``'s rows take the slots ``free`` (finished rows) of ``live``; slots beyond the
+        newcomers are dropped. (Rows wait only while the batch is full, so newcomers never
+        outnumber the free slots.)"""
+        k = len(group.rows)
+        assert 0 < k <= free.numel()
+        slots = free[:k]
+        grow = kvcache.place(live.cache, slots, kv)
+        mask = F.pad(live.mask, (grow, 0)).clone()
+        mask[slots] = F.pad(group.mask, (mask.shape[1] - group.mask.shape[1], 0))
+        rows = live.rows.clone()  # a new rows tensor: the steering follows it
+        tok, n_gen, done = live.tok.clone(), live.n_gen.clone(), live.done.clone()
+        rows[slots], tok[slots], n_gen[slots], done[slots] = (
+            group.rows,
+            group.tok,
+            group.n_gen,
+            group.done,
+        )
+        live = _Live(rows, live.cache, mask, tok, n_gen, done)
+        if free.numel() > k:
+            drop = torch.zeros(len(live.rows), dtype=torch.bool, device=self.dev)
+            drop[free[k:]] = True
+            live = self._keep(live, (~drop).nonzero().squeeze(-1))
+        self._compact(live)
+        return live
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, order: Sequence[int], on_finish: Callable[[list[int]], None]) -> list[Track]:
+        """Decode every row (taken in ``order``); ``on_finish(rows)`` when rows leave."""
+        waiting = deque(order)
+        live: _Live | None = None
+        refill_at = max(1, self.batch_size // 16)
+        with torch.inference_mode():
+            while waiting or live is not None:
+                n_live = 0 if live is None else int((~live.done).sum())
+                n_done = 0 if live is None else int(live.done.sum())
+                if waiting and (n_live == 0 or n_done >= refill_at or live is None):
+                    live = self._refill(live, waiting, on_finish)
+                    continue
+                if live is None:
+                    break
+                if n_live == 0:
+                    on_finish(live.rows.tolist())
+                    live = None
+                    continue
+                if not waiting and n_done >= max(1, len(live.rows) // 8):
+                    live = self._drop_done(live, on_finish)
+                    continue
+                live.mask = torch.cat([live.mask, torch.ones_like(live.mask[:, :1])], dim=1)
+                self._steer_rows(live.rows)
+                t0 = time.perf_counter()
+                logits = self._forward(live.tok[:, None], live.mask, live.cache, live.rows)
+                self._take(live, logits)
+                self.stats["decode_ms"] += round((time.perf_counter() - t0) * 1000)
+        return self.tracks
+
+    def _drop_done(self, live: _Live, on_finish: Callable[[list[int]], None]) -> _Live | None:
+        on_finish(live.rows[live.done].tolist())
+        keep = (~live.done).nonzero().squeeze(-1)
+        if not keep.numel():
+            return None
+        live = self._keep(live, keep)
+        self._compact(live)
+        return live
+
+    def _refill(
+        self, live: _Live | None, waiting: deque[int], on_finish: Callable[[list[int]], None]
+    ) -> _Live | None:
+        free = torch.zeros(0, dtype=torch.long, device=self.dev)
+        if live is not None:
+            free = live.done.nonzero().squeeze(-1)
+            if free.numel():
+                on_finish(live.rows.index_select(0, free).tolist())
+        room = self.batch_size - (0 if live is None else len(live.rows) - free.numel())
+        new = [waiting.popleft() for _ in range(min(room, len(waiting)))]
+        t0 = time.perf_counter()
+        rows, kv, mask, logits = self.prefill(new)
+        self.stats["prefill_ms"] += round((time.perf_counter() - t0) * 1000)
+        zeros = torch.zeros(len(rows), dtype=torch.long, device=self.dev)
+        rt = torch.tensor(rows, device=self.dev)
+        group = _Live(rt, None, mask, zeros, zeros.clone(), zeros.bool())
+        self._take(group, logits)
+        if live is None:
+            group.cache = kvcache.slot_cache(kv)
+            return group
+        return self._join(live, free, group, kv)

@@ -1,0 +1,245 @@
+"""The forward passes behind logit scoring: plain batches, and shared prompt prefixes.
+
+Scoring reads one distribution per row, the next-token logits after the row's last prompt token.
+A classification grid scores each example under many settings (vector x layer x strength), and
+with ``last-prompt`` steering every position but the last is unsteered, so all rows of one
+example compute the same activations there. Those positions are computed once.
+
+**Sharing.** A row's *prefix* is its prompt minus the last token. A causal model's activations on
+the prefix depend only on the prefix tokens and on the steering applied at them, which
+:func:`steerlab.engine.prefill.prefix_key` summarises (empty when no intervention touches the prefix).
+Rows with the same prefix tokens and the same key get the same prefix KV cache by construction:
+it is computed once (keys batched together, left-padded, steered with the interventions that
+touch the prefix), then each row feeds only its last token on a copy of it, with its own
+steering and its full prompt length, so every position keeps its place relative to the prompt
+end. Rows whose steering reaches into the prefix (``all``, ``prompt``, a window starting before
+the last token) share only with rows steered the same way there; a row that shares with nobody
+(and a one-token prompt) runs the whole prompt in one forward as before.
+
+Memory stays that of a plain batch: the prefixes of at most ``batch_size`` keys are held at a
+time, and each last-token forward copies the prefix cache of at most ``batch_size`` rows.
+
+Sharing needs a KV cache that comes apart into tensors (:meth:`Backend.cache_kv`); otherwise
+(TransformerLens's own cache) every row runs the plain way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from steerlab.backends import kvcache
+from steerlab.backends.base import call_info_from_mask
+from steerlab.engine.batch import check_finite, left_pad
+from steerlab.engine.handle import SteeringHandle
+from steerlab.engine.prefill import prefix_key
+from steerlab.interventions import Intervention, compile_plan
+from steerlab.models import Model
+
+RowIvs = tuple[Intervention, ...]
+Batches = Iterator[tuple[list[int], torch.Tensor]]
+
+STAT_KEYS = (
+    "rows",
+    "prompt_tokens",
+    "prompt_tokens_computed",
+    "positions_run",
+    "forwards",
+    "shared_prefixes",
+    "shared_rows",
+)
+
+
+def next_token_batches(
+    model: Model,
+    encoded: Sequence[Sequence[int]],
+    ivs: Sequence[RowIvs],
+    batch_size: int,
+    share_prefix: bool = True,
+    stats: dict[str, int] | None = None,
+) -> Batches:
+    """Yield ``(indices, logp)``: a batch of rows and their (b, V) float32 next-token
+    log-probabilities on the model's device; every row exactly once.
+
+    ``encoded[i]`` are row ``i``'s prompt tokens (non-empty), ``ivs[i]`` its interventions
+    (checked by the caller). ``stats``, when given, is filled with counts of the work done:
+    ``rows``, ``prompt_tokens`` (all rows), ``prompt_tokens_computed`` (real tokens fed: shared
+    prefixes once), ``positions_run`` (pads included), ``forwards``, ``shared_prefixes`` (prefixes
+    computed once for several rows) and ``shared_rows`` (rows scored from one).
+    """
+    st = stats if stats is not None else {}
+    for k in STAT_KEYS:
+        st[k] = 0
+    st["rows"] = len(encoded)
+    st["prompt_tokens"] = sum(len(x) for x in encoded)
+    share = share_prefix and kvcache.comes_apart(model.backend.new_cache())
+    plain, groups = split_rows(encoded, ivs) if share else (list(range(len(encoded))), [])
+    yield from _plain_batches(model, encoded, ivs, plain, batch_size, st)
+    yield from _shared_batches(model, encoded, ivs, groups, batch_size, st)
+
+
+def split_rows(
+    encoded: Sequence[Sequence[int]], ivs: Sequence[RowIvs]
+) -> tuple[list[int], list[list[int]]]:
+    """``(plain, groups)``: rows that share their prefix with no other row (or have none), and
+    groups of rows with the same prefix tokens and prefix steering (each of two rows or more)."""
+    by_key: dict[tuple[object, ...], list[int]] = {}
+    plain: list[int] = []
+    prefixes: dict[int, tuple[int, ...]] = {}  # one tuple per distinct prompt object
+    for i, toks in enumerate(encoded):
+        n = len(toks) - 1
+        if n < 1:
+            plain.append(i)
+            continue
+        ids = prefixes.get(id(toks))
+        if ids is None:
+            ids = prefixes[id(toks)] = tuple(toks[:n])
+        by_key.setdefault((ids, prefix_key(ivs[i], n + 1, n)), []).append(i)
+    groups: list[list[int]] = []
+    for rows in by_key.values():
+        if len(rows) > 1:
+            groups.append(rows)
+        else:
+            plain.extend(rows)
+    plain.sort()
+    return plain, groups
+
+
+# ----------------------------------------------------------------------------- one forward
+
+
+def _forward(
+    model: Model,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    cache: object | None,
+    ivs: Sequence[RowIvs],
+    prompt_lens: torch.Tensor,
+    st: dict[str, int],
+) -> torch.Tensor:
+    """(b, V) float32 next-token log-probabilities after feeding ``ids`` (b, S).
+
+    ``mask`` (b, P + S) covers the ``P`` columns already in ``cache`` and the fed ones;
+    positions come from it. ``ivs[i]`` steer row ``i`` whose prompt has ``prompt_lens[i]``
+    tokens, so windows relative to the prompt end select the same tokens in any chunk.
+    """
+    dev = model.device
+    s = ids.shape[1]
+    pos = (mask.cumsum(-1) - 1).clamp_(min=0)[:, -s:]  # (b, S) from the mask, not the chunk
+    handle: SteeringHandle | None = None
+    if any(ivs):
+        plan = compile_plan(model, [list(x) for x in ivs])
+        handle = SteeringHandle(plan.to(dev), prompt_lens.to(dev))
+        handle.observe(call_info_from_mask(mask, s))
+    with torch.inference_mode():
+        edits = handle.edits() if handle is not None else None
+        logits = model.backend.forward(ids, mask, pos, cache, edits)
+        assert logits is not None  # (b, V) float32
+        check_finite(logits, None if handle is None else handle.overflow, ivs)
+        logp = torch.log_softmax(logits, dim=-1)  # (b, V)
+    st["forwards"] += 1
+    st["positions_run"] += ids.numel()
+    st["prompt_tokens_computed"] += int(mask[:, -s:].sum())
+    return logp
+
+
+def _plain_batches(
+    model: Model,
+    encoded: Sequence[Sequence[int]],
+    ivs: Sequence[RowIvs],
+    rows: Sequence[int],
+    batch_size: int,
+    st: dict[str, int],
+) -> Batches:
+    """Each row's whole prompt in one forward, ``batch_size`` rows at a time."""
+    # Longest first, as in generation: memory peaks early, similar lengths share batches.
+    order = sorted(rows, key=lambda i: (-len(encoded[i]), i))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = left_pad([encoded[i] for i in idx], model.pad_token_id, model.device)  # (b, W)
+        yield idx, _forward(model, ids, mask, None, [ivs[i] for i in idx], mask.sum(-1), st)
+
+
+# ----------------------------------------------------------------------------- shared prefixes
+
+
+def _shared_batches(
+    model: Model,
+    encoded: Sequence[Sequence[int]],
+    ivs: Sequence[RowIvs],
+    groups: Sequence[Sequence[int]],
+    batch_size: int,
+    st: dict[str, int],
+) -> Batches:
+    """The rows of ``groups``: each group's prefix once, then every row's last token alone."""
+    dev = model.device
+    # Longest prefixes first; a chunk holds the prefix caches of at most batch_size groups.
+    ordered = sorted(groups, key=lambda g: (-len(encoded[g[0]]), g[0]))
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start : start + batch_size]
+        got = _prefixes(model, encoded, ivs, [g[0] for g in chunk], st)
+        if got is None:  # this backend's cache does not come apart after all
+            rest = sorted(r for g in ordered[start:] for r in g)
+            yield from _plain_batches(model, encoded, ivs, rest, batch_size, st)
+            return
+        kv, pmask = got  # KV (k, H, W, D); pmask (k, W)
+        st["shared_prefixes"] += len(chunk)
+        pairs = [(r, j) for j, g in enumerate(chunk) for r in g]  # (row, its group in chunk)
+        st["shared_rows"] += len(pairs)
+        for s in range(0, len(pairs), batch_size):
+            part = pairs[s : s + batch_size]
+            idx = [r for r, _ in part]
+            which = torch.tensor([j for _, j in part], device=dev)
+            yield idx, _last_tokens(model, encoded, ivs, idx, kv, pmask, which, st)
+
+
+def _prefixes(
+    model: Model,
+    encoded: Sequence[Sequence[int]],
+    ivs: Sequence[RowIvs],
+    reps: Sequence[int],
+    st: dict[str, int],
+) -> tuple[kvcache.KV, torch.Tensor] | None:
+    """The KV cache of rows ``reps``' prefixes, computed together (left-padded), and its mask
+    (k, W); None when the backend's cache cannot be taken apart.
+
+    Each prefix is steered by the row's interventions that touch it, at the positions they take
+    in the full prompt (the group's key says those are the same for every row of the group).
+    """
+    plens = [len(encoded[r]) for r in reps]
+    ids, mask = left_pad([encoded[r][:-1] for r in reps], model.pad_token_id, model.device)
+    steer = [
+        tuple(iv for iv in ivs[r] if prefix_key((iv,), n, n - 1))
+        for r, n in zip(reps, plens, strict=True)
+    ]
+    cache = model.backend.new_cache()
+    _forward(model, ids, mask, cache, steer, torch.tensor(plens), st)
+    kv = model.backend.cache_kv(cache)
+    return None if kv is None else (kv, mask)
+
+
+def _last_tokens(
+    model: Model,
+    encoded: Sequence[Sequence[int]],
+    ivs: Sequence[RowIvs],
+    idx: Sequence[int],
+    kv: kvcache.KV,
+    pmask: torch.Tensor,
+    which: torch.Tensor,
+    st: dict[str, int],
+) -> torch.Tensor:
+    """Rows ``idx``: feed each its last prompt token on a copy of prefix ``which[i]``."""
+    dev = model.device
+    with torch.inference_mode():
+        mask = pmask.index_select(0, which)  # (b, W)
+        rows_kv = kvcache.select_rows(kv, which)
+        used = mask.any(0)
+        if not bool(used.all()):  # columns that are padding in every row of this batch
+            cols = used.nonzero().squeeze(-1)
+            rows_kv, mask = kvcache.select_columns(rows_kv, cols), mask.index_select(1, cols)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (b, W' + 1)
+        cache = model.backend.cache_from_kv(rows_kv)
+    ids = torch.tensor([[encoded[r][-1]] for r in idx], device=dev)  # (b, 1)
+    plens = torch.tensor([len(encoded[r]) for r in idx])
+    return _forward(model, ids, mask, cache, [ivs[r] for r in idx], plens, st)

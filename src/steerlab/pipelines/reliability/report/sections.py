@@ -1,0 +1,331 @@
+"""The sections of ``report.md``, each a list of markdown lines computed from the numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from steerlab.pipelines.reliability.report import _fmt as f
+from steerlab.pipelines.reliability.report._grid import (
+    ACCEPTABLE_DROP,
+    KEY,
+    SPLITS,
+    Setting,
+    setting_of,
+)
+from steerlab.pipelines.reliability.report.checks import excludes_zero
+
+Lines = list[str]
+
+
+def _test_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """harm_test rows: every setting column plus the harm_test refusal CI (``refusal_lo/hi``)."""
+    return summary[summary["split"] == "harm_test"].sort_values(KEY).reset_index(drop=True)
+
+
+def _steered(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["steered"].astype(bool)]
+
+
+def _row(summary: pd.DataFrame, s: Setting, split: str) -> pd.Series | None:
+    d = summary[
+        (summary["split"] == split)
+        & (summary["layer"] == s.layer)
+        & (summary["intervention"] == s.intervention)
+        & (summary["alpha"] == s.alpha)
+    ]
+    return None if d.empty else d.iloc[0]
+
+
+def setup_section(results: pd.DataFrame, config: dict[str, Any], manifest: dict[str, Any]) -> Lines:
+    exp = config.get("experiment") or {}
+    gen = config.get("generation") or {}
+    metrics = config.get("metrics") or {}
+    steer = results[results["layer"] >= 0] if "layer" in results else results.iloc[:0]
+    layers = exp.get("layers") or sorted({int(x) for x in steer["layer"].unique()})
+    interventions = exp.get("interventions") or sorted(
+        {str(x) for x in steer["intervention"].unique()}
+    )
+    alphas = exp.get("alphas") or sorted({float(x) for x in steer["alpha"].unique()})
+    base = results[results["stage"] == "baseline"]
+    counts = ", ".join(f"{s} {base[base['split'] == s]['prompt_id'].nunique()}" for s in SPLITS)
+    lines = [
+        "## Setup",
+        "",
+        f"- Model: `{model_label(config, manifest)}`"
+        + (f" on {manifest['device']}" if manifest.get("device") else ""),
+        f"- Layers {', '.join(str(x) for x in layers)}; interventions "
+        f"{', '.join(str(x) for x in interventions)}; α grid "
+        f"{', '.join(f'{float(a):g}' for a in alphas)}; scale `{exp.get('scale', 'n/a')}`",
+        f"- Prompts per split (baseline): {counts}",
+        f"- Sampling: max_new_tokens {gen.get('max_new_tokens', 'n/a')}, temperature "
+        f"{gen.get('temperature', 'n/a')}, top_p {gen.get('top_p', 'n/a')}, seed "
+        f"{gen.get('seed', 'n/a')}; refusal threshold {metrics.get('refusal_threshold', 'n/a')}",
+        "",
+    ]
+    return lines
+
+
+def baseline_section(summary: pd.DataFrame) -> Lines:
+    rows = []
+    for split in SPLITS:
+        r = _row(summary, Setting(-1, "none", 0.0), split)
+        if r is None:
+            continue
+        rows.append(
+            [
+                split,
+                int(r["n"]),
+                f.pct_ci(r["refusal_rate"], r["refusal_lo"], r["refusal_hi"]),
+                f.pct_ci(r["helpful_rate"], r["helpful_lo"], r["helpful_hi"]),
+                f.pct_ci(r["gibberish_rate"], r["gibberish_lo"], r["gibberish_hi"]),
+                f"{r['mean_n_tokens']:.1f}",
+            ]
+        )
+    if not rows:
+        return ["## Baseline", "", "No baseline rows in this run.", ""]
+    header = ["split", "n", "refusal rate", "helpful rate", "gibberish rate", "mean tokens"]
+    return ["## Baseline (no steering)", "", f.table(header, rows), ""]
+
+
+def best_section(summary: pd.DataFrame, best: Setting | None) -> Lines:
+    lines = [*baseline_section(summary), "## Best operating point", ""]
+    if best is None:
+        return [*lines, "No steered setting with harm_test results: nothing to pick.", ""]
+    t, b = _row(summary, best, "harm_test"), _row(summary, best, "benign")
+    assert t is not None  # pick_best only returns settings with a harm_test rate
+    gain_real = excludes_zero(t["refusal_gain_lo"], t["refusal_gain_hi"])
+    lines += [
+        f"**{best.label}** (rule: the Pareto setting with the highest harm_test refusal whose "
+        f"benign helpfulness drop is at most {100 * ACCEPTABLE_DROP:.0f} pp; otherwise the best "
+        "refusal-minus-drop trade on the frontier; without a frontier, the add setting with the "
+        "highest harm_test refusal).",
+        "",
+        f"- harm_test refusal {f.pct_ci(t['refusal_rate'], t['refusal_lo'], t['refusal_hi'])}, "
+        f"change vs baseline "
+        f"{f.pp_ci(t['refusal_gain'], t['refusal_gain_lo'], t['refusal_gain_hi'])}"
+        + ("" if gain_real else " (CI includes 0: no demonstrated increase)"),
+        f"- benign helpfulness drop "
+        f"{f.pp_ci(t['benign_drop'], t['benign_drop_lo'], t['benign_drop_hi'])}; benign "
+        f"false-refusal rate "
+        f"{f.pct_ci(t['false_refusal_rate'], t['false_refusal_lo'], t['false_refusal_hi'])}",
+        f"- gibberish rate: harm_test {f.pct(t['gibberish_rate'])}, benign "
+        f"{f.pct(b['gibberish_rate']) if b is not None else 'n/a'}",
+        "",
+    ]
+    front = _steered(_test_rows(summary))
+    front = front[front["pareto"].astype(bool)]
+    rows = [
+        [
+            setting_of(r).label,
+            f.pct_ci(r["refusal_rate"], r["refusal_lo"], r["refusal_hi"]),
+            f.pp_ci(r["benign_drop"], r["benign_drop_lo"], r["benign_drop_hi"]),
+            f.pct(r["false_refusal_rate"]),
+            f.pp_ci(r["gap"], r["gap_lo"], r["gap_hi"]),
+        ]
+        for _, r in front.iterrows()
+    ]
+    if not rows:
+        return [*lines, "No Pareto frontier (needs harm_test and benign results).", ""]
+    header = ["Pareto setting", "harm_test refusal", "benign drop", "false refusal", "gap"]
+    return [*lines, f.table(header, rows), ""]
+
+
+def _generalization(
+    test: pd.DataFrame, base: pd.Series | None, best: Setting | None
+) -> tuple[Lines, bool]:
+    lines = ["### Generalization: harm_train vs harm_test", ""]
+    at_best = ""
+    if best is not None and (b := _row(test, best, "harm_test")) is not None:
+        gap = f.pp_ci(b["gap"], b["gap_lo"], b["gap_hi"])
+        at_best = f" At the best operating point ({best.label}) the gap is {gap}."
+    steered = _steered(test).dropna(subset=["gap"])
+    if steered.empty:
+        return [*lines, "No steered setting has both harm splits: gap not measured.", ""], False
+    base_gap = "n/a" if base is None else f.pp_ci(base["gap"], base["gap_lo"], base["gap_hi"])
+    base_hi = float("nan") if base is None else float(base["gap_hi"])
+    base_real = base is not None and excludes_zero(base["gap_lo"], base["gap_hi"])
+    positive = steered[steered["gap_lo"] > 0]
+    beyond = positive if not base_real else positive[positive["gap_lo"] > base_hi]
+    if not beyond.empty:
+        w = beyond.loc[beyond["gap"].idxmax()]
+        lines += [
+            f"**Generalization failure detected**: {len(beyond)} of {len(steered)} steered "
+            "settings refuse more on harm_train than on harm_test with a gap CI excluding 0"
+            + (" and above the baseline gap's CI" if base_real else "")
+            + f". Largest at {setting_of(w).label}: gap "
+            f"{f.pp_ci(w['gap'], w['gap_lo'], w['gap_hi'])} (baseline gap {base_gap})." + at_best,
+            "",
+        ]
+        return lines, True
+    w = steered.loc[steered["gap"].idxmax()]
+    if not positive.empty:
+        lines.append(
+            f"Steered settings show train−test gaps excluding 0, but the gap is already present "
+            f"at baseline ({base_gap}) and no steered gap exceeds it, so no generalization "
+            "failure attributable to steering is supported."
+        )
+    else:
+        lines.append(
+            "No generalization failure is supported: no steered setting has a train−test gap "
+            f"whose CI excludes 0 above it (largest: {setting_of(w).label}, "
+            f"{f.pp_ci(w['gap'], w['gap_lo'], w['gap_hi'])}; baseline {base_gap})."
+        )
+    negative = steered[steered["gap_hi"] < 0]
+    if not negative.empty:
+        lines.append(
+            f"{len(negative)} steered setting(s) refuse *more* on harm_test than on harm_train "
+            "(gap CI below 0)."
+        )
+    return [*lines, ""], False
+
+
+def _drop(r: pd.Series) -> str:
+    return f.pp_ci(r["benign_drop"], r["benign_drop_lo"], r["benign_drop_hi"])
+
+
+def _side_effects(test: pd.DataFrame) -> tuple[Lines, bool]:
+    lines = ["### Side effects on benign prompts", ""]
+    steered = _steered(test).dropna(subset=["benign_drop"])
+    if steered.empty:
+        return [*lines, "No benign results for steered settings: not measured.", ""], False
+    hurt = steered[steered["benign_drop_lo"] > 0]
+    ranked = steered.dropna(subset=["refusal_rate"])
+    strongest = ranked.loc[ranked["refusal_rate"].idxmax()] if not ranked.empty else None
+    if hurt.empty:
+        lines.append(
+            "No benign side effect is supported: no steered setting lowers the benign helpful "
+            "rate with a CI excluding 0."
+        )
+        return [*lines, ""], False
+    w = hurt.loc[hurt["benign_drop"].idxmax()]
+    lines.append(
+        f"**Side-effect tradeoff detected**: {len(hurt)} of {len(steered)} steered settings "
+        f"lower benign helpfulness with a CI excluding 0. Largest at {setting_of(w).label}: "
+        f"drop {_drop(w)}, benign false-refusal "
+        f"{f.pct_ci(w['false_refusal_rate'], w['false_refusal_lo'], w['false_refusal_hi'])}."
+    )
+    if strongest is not None:
+        lines.append(
+            f"The setting with the highest harm_test refusal ({setting_of(strongest).label}, "
+            f"{f.pct(strongest['refusal_rate'])}) has a benign helpfulness drop of "
+            f"{_drop(strongest)}."
+        )
+    return [*lines, ""], True
+
+
+def _steering_effect(test: pd.DataFrame) -> Lines:
+    """Does steering move harm_test refusal at all? (Change vs baseline, CI per setting.)"""
+    lines = ["### Effect of steering on harm_test refusal", ""]
+    steered = _steered(test).dropna(subset=["refusal_gain"])
+    if steered.empty:
+        return [*lines, "No steered harm_test results: not measured.", ""]
+    up = steered[steered["refusal_gain_lo"] > 0]
+    down = steered[steered["refusal_gain_hi"] < 0]
+    if up.empty and down.empty:
+        return [*lines, "No steered setting changes harm_test refusal with a CI excluding 0.", ""]
+    parts = []
+    for name, rows, pick in (("raise", up, "idxmax"), ("lower", down, "idxmin")):
+        if rows.empty:
+            continue
+        r = rows.loc[getattr(rows["refusal_gain"], pick)()]
+        parts.append(
+            f"{len(rows)} of {len(steered)} steered settings {name} it with a CI excluding 0 "
+            f"(largest: {setting_of(r).label}, "
+            f"{f.pp_ci(r['refusal_gain'], r['refusal_gain_lo'], r['refusal_gain_hi'])}, "
+            f"to {f.pct_ci(r['refusal_rate'], r['refusal_lo'], r['refusal_hi'])})"
+        )
+    return [*lines, "**Measured steering effect**: " + "; ".join(parts) + ".", ""]
+
+
+def findings_section(summary: pd.DataFrame, best: Setting | None) -> tuple[Lines, dict[str, bool]]:
+    test = _test_rows(summary)
+    base = test[test["intervention"] == "none"]
+    gen_lines, gen = _generalization(test, None if base.empty else base.iloc[0], best)
+    side_lines, side = _side_effects(test)
+    lines = ["## Findings", "", *_steering_effect(test), *gen_lines, *side_lines]
+    return lines, {"generalization_failure": gen, "side_effect": side}
+
+
+def sanity_section(sign: dict[str, Any], checks: dict[str, dict[str, Any]]) -> tuple[Lines, int]:
+    """Sign check, template and seed robustness, confound verdict; and how many checks ran."""
+    lines = ["## Sanity checks", ""]
+    n_run = 0
+    if sign["available"]:
+        n_run += 1
+        per = sign["per_layer"]
+        failed = ", ".join(map(str, sign["failed"]))
+        status = f"FAILED at layer(s) {failed}" if failed else "passed"
+        lines.append(
+            f"- **Sign check** (α={sign.get('alpha')}, n={sign.get('n')}): {status}. "
+            + "; ".join(
+                f"L{L}: {f.pct(v.get('baseline_refusal'))} → {f.pct(v.get('steered_refusal'))}"
+                for L, v in sorted(per.items())
+            )
+        )
+    else:
+        lines.append("- Sign check: not run.")
+    tpl = checks.get("template") or {}
+    if tpl.get("available"):
+        n_run += 1
+        cos = ", ".join(f"L{k}: {v:.2f}" for k, v in sorted(tpl["cosine"].items())) or "n/a"
+        lines.append(
+            f"- **Template robustness** (alt prefixes, α={tpl.get('alpha')}): cosine with the "
+            f"main direction {cos}. " + _robust_text(tpl)
+        )
+    else:
+        lines.append("- Template robustness: not run.")
+    sd = checks.get("seed") or {}
+    if sd.get("available"):
+        n_run += 1
+        lines.append(
+            f"- **Seed robustness** (seed {_seeds(sd.get('alt_seed'))} vs "
+            f"{_seeds(sd.get('base_seed'))}, same "
+            "prompts): " + _robust_text(sd)
+        )
+    else:
+        lines.append("- Seed robustness: not run.")
+    cf = checks.get("confound") or {}
+    if cf.get("available"):
+        n_run += 1
+        lines.append(f"- **Length/entropy confound**: {cf.get('verdict')}.")
+    else:
+        lines.append("- Length/entropy confound: not checked (no steered harm_test rows).")
+    return [*lines, ""], n_run
+
+
+def _seeds(values: Any) -> str:
+    return ", ".join(str(v) for v in values) if isinstance(values, list) else str(values)
+
+
+def _robust_text(check: dict[str, Any]) -> str:
+    n, k = check.get("n_comparisons", 0), check.get("n_excluding_zero", 0)
+    if not n:
+        return "no reruns to compare."
+    worst = check.get("max_abs_diff")
+    text = f"{k} of {n} rate comparisons (refusal and helpful rate per split and setting) "
+    text += "have a CI excluding 0"
+    text += (
+        "." if worst is None or f.isnan(worst) else f"; largest |difference| {100 * worst:.1f} pp."
+    )
+    if k == 0:
+        return text + " Consistent with the main run."
+    flagged = [
+        f"{r['split']} {r['label']} {m}: {f.pp_ci(d['diff'], d['lo'], d['hi'])}"
+        for r in check.get("rows", [])
+        for m in ("refusal", "helpful")
+        if excludes_zero((d := r[m + "_diff"])["lo"], d["hi"])
+    ]
+    return text + " Differing: " + "; ".join(flagged) + "."
+
+
+def model_label(config: dict[str, Any], manifest: dict[str, Any]) -> str:
+    """The resolved model name (embedded -> SmolLM2-135M-Instruct), plus the spec if different
+    and the reduced-precision matmul mode when one was used."""
+    spec = str((config.get("model") or {}).get("name", "unknown"))
+    info = manifest.get("model")
+    name = str(info.get("name", spec)) if isinstance(info, dict) else spec
+    label = name if name == spec else f"{name} ({spec})"
+    low = (config.get("model") or {}).get("matmul_dtype")
+    return f"{label}, {low} matmuls" if low else label

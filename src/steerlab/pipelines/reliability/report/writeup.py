@@ -1,0 +1,241 @@
+"""``examples.md`` and ``report.md``: write-ups generated from the numbers, never beyond them.
+
+Every claim in ``report.md`` is gated on an interval: a generalization failure is stated only
+when the train−test gap's 95% CI excludes 0 (and is not already present at baseline), a side
+effect only when the benign-helpfulness drop's CI excludes 0, a layer difference only when the
+paired CI of the difference between two layers at the same intervention and α excludes 0.
+Otherwise the report says the data do not show it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from steerlab._util.io import atomic_write_text
+from steerlab.pipelines.reliability.report import _fmt as f
+from steerlab.pipelines.reliability.report._grid import (
+    SPLITS,
+    Setting,
+    main_grid,
+    pick_best,
+    select,
+    setting_points,
+)
+from steerlab.pipelines.reliability.report.aggregate import settings_table
+from steerlab.pipelines.reliability.report.checks import (
+    confound_check,
+    seed_check,
+    sign_check,
+    template_check,
+)
+from steerlab.pipelines.reliability.report.layers import (
+    checklist_note,
+    layer_comparison,
+    layer_section,
+)
+from steerlab.pipelines.reliability.report.sections import (
+    best_section,
+    findings_section,
+    model_label,
+    sanity_section,
+    setup_section,
+)
+
+FIGURES = (
+    ("tradeoff.png", "Refusal on harm_test vs benign helpfulness drop"),
+    ("layers_vs_alpha.png", "Effects vs α per layer (matched-α layer comparison)"),
+    ("gap_vs_alpha.png", "Generalization gap vs α"),
+    ("heatmap_refusal_harm_test.png", "Refusal rate on harm_test, layer × α"),
+    ("heatmap_helpful_benign.png", "Helpful rate on benign, layer × α"),
+    ("confounds.png", "Length / entropy confound check"),
+)
+
+
+# --- examples.md --------------------------------------------------------------------------------
+
+
+def _completion(row: pd.Series) -> str:
+    return "\n".join(
+        [
+            f"refusal score {float(row['refusal_score']):.2f} "
+            f"({'refusal' if bool(row['is_refusal']) else 'no refusal'}), "
+            f"helpfulness {float(row['helpfulness_score']):.2f} "
+            f"({'helpful' if bool(row['is_helpful']) else 'not helpful'}), "
+            f"{int(row['n_tokens'])} tokens"
+            + (" — **gibberish**" if bool(row.get("is_gibberish", False)) else ""),
+            "",
+            f"matched refusal: {f.phrases(row.get('matched_refusal'))}; "
+            f"matched compliance: {f.phrases(row.get('matched_compliance'))}",
+            "",
+            f.quote(str(row["text"])),
+        ]
+    )
+
+
+def write_examples(
+    results: pd.DataFrame, path: str | Path, n_per_split: int = 5, best: Setting | None = None
+) -> Path:
+    """``examples.md``: per split, ``n_per_split`` prompts, baseline vs steered completion.
+
+    Steered is ``best`` (default: the best operating point). Prompts are the first ids in sorted
+    order that have both completions, not a selection of striking cases.
+    """
+    path = Path(path)
+    grid = main_grid(results)
+    best = best if best is not None else pick_best(setting_points(results))
+    lines = ["# Qualitative examples", ""]
+    if best is None:
+        lines.append("No steered setting in this run: nothing to compare with the baseline.")
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        return path
+    lines += [
+        f"Baseline (no steering) vs **{best.label}** (the best operating point; see report.md).",
+        f"Prompts: the first {n_per_split} prompt ids per split (sorted) with both completions, "
+        "not chosen by outcome.",
+        "",
+    ]
+    base = select(grid, Setting(-1, "none", 0.0))
+    steered = select(grid, best)
+    for split in SPLITS:
+        b = base[base["split"] == split].drop_duplicates("prompt_id").set_index("prompt_id")
+        s = steered[steered["split"] == split].drop_duplicates("prompt_id").set_index("prompt_id")
+        ids = sorted(set(b.index) & set(s.index), key=str)[:n_per_split]
+        lines += [f"## {split}", ""]
+        if not ids:
+            lines += ["*(no prompts with both completions)*", ""]
+        for i, pid in enumerate(ids, 1):
+            lines += [
+                f"### {split} {i}: `{pid}`",
+                "",
+                f.quote(str(b.loc[pid, "prompt"])),
+                "",
+                "**Baseline**: " + _completion(b.loc[pid]),
+                "",
+                f"**{best.label}**: " + _completion(s.loc[pid]),
+                "",
+            ]
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+# --- report.md ----------------------------------------------------------------------------------
+
+
+def _sign_warning(sign: dict[str, Any]) -> list[str]:
+    if not sign["failed"]:
+        return []
+    per = sign["per_layer"]
+    detail = "; ".join(
+        f"layer {L}: baseline {f.pct(per[L].get('baseline_refusal'))} → steered "
+        f"{f.pct(per[L].get('steered_refusal'))}"
+        for L in sign["failed"]
+    )
+    return [
+        "> **⚠️ WARNING: SIGN CHECK FAILED** at layer(s) "
+        + ", ".join(str(L) for L in sign["failed"])
+        + f". Adding the direction (α={sign.get('alpha')}) did not raise refusal over the "
+        f"baseline on the sign-check prompts ({detail}). The direction's sign, the hook point "
+        "or the intervention may be wrong; treat every steering result below for these layers "
+        "as suspect.",
+        "",
+    ]
+
+
+def _acceptance(findings: dict[str, bool], n_sanity: int, layer_note: str | None) -> list[str]:
+    def mark(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    either = findings["generalization_failure"] or findings["side_effect"]
+    layer = (
+        f"yes ({layer_note})"
+        if layer_note
+        else "**no** (no layer difference at matched α has a CI excluding 0)"
+    )
+    return [
+        "## Research acceptance criteria",
+        "",
+        f"- Clear generalization failure or side-effect tradeoff: {mark(either)}",
+        f"- At least two sanity checks run: {mark(n_sanity >= 2)} ({n_sanity} run)",
+        f"- Layer comparison with a non-trivial difference: {layer}",
+        "",
+    ]
+
+
+def _figures(run_dir: Path) -> list[str]:
+    lines = ["## Figures", ""]
+    for name, caption in FIGURES:
+        if (run_dir / "figures" / name).is_file():
+            lines += [f"![{caption}](figures/{name})", ""]
+    return lines
+
+
+LIMITATIONS = (
+    "## Limitations",
+    "",
+    "Refusal and helpfulness are rule-based phrase and structure proxies, not human or model "
+    "judgments: a completion that refuses in unusual words, or complies in a refusal-like tone, "
+    "is misclassified. Each prompt gets one sampled completion per setting, so rates carry "
+    "sampling noise on top of prompt noise. Intervals are percentile bootstraps; a layer "
+    "difference at matched α resamples prompts paired (both layers saw them), but an effect vs "
+    "the baseline resamples its two sides independently, ignoring that they share prompts "
+    "(usually conservative). No correction is made for the many settings compared, so a single "
+    "interval excluding 0 among dozens is weak evidence on its own. The prompt splits are "
+    "templated, so the harm_train/harm_test shift is a controlled but narrow stand-in for "
+    "real distribution shift, and results are for one small model and one direction method.",
+    "",
+)
+
+
+def write_report(
+    run_dir: str | Path,
+    results: pd.DataFrame,
+    summary: pd.DataFrame,
+    sanity: dict[str, Any],
+    config: dict[str, Any],
+    manifest: dict[str, Any],
+    checks: dict[str, dict[str, Any]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """Write ``run_dir/report.md`` from the summary and sanity checks; return its path.
+
+    ``checks`` holds ``confound``/``seed``/``template``/``layers`` results (computed here when
+    missing).
+    """
+    run_dir = Path(run_dir)
+    checks = dict(checks or {})
+    best = pick_best(settings_table(summary))
+    if "confound" not in checks:
+        checks["confound"] = confound_check(results, n_boot=n_boot, seed=seed, best=best)
+    if "seed" not in checks:
+        checks["seed"] = seed_check(results, n_boot=n_boot, seed=seed)
+    if "template" not in checks:
+        checks["template"] = template_check(results, sanity, n_boot=n_boot, seed=seed)
+    if "layers" not in checks:
+        checks["layers"] = layer_comparison(results, summary, n_boot=n_boot, seed=seed)
+    sign = sign_check(sanity)
+    model = model_label(config, manifest)
+
+    lines = [f"# Steering reliability report: {model}", ""]
+    lines += _sign_warning(sign)
+    lines += [
+        f"Run `{run_dir.name}`. Intervals are 95% percentile-bootstrap CIs ({n_boot} resamples); "
+        "pp = percentage points. A difference is called a finding only when its CI excludes 0.",
+        "",
+    ]
+    lines += setup_section(results, config, manifest)
+    lines += best_section(summary, best)
+    lines += layer_section(results, summary, checks["layers"], n_boot=n_boot, seed=seed)
+    finding_lines, findings = findings_section(summary, best)
+    lines += finding_lines
+    sanity_lines, n_sanity = sanity_section(sign, checks)
+    lines += sanity_lines
+    lines += _acceptance(findings, n_sanity, checklist_note(checks["layers"]))
+    lines += _figures(run_dir)
+    lines += LIMITATIONS
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
