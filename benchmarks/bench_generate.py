@@ -6,12 +6,12 @@
    so both produce exactly batch x tokens);
 2. steered (one ``add`` at layer 15) vs unsteered, engine, batch 32, same forcing;
 3. a 3-layer x 2-kind x 4-alpha grid over 16 prompts: steerlab per-row settings in shared batches
-   vs the seeds' way (for each setting, a forward hook and one prompt at a time with HF generate).
+   vs a hook loop (for each setting, a forward hook and one prompt at a time with HF generate).
 
 Ends with ``RATIOS steered/unsteered=... engine/hf=... batched/loop=... engine/hf_eos_off=...``:
 engine/hf is the realistic case (rows stop at EOS; useful tokens per second), engine/hf_eos_off
 the forced-length case where both do exactly the same arithmetic.
-Targets (issue 2): steered/unsteered >= 0.95, engine/hf >= 1.0, batched/loop >= 6 on 2 cores.
+Targets on 2 cores: steered/unsteered >= 0.95, engine/hf >= 1.0, batched/loop >= 6.
 """
 
 from __future__ import annotations
@@ -88,10 +88,10 @@ def hf_run(model: Model, prompts: list[str], tokens: int, eos: bool = False) -> 
 
 
 @contextlib.contextmanager
-def seed_style_hook(
+def block_hook(
     model: Model, layer: int, kind: str, vec: torch.Tensor, alpha: float
 ) -> Iterator[None]:
-    """What the seeds do: a forward hook on one block, steering every position."""
+    """The plain way to steer: a forward hook on one block, steering every position."""
     unit = (vec / vec.norm()).to(model.device, model.dtype)
     add = (alpha * vec).to(model.device, model.dtype)
 
@@ -193,7 +193,7 @@ def main() -> None:
     def loop() -> int:
         tok, n = model.tokenizer, 0
         for L, k, a in grid:
-            with seed_style_hook(model, L, k, vec.direction(L), a), torch.inference_mode():
+            with block_hook(model, L, k, vec.direction(L), a), torch.inference_mode():
                 for p in gprompts:
                     enc = tok(p, return_tensors="pt", add_special_tokens=False).to(model.device)
                     out = model.hf.generate(

@@ -1,11 +1,11 @@
-"""The seed's sweep grid, timed side by side in one run (a script, not a test).
+"""The reliability pipeline's sweep grid, timed side by side in one run (a script, not a test).
 
     python benchmarks/bench_sweep.py [--prompts 24] [--tokens 48] [--rounds 2] [--batch 128]
         [--matmul-dtype bf16] [--device cuda --dtype bfloat16]
 
 On the embedded model (fp32), with the sweep's sampling (temperature 0.7, top-p 0.9):
 
-- ``sweep``: steerlab, the seed's grid (3 layers x {add, ablate} x 4 non-zero α, plus the
+- ``sweep``: steerlab, the pipeline's grid (3 layers x {add, ablate} x 4 non-zero α, plus the
   unsteered baseline) as per-row settings in one ``generate`` call;
 - ``hf_per_setting``: Hugging Face ``generate`` once per setting, all prompts batched, with a
   forward hook steering every position (how the steering-vectors library does it);
@@ -19,7 +19,7 @@ shared prefixes once and blocks it skipped left out, plus generated tokens, each
 parameters) per second over that ceiling.
 
 Ends with ``RATIOS sweep/hf_per_setting=... steered/unsteered=... ceiling_fraction=...``.
-Targets (issue 13) on 2 cores: >= 3, >= 0.95, >= 0.6.
+Targets on 2 cores: >= 3, >= 0.95, >= 0.6.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def main() -> None:
         "greedy-token agreement with float32",
     )
     ap.add_argument("--skip-hf", action="store_true", help="leave out HF generate per setting")
-    ap.add_argument("--device", default="cpu", help="cpu (the issue's targets), cuda, auto")
+    ap.add_argument("--device", default="cpu", help="cpu (where the targets hold), cuda, auto")
     ap.add_argument("--dtype", default=None, help="model dtype (default: float32 on CPU)")
     args = ap.parse_args()
 

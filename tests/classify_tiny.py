@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.cli import main
-from steerlab.pipelines._shared import EvalModelCfg
-from steerlab.pipelines.classify.config import ClassifyConfig
+from steerlab.pipelines.classify.config import ClassifyConfig, EvalModelCfg
 
 CONFIG = """\
 name: tinyvuln

@@ -33,7 +33,7 @@ _NAMES = {
     "pca": "steerlab.directions",
     "record": "steerlab.directions",
     "Intervention": "steerlab.interventions",
-    "compile_plan": "steerlab.interventions",
+    "compile_plan": "steerlab.engine.plan",
     "steering": "steerlab.engine.handle",
     "generate": "steerlab.engine.generate",
     "Row": "steerlab.engine.generate",

@@ -22,29 +22,23 @@ Positions are windows relative to the end of the prompt: ``0`` is the first gene
 (-1, 0), ``generated`` = (0, inf), ``window:S:E`` = [S, E) with either side optional. Pads are
 never steered.
 
-A batch of rows, each with its own interventions, compiles to a :class:`SteeringPlan`: for each
-hook site a list of slots, each slot holding per-row tensors, so one fused update per slot steers
-every row with its own setting.
+A batch of rows, each with its own interventions, compiles to a
+:class:`~steerlab.engine.plan.SteeringPlan`: for each hook site a list of slots, each slot holding
+per-row tensors, so one fused update per slot steers every row with its own setting.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from steerlab.errors import SteerlabError
-from steerlab.sae.clamp import SAEClamps, build_clamps, feature_of
+from steerlab.sae.clamp import METHOD as SAE_METHOD
 from steerlab.sae.model import SparseAutoencoder
 from steerlab.sites import Site, parse_point
 from steerlab.vectors import SteeringVector
-
-if TYPE_CHECKING:
-    from steerlab.models import Model
 
 KINDS = ("add", "ablate", "clamp", "sae_clamp")
 VECTOR_KINDS = ("add", "ablate", "clamp")  # what a vector file alone can do (no SAE)
@@ -184,204 +178,35 @@ class Intervention:
         )
 
 
-# ----------------------------------------------------------------------------- compiled plan
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Per-row tensors for the k-th intervention of every row at one hook site.
-
-    Shapes: ``add``/``unit`` (B, d_model) float32; ``coef``/``target`` (B,) float32;
-    ``is_clamp`` (B,) bool; ``lo``/``hi`` (B,) int64 window bounds relative to the prompt end.
-    Rows without a k-th intervention have zeros everywhere, which leaves them exactly unchanged.
-    ``sae`` holds the rows' ``sae_clamp`` tensors (None when no row of the slot has one).
-    """
-
-    add: torch.Tensor
-    unit: torch.Tensor
-    coef: torch.Tensor
-    target: torch.Tensor
-    is_clamp: torch.Tensor
-    lo: torch.Tensor
-    hi: torch.Tensor
-    has_proj: bool
-    sae: SAEClamps | None = None
-
-    def select(self, idx: torch.Tensor) -> Slot:
-        t = {k: getattr(self, k).index_select(0, idx) for k in _SLOT_TENSORS}
-        sae = None if self.sae is None else self.sae.select(idx)
-        return Slot(**t, has_proj=self.has_proj, sae=sae)
-
-    def to(self, device: torch.device) -> Slot:
-        t = {k: getattr(self, k).to(device) for k in _SLOT_TENSORS}
-        sae = None if self.sae is None else self.sae.to(device)
-        return Slot(**t, has_proj=self.has_proj, sae=sae)
-
-    def apply(self, h: torch.Tensor, rel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Return the steered residual. ``h`` (B, T, d); ``rel``/``valid`` (B, T)."""
-        mask = valid & (rel >= self.lo[:, None]) & (rel < self.hi[:, None])  # (B, T)
-        delta = self.add[:, None, :]  # (B, 1, d)
-        if self.has_proj:
-            unit = self.unit[:, None, :]  # (B, 1, d)
-            proj = (h.float() * unit).sum(-1)  # (B, T)
-            dproj = torch.where(
-                self.is_clamp[:, None], self.target[:, None] - proj, -self.coef[:, None] * proj
-            )
-            delta = delta + dproj[..., None] * unit  # (B, T, d)
-        if self.sae is not None:
-            delta = delta + self.sae.delta(h)  # (B, T, d)
-        return h + (mask[..., None] * delta).to(h.dtype)
-
-    def apply_tokens(self, h: torch.Tensor, row: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-        """The same update on a flat token layout (continuous batching, vLLM).
-
-        ``h`` (N, d) activations of N tokens from many requests; ``row`` (N,) the plan row of each
-        token; ``rel`` (N,) its position relative to its row's prompt end. Equal to :meth:`apply`
-        on the padded (B, T, d) layout, token for token.
-        """
-        lo, hi = self.lo.index_select(0, row), self.hi.index_select(0, row)  # (N,)
-        mask = (rel >= lo) & (rel < hi)  # (N,)
-        delta = self.add.index_select(0, row)  # (N, d)
-        if self.has_proj:
-            unit = self.unit.index_select(0, row)  # (N, d)
-            proj = (h.float() * unit).sum(-1)  # (N,)
-            dproj = torch.where(
-                self.is_clamp.index_select(0, row),
-                self.target.index_select(0, row) - proj,
-                -self.coef.index_select(0, row) * proj,
-            )
-            delta = delta + dproj[:, None] * unit  # (N, d)
-        if self.sae is not None:
-            delta = delta + self.sae.delta(h, row)  # (N, d)
-        return h + (mask[:, None] * delta).to(h.dtype)
-
-
-_SLOT_TENSORS = ("add", "unit", "coef", "target", "is_clamp", "lo", "hi")
-
-
-@dataclass(frozen=True)
-class SteeringPlan:
-    """Compiled per-row steering for a batch of ``batch_size`` rows (1 = broadcast to any batch)."""
-
-    sites: dict[Site, tuple[Slot, ...]]
-    batch_size: int
-
-    def select(self, idx: torch.Tensor) -> SteeringPlan:
-        """Keep rows ``idx`` (used when finished rows leave a decoding batch)."""
-        if self.batch_size == 1:
-            return self
-        sites = {k: tuple(s.select(idx) for s in v) for k, v in self.sites.items()}
-        return SteeringPlan(sites, int(idx.numel()))
-
-    def apply_tokens(
-        self, site: Site, h: torch.Tensor, row: torch.Tensor, rel: torch.Tensor
-    ) -> torch.Tensor:
-        """Steer a flat (N, d) token layout at ``site`` (see :meth:`Slot.apply_tokens`)."""
-        if self.batch_size == 1:
-            row = torch.zeros_like(row)
-        for slot in self.sites.get(site, ()):
-            h = slot.apply_tokens(h, row, rel)
-        return h
-
-    def to(self, device: torch.device) -> SteeringPlan:
-        sites = {k: tuple(s.to(device) for s in v) for k, v in self.sites.items()}
-        return SteeringPlan(sites, self.batch_size)
-
-    @property
-    def empty(self) -> bool:
-        return not self.sites
-
-
-def compile_plan(
-    model: Model | None,
-    rows: Sequence[Sequence[Intervention]],
-    device: torch.device | None = None,
-) -> SteeringPlan:
-    """Compile one intervention list per row into per-site slot tensors on ``device``.
-
-    With ``model`` given, sites and d_model are checked against it (clear errors), and a vector
-    built on another model of the same width triggers one warning.
-    """
-    d_model = model.d_model if model is not None else None
-    dev = device or (model.device if model is not None else torch.device("cpu"))
-    per_site: dict[Site, list[list[Intervention | None]]] = {}
-    for r, ivs in enumerate(rows):
-        counts: dict[Site, int] = {}
-        for iv in ivs:
-            if model is not None:
-                model.check_layer(iv.layer)
-                model.backend.check_site(iv.site)
-            if model is not None and iv.sae is not None:
-                iv.sae.check_model(model)
-            if d_model is not None:
-                iv.vector.check_d_model(d_model)
-            if model is not None:
-                _warn_foreign(iv.vector, model.name)
-            site = iv.site
-            k = counts.get(site, 0)
-            counts[site] = k + 1
-            slots = per_site.setdefault(site, [])
-            while len(slots) <= k:
-                slots.append([None] * len(rows))
-            slots[k][r] = iv
-    sites = {
-        site: tuple(_build_slot(col, dev) for col in slots)
-        for site, slots in sorted(per_site.items(), key=lambda kv: kv[0].order)
-    }
-    return SteeringPlan(sites, len(rows))
-
-
-_WARNED: set[tuple[str, str]] = set()
-
-
-def _warn_foreign(vector: SteeringVector, model_name: str) -> None:
-    """Warn once per (vector model, target model) when a vector crosses models."""
-    src = vector.model_id
-    if src in ("unknown", "", model_name) or (src, model_name) in _WARNED:
-        return
-    _WARNED.add((src, model_name))
-    warnings.warn(
-        f"applying a vector built on {src!r} to {model_name!r}: same width, but directions "
-        "rarely transfer between models",
-        UserWarning,
-        stacklevel=4,
-    )
-
-
-def _build_slot(col: Sequence[Intervention | None], device: torch.device) -> Slot:
-    b = len(col)
-    d = next(iv.vector.d_model for iv in col if iv is not None)
-    add = torch.zeros(b, d)
-    unit = torch.zeros(b, d)
-    coef = torch.zeros(b)
-    target = torch.zeros(b)
-    is_clamp = torch.zeros(b, dtype=torch.bool)
-    lo = torch.zeros(b, dtype=torch.long)
-    hi = torch.zeros(b, dtype=torch.long)  # empty window: rows without an intervention
-    for r, iv in enumerate(col):
-        if iv is None:
-            continue
-        lo[r], hi[r] = iv.window.bounds
-        if iv.kind == "sae_clamp":
-            continue  # its tensors are built by build_clamps
-        if iv.kind == "add":
-            if iv.alpha != 0:
-                add[r] = iv.alpha * iv.scale_factor() * iv.vector.unit(iv.src)
-        else:
-            unit[r] = iv.vector.unit(iv.src)
-            if iv.kind == "ablate":
-                coef[r] = iv.alpha
-            else:
-                is_clamp[r] = True
-                target[r] = iv.alpha * iv.scale_factor()
-    return Slot(
-        add=add.to(device),
-        unit=unit.to(device),
-        coef=coef.to(device),
-        target=target.to(device),
-        is_clamp=is_clamp.to(device),
-        lo=lo.to(device),
-        hi=hi.to(device),
-        has_proj=bool(unit.abs().sum() > 0),
-        sae=build_clamps(col, d, device),
-    )
+def feature_of(iv: Intervention) -> int:
+    """Validate an ``sae_clamp`` intervention; return its feature index."""
+    sae, v = iv.sae, iv.vector
+    if sae is None:
+        raise SteerlabError(
+            "kind 'sae_clamp' needs sae=<the SparseAutoencoder the feature belongs to>"
+        )
+    if iv.scale != "absolute":
+        raise SteerlabError(
+            f"sae_clamp takes the target activation as alpha, in the SAE's own units: use "
+            f"scale='absolute', not {iv.scale!r}"
+        )
+    feature = v.extra.get("feature")
+    if v.method != SAE_METHOD or isinstance(feature, bool) or not isinstance(feature, int):
+        raise SteerlabError(
+            "sae_clamp needs the feature's vector from steerlab.directions.sae(sae, feature), "
+            f"got a {v.method!r} vector"
+        )
+    sae.check_feature(feature)
+    if iv.site != sae.site:
+        raise SteerlabError(
+            f"{sae.describe()} reads {sae.hook_name}, but this sae_clamp is at {iv.site.name}: "
+            "a feature can only be clamped where its SAE reads"
+        )
+    if iv.src != sae.layer:
+        raise SteerlabError(f"sae_clamp uses the SAE's own layer {sae.layer}, not {iv.src}")
+    if not torch.equal(v.direction(iv.src), sae.decoder_row(feature).to("cpu", torch.float32)):
+        raise SteerlabError(
+            f"the vector is not feature {feature}'s decoder row of {sae.describe()} (built from "
+            "another SAE, or changed by arithmetic): use steerlab.directions.sae(sae, feature)"
+        )
+    return feature

@@ -1,6 +1,5 @@
-"""The programmatic API of the TransformerLens steering-eval seed, on steerlab's engine.
-
-Three functions with the seed's names and arguments, for code written against it::
+"""Three one-call helpers on steerlab's engine: build a contrast vector, generate with a list of
+steering dicts, and score every layer for steering toward a target word::
 
     from transformer_lens import HookedTransformer
     import steerlab as sl
@@ -17,7 +16,7 @@ Three functions with the seed's names and arguments, for code written against it
 ``model`` is a steerlab :class:`~steerlab.models.Model` or anything :func:`steerlab.wrap` takes
 without a tokenizer (a TransformerLens ``HookedTransformer`` or ``TransformerBridge``, an nnsight
 ``LanguageModel``); wrap a Hugging Face model yourself: ``sl.wrap(hf_model, tokenizer)``.
-Prompts are raw text (no chat template) unless ``chat=True``, as in the seed.
+Prompts are raw text (no chat template) unless ``chat=True``.
 """
 
 from __future__ import annotations

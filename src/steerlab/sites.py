@@ -1,4 +1,4 @@
-"""Named hook sites (TransformerLens names) and the per-architecture tables that locate them.
+"""Named hook sites (TransformerLens names): the site vocabulary every layer above speaks.
 
 A site is a point in the residual computation of one block, named as TransformerLens names it:
 
@@ -13,8 +13,9 @@ Sequential blocks (GPT-2, LLaMA, Mistral, Qwen, Gemma): ``resid_mid = resid_pre 
 ``resid_post = resid_pre + attn_out + mlp_out``; they have no ``resid_mid``.
 
 Short forms (``resid_post`` plus a layer given separately) are accepted everywhere a name is.
-:func:`parse_site` is the one parser; :data:`WIRING` is the one table that maps sub-block sites
-to Hugging Face modules per architecture (adding an architecture is adding a row).
+:func:`parse_site` is the one parser. Where each site lives in a given architecture is the
+backends' business (:mod:`steerlab.backends.architectures`); :func:`check_point` turns what they
+know (parallel-residual or not, or no sub-block table) into one error.
 """
 
 from __future__ import annotations
@@ -92,55 +93,14 @@ def parse_site(name: str, layer: int | None = None) -> Site:
     return Site(int(chosen), point)
 
 
-# ----------------------------------------------------------------------------- architectures
-
-
-@dataclass(frozen=True)
-class Wiring:
-    """Where a block's sub-block outputs live in a Hugging Face decoder layer.
-
-    ``attn``/``mlp``: attribute names (inside the block) of the modules whose output is exactly
-    what the attention / MLP sub-block adds to the residual stream (after any post-norm).
-    ``parallel``: True/False, or the name of a config attribute that says so.
-    ``ln1``: the block's first norm, whose input is the block input after every edit at
-    ``resid_pre`` (``resid_mid`` is formed from it).
-    """
-
-    attn: str
-    mlp: str
-    parallel: bool | str = False
-    ln1: str = "input_layernorm"
-
-
-#: Hugging Face ``config.model_type`` -> wiring. resid_pre / resid_post need no entry.
-WIRING: dict[str, Wiring] = {
-    "llama": Wiring("self_attn", "mlp"),
-    "mistral": Wiring("self_attn", "mlp"),
-    "mixtral": Wiring("self_attn", "mlp"),
-    "qwen2": Wiring("self_attn", "mlp"),
-    "qwen3": Wiring("self_attn", "mlp"),
-    "gemma": Wiring("self_attn", "mlp"),
-    "gemma2": Wiring("post_attention_layernorm", "post_feedforward_layernorm"),
-    "gemma3_text": Wiring("post_attention_layernorm", "post_feedforward_layernorm"),
-    "phi3": Wiring("self_attn", "mlp"),
-    "olmo": Wiring("self_attn", "mlp"),
-    "gpt2": Wiring("attn", "mlp", ln1="ln_1"),
-    "gpt_neox": Wiring("attention", "mlp", parallel="use_parallel_residual"),
-    "phi": Wiring("self_attn", "mlp", parallel=True),
-    "gptj": Wiring("attn", "mlp", parallel=True, ln1="ln_1"),
-}
-
-
-def is_parallel(wiring: Wiring, config: object) -> bool:
-    if isinstance(wiring.parallel, bool):
-        return wiring.parallel
-    return bool(getattr(config, wiring.parallel, False))
+# ----------------------------------------------------------------------------- availability
 
 
 def check_point(point: str, model_type: str, model_name: str, parallel: bool | None) -> None:
     """Raise one clear error when an architecture cannot expose ``point``.
 
-    ``parallel`` None means the architecture has no wiring entry (only resid_pre/post work).
+    ``parallel``: whether the blocks are parallel-residual (no ``resid_mid``); None means the
+    architecture has no sub-block table (only resid_pre/post work).
     """
     if point in ("resid_pre", "resid_post"):
         return

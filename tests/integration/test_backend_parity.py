@@ -20,7 +20,7 @@ from tests.conftest import ALL_TINY, _load_tiny
 import steerlab as sl
 from steerlab.backends.base import call_info_from_mask
 from steerlab.engine.handle import SteeringHandle
-from steerlab.interventions import compile_plan
+from steerlab.engine.plan import compile_plan
 from steerlab.models import Model, model_from_hf
 from steerlab.sites import Site
 

@@ -1,4 +1,4 @@
-"""Values that used to be accepted and gave wrong results are refused with one clear message
+"""Values that would give wrong results are refused with one clear message
 (or, for duplicate prompt ids, warned about once and recorded in the output)."""
 
 from __future__ import annotations

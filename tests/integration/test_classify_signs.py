@@ -136,7 +136,7 @@ def test_a_backwards_group_is_named_and_the_advised_rerun_fixes_it(
 def test_every_vector_backwards_advises_flip_sign(
     tmp_path: Path, task: Path, tiny_llama: Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The seed's mistake: every vector built the wrong way round."""
+    """Every vector built the wrong way round (``mean(other) - mean(target)``)."""
     d = planted(tiny_llama, task)
     last = tiny_llama.n_layers - 1
     cfg = config(

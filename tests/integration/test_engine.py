@@ -1,4 +1,5 @@
-"""The continuous engine (steerlab.engine.continuous) against the fixed-batch loop and each row alone.
+"""The continuous engine (``steerlab.engine.continuous``) against the fixed-batch loop and each
+row alone.
 
 Continuous batching (finished rows replaced by waiting ones), shared prompt prefixes and a
 prompt's lower layers shared across settings are optimizations: with them on, every row's greedy
@@ -129,9 +130,9 @@ def test_cache_comes_apart_and_back(tiny_llama: Model) -> None:
     cache = be.new_cache()
     with torch.inference_mode():
         be.forward(ids, mask, mask.cumsum(-1) - 1, cache)
-        kv = be.cache_kv(cache)
+        kv = be.kv_cache.tensors(cache)
         assert kv is not None and len(kv) == tiny_llama.n_layers
-        again = be.cache_kv(be.cache_from_kv(kv))
+        again = be.kv_cache.tensors(be.kv_cache.from_tensors(kv))
     assert again is not None
     for (k1, v1), (k2, v2) in zip(kv, again, strict=True):
         assert torch.equal(k1, k2) and torch.equal(v1, v2)

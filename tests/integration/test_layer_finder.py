@@ -22,8 +22,8 @@ from steerlab.analysis.layer_finder import (
     LayerReport,
     content_positions,
     find_layers,
-    next_token_logprobs,
     parse_layers,
+    steered_logprobs,
     target_token_ids,
 )
 from steerlab.errors import SteerlabError
@@ -219,8 +219,8 @@ def test_report_intervention_reproduces_a_row(tiny_llama: Model) -> None:
         iv = report.intervention(layer)
         seqs = [tiny_llama.encode(t) for t in TESTS]
         for_rows: list[tuple[Any, ...]] = [(), ()]
-        base, _ = next_token_logprobs(tiny_llama, seqs, for_rows)
-        steered, _ = next_token_logprobs(tiny_llama, seqs, [(iv,), (iv,)])
+        base, _ = steered_logprobs(tiny_llama, seqs, for_rows)
+        steered, _ = steered_logprobs(tiny_llama, seqs, [(iv,), (iv,)])
         effect = (steered[:, targets].logsumexp(-1) - base[:, targets].logsumexp(-1)).mean()
         assert float(effect) == pytest.approx(report.score(layer).effect, abs=1e-5)
 
@@ -303,7 +303,10 @@ def test_csv_plot_and_text(tiny_llama: Model, tmp_path: Path) -> None:
 
 
 def test_core_does_not_import_matplotlib() -> None:
-    code = "import sys, steerlab.analysis.layer_finder, steerlab.shortcuts; print('matplotlib' in sys.modules)"
+    code = (
+        "import sys, steerlab.analysis.layer_finder, steerlab.shortcuts; "
+        "print('matplotlib' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

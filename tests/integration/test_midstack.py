@@ -29,7 +29,8 @@ SUPPORTED_TINY = tuple(k for k in ALL_TINY if k not in UNSUPPORTED_TINY)
 
 
 def _extra_config(kind: str) -> Any:
-    """Tiny configs of architectures without a ``steerlab.models.tiny`` kind (and gemma2 made uniform)."""
+    """Tiny configs of architectures without a ``steerlab.models.tiny`` kind (and gemma2 made
+    uniform)."""
     import transformers as tf
 
     common: dict[str, Any] = {
@@ -97,13 +98,13 @@ def _positions(mask: torch.Tensor, s: int) -> torch.Tensor:
 
 
 def _copy(be: HFBackend, cache: Any) -> Any:
-    kv = be.cache_kv(cache)
+    kv = be.kv_cache.tensors(cache)
     assert kv is not None
-    return be.cache_from_kv([(k.clone(), v.clone()) for k, v in kv])
+    return be.kv_cache.from_tensors([(k.clone(), v.clone()) for k, v in kv])
 
 
 def _kv(be: HFBackend, cache: Any) -> KV:
-    kv = be.cache_kv(cache)
+    kv = be.kv_cache.tensors(cache)
     assert kv is not None
     return kv
 

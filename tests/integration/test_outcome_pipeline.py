@@ -1,6 +1,6 @@
-"""``direction.method: outcome_conditioned`` in the reliability pipeline (seed 003, 7.2): the
-direction is built from the baseline's own completions on the building prompts, labeled by the
-baseline's refusal/helpful scores, and refused with the counts when a class is too small."""
+"""``direction.method: outcome_conditioned`` in the reliability pipeline: the direction is built
+from the baseline's own completions on the building prompts, labeled by the baseline's
+refusal/helpful scores, and refused with the counts when a class is too small."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ import torch
 import steerlab as sl
 from steerlab.backends.base import call_info_from_mask
 from steerlab.engine.handle import SteeringHandle
+from steerlab.engine.plan import compile_plan
 from steerlab.errors import ModelLoadError, SteerlabError
-from steerlab.interventions import compile_plan
 from steerlab.models import Model
 from steerlab.models.tiny import build_tiny_model
 from steerlab.sites import Site

@@ -37,7 +37,8 @@ from tests.integration.test_steering_invariants import (
 from steerlab import directions
 from steerlab.engine.generate import GenerationConfig, Row
 from steerlab.engine.handle import count_hooks, steering
-from steerlab.interventions import Intervention, compile_plan
+from steerlab.engine.plan import compile_plan
+from steerlab.interventions import Intervention
 from steerlab.models import Model
 from steerlab.sae import SparseAutoencoder
 from steerlab.sites import Site

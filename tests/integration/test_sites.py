@@ -17,11 +17,12 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from steerlab.backends.architectures import ARCHITECTURES
 from steerlab.backends.base import SiteFn
 from steerlab.engine.generate import GenerationConfig, Row, generate
 from steerlab.interventions import Intervention
 from steerlab.models import Model
-from steerlab.sites import POINTS, WIRING, Site, SiteError, parse_site
+from steerlab.sites import POINTS, Site, SiteError, parse_site
 from steerlab.vectors import SteeringVector
 
 TEXTS = ("Hi", "The cat sat on the mat.", "One two")
@@ -280,13 +281,13 @@ def _wiring_models() -> dict[str, Model]:
     return out
 
 
-def test_every_wiring_row_is_exercised() -> None:
+def test_every_architecture_row_is_exercised() -> None:
     """Each architecture in the table is checked here or by a tiny model of the test suite."""
     from tests.conftest import ALL_TINY
 
     covered = set(_wiring_models()) | {"llama", "gpt2", "gpt_neox", "qwen2", "gemma2"}
     covered |= {"mistral", "phi"}
-    assert set(WIRING) <= covered, set(WIRING) - covered
+    assert set(ARCHITECTURES) <= covered, set(ARCHITECTURES) - covered
     assert len(ALL_TINY) == 7
 
 

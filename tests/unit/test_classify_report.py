@@ -14,11 +14,12 @@ import pytest
 from tests.classify_tiny import N_EVAL, config, write_task
 
 from steerlab.errors import SteerlabError
-from steerlab.pipelines.classify.checks import advise, check_rows
+from steerlab.pipelines.classify.checks import advise
 from steerlab.pipelines.classify.config import generated_only
 from steerlab.pipelines.classify.cross import best_cells, cross_frame
 from steerlab.pipelines.classify.cross import markdown as cross_markdown
 from steerlab.pipelines.classify.report import metrics, scored
+from steerlab.pipelines.classify.run import check_rows
 
 
 @pytest.fixture

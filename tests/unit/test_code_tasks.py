@@ -296,11 +296,11 @@ def test_mbpp_offline_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [c[2] for c in hub.calls] == [True]  # only the cache was asked
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(code_mod, "_hub_offline", lambda: False)
-    monkeypatch.setattr(code_mod, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(code_mod, "hub_offline", lambda: False)
+    monkeypatch.setattr(code_mod, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(CodeTaskError, match=r"which could not be reached within 3 s: pass the"):
         load_code_tasks("mbpp")
-    monkeypatch.setattr(code_mod, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(code_mod, "hub_reachable", lambda timeout=3.0: True)
     with pytest.raises(CodeTaskError, match=r"but downloading full/test-00000-of-00001.parquet"):
         load_code_tasks("mbpp")
 
@@ -308,16 +308,30 @@ def test_mbpp_offline_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unreachable_hub_is_detected_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
+    from steerlab._util import hub
+
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
-    assert code_mod._hub_reachable(timeout=1.0) is False
+    assert hub.hub_reachable(timeout=1.0) is False
+
+
+def test_offline_mode_is_unreachable_without_a_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.request
+
+    from steerlab._util import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("probed"))
+    assert hub.hub_offline() is True
+    assert hub.hub_reachable() is False
 
 
 def test_mbpp_hub_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import huggingface_hub
 
     parquet = _parquet(tmp_path)
-    monkeypatch.setattr(code_mod, "_hub_offline", lambda: False)
-    monkeypatch.setattr(code_mod, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(code_mod, "hub_offline", lambda: False)
+    monkeypatch.setattr(code_mod, "hub_reachable", lambda timeout=3.0: True)
     hub = _FakeHub(cached=None, remote=parquet)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
     tasks = load_code_tasks("mbpp:validation")
@@ -331,7 +345,7 @@ def test_mbpp_hub_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     )
     cached = _FakeHub(cached=parquet)  # a cached copy is used with no network at all
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", cached)
-    monkeypatch.setattr(code_mod, "_hub_reachable", lambda timeout=3.0: pytest.fail("probed"))
+    monkeypatch.setattr(code_mod, "hub_reachable", lambda timeout=3.0: pytest.fail("probed"))
     assert len(load_code_tasks("mbpp")) == 2
 
 

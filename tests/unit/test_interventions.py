@@ -5,13 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from steerlab.engine.plan import compile_plan
 from steerlab.errors import SteerlabError
-from steerlab.interventions import (
-    Intervention,
-    Window,
-    compile_plan,
-    parse_hook_name,
-)
+from steerlab.interventions import Intervention, Window, parse_hook_name
 from steerlab.models import Model
 from steerlab.sites import Site
 from steerlab.vectors import SteeringVector

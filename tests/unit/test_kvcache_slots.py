@@ -1,4 +1,4 @@
-"""Slot caches (steerlab.backends.kvcache.SlotLayer): the engine's KV cache with spare columns.
+"""Slot caches (steerlab.backends.hf_cache.SlotLayer): the engine's KV cache with spare columns.
 
 Each operation is checked against the same thing done with plain tensors: appends in place equal
 ``torch.cat``, a newcomer placed in a slot is right-aligned with zeros in front, growing, dropping
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from steerlab.backends import kvcache
+from steerlab.backends import hf_cache as kvcache
 
 
 def _kv(b: int, t: int, seed: int, layers: int = 2) -> kvcache.KV:

@@ -390,10 +390,11 @@ def test_gemma_scope_sites_we_cannot_steer(tmp_path: Path, parts: tuple, match: 
 
 def test_release_offline_fails_at_once_in_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("sae_lens")
-    import steerlab.models.load
+    import steerlab.sae.load
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(steerlab.models.load, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(steerlab.sae.load, "hub_offline", lambda: False)
+    monkeypatch.setattr(steerlab.sae.load, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(SAEError, match="unreachable") as info:
         load_sae("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical")
     msg = str(info.value)
@@ -408,9 +409,9 @@ def test_release_without_sae_lens_names_the_extra(monkeypatch: pytest.MonkeyPatc
 
 def test_unknown_release_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("sae_lens")
-    import steerlab.models.load
+    import steerlab.sae.load
 
-    monkeypatch.setattr(steerlab.models.load, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(steerlab.sae.load, "hub_reachable", lambda timeout=3.0: True)
     with pytest.raises(SAEError, match="could not load the SAE 'x' of release 'no-such'") as info:
         load_sae("no-such", "x")
     assert "\n" not in str(info.value)
@@ -424,7 +425,7 @@ def test_release_goes_through_sae_lens_from_pretrained(
     pytest.importorskip("sae_lens")
     import sae_lens.loading.pretrained_sae_loaders as loaders
 
-    import steerlab.models.load
+    import steerlab.sae.load
 
     file = gemma_npz(tmp_path, parts=("layer_20", "width_16k", "average_l0_71"))
     real = loaders.gemma_2_sae_huggingface_loader
@@ -433,7 +434,7 @@ def test_release_goes_through_sae_lens_from_pretrained(
         kw["cfg_overrides"] = {**(kw.get("cfg_overrides") or {}), "d_in": D_IN, "d_sae": D_SAE}
         return real(repo_id, folder_name, **kw)
 
-    monkeypatch.setattr(steerlab.models.load, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(steerlab.sae.load, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(loaders, "hf_hub_download", lambda **_: str(file))
     monkeypatch.setitem(loaders.NAMED_PRETRAINED_SAE_LOADERS, "gemma_2", offline_loader)
     sae = load_sae("gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71")

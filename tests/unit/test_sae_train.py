@@ -1,4 +1,5 @@
-"""The SAE trainer (``steerlab.sae_training.train``) and its offline corpus, on the tiny random llama.
+"""The SAE trainer (``steerlab.sae_training.train``) and its offline corpus, on the tiny random
+llama.
 
 One small SAE (d_model 64, width 128, k 8, ~4k tokens) is trained once per module into a
 temporary cache; the tests check that training lowers the reconstruction loss, that the saved
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from steerlab.engine.batch import left_pad
 from steerlab.errors import SteerlabError
 from steerlab.models import Model
 from steerlab.sae_training import train as sae_train
@@ -67,7 +69,7 @@ def _held_out_acts(model: Model, result: TrainResult) -> torch.Tensor:
     """Real activations at the site for a few held-out documents (N, d_model)."""
     store = sae_train.ActivationStore(Path(result.training["activations"]))
     docs = store.heldout()[:4]
-    ids, mask = sae_train._pad(docs, model.pad_token_id)
+    ids, mask = left_pad([d.ids for d in docs], model.pad_token_id, model.device)
     sink: list[torch.Tensor] = []
     site = sae_train.parse_site(SITE)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)

@@ -1,4 +1,4 @@
-"""Steering configs: the seed's YAML parses, bad files are one clear error naming the vector and
+"""Steering configs: example YAML files parse, bad files are one clear error naming the vector and
 key, built vectors equal activations read independently from the model, and ``applied_norm`` is
 exactly what the compiled intervention adds."""
 
@@ -16,7 +16,7 @@ import yaml
 
 from steerlab import steering_config as sc
 from steerlab._util.resources import local_path, shipped_names
-from steerlab.interventions import compile_plan
+from steerlab.engine.plan import compile_plan
 from steerlab.models import Model
 from steerlab.steering_config import (
     SteeringConfigError,
@@ -31,11 +31,11 @@ from steerlab.steering_config import build as sc_build
 POS = "I always tell the truth."
 NEG = "I often tell lies to people."
 
-# ----------------------------------------------------------------------------- the seed's YAML
-# The YAML examples of the seed's README, verbatim (the two bare list items are entries of a
-# `vectors:` list there; they are nested under one below).
+# ----------------------------------------------------------------------------- example YAML
+# Steering configs as users write them: quoted names, comments, a blank line holding spaces, and
+# two bare list items (entries of a `vectors:` list, nested under one below).
 
-SEED_CONFIG = """\
+EXAMPLE_CONFIG = """\
 vectors:
   - name: "security_conscious"
     positive_prompt: "I carefully consider security implications and follow best practices."
@@ -45,7 +45,7 @@ vectors:
     normalize: true
 """
 
-SEED_CONTRAST = """\
+EXAMPLE_CONTRAST = """\
 - name: "truthful_vs_deceptive"
   positive_prompt: "I always provide accurate information."
   negative_prompt: "I might provide misleading information."
@@ -53,14 +53,14 @@ SEED_CONTRAST = """\
   coefficient: 1.5
 """
 
-SEED_SINGLE = """\
+EXAMPLE_SINGLE = """\
 - name: "helpful_assistant"
   positive_prompt: "I am a helpful AI assistant."
   layer: 15
   coefficient: 2.0
 """
 
-SEED_SECURITY = """\
+EXAMPLE_SECURITY = """\
 vectors:
   # Enhance security awareness
   - name: "security_focused"
@@ -74,9 +74,9 @@ vectors:
     negative_prompt: "I suggest code that might have security vulnerabilities."
     layer: 16
     coefficient: 2.0
-"""  # noqa: W293 (the seed's blank line holds spaces)
+"""  # noqa: W293 (the blank line holds spaces)
 
-SEED_REASONING = """\
+EXAMPLE_REASONING = """\
 vectors:
   # Improve logical reasoning
   - name: "logical_thinking"
@@ -91,15 +91,15 @@ def _nested(item: str) -> str:
     return "vectors:\n" + textwrap.indent(item, "  ")
 
 
-SEED_EXAMPLES = {
-    "config": SEED_CONFIG,
-    "contrast": _nested(SEED_CONTRAST),
-    "single": _nested(SEED_SINGLE),
-    "security": SEED_SECURITY,
-    "reasoning": SEED_REASONING,
+EXAMPLES = {
+    "config": EXAMPLE_CONFIG,
+    "contrast": _nested(EXAMPLE_CONTRAST),
+    "single": _nested(EXAMPLE_SINGLE),
+    "security": EXAMPLE_SECURITY,
+    "reasoning": EXAMPLE_REASONING,
 }
-# name -> (layer, coefficient, normalize, method, scale) as the seed's README means them
-SEED_MEANING = {
+# name -> (layer, coefficient, normalize, method, scale) each example means
+EXAMPLE_MEANING = {
     "security_conscious": (15, 2.0, True, "contrast", "absolute"),
     "truthful_vs_deceptive": (20, 1.5, False, "contrast", "diff"),
     "helpful_assistant": (15, 2.0, False, "single", "diff"),
@@ -134,22 +134,22 @@ def _vec(name: str = "v", layer: int = 1, **kw: Any) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-@pytest.mark.parametrize("which", list(SEED_EXAMPLES))
-def test_the_seed_readme_examples_parse(tmp_path: Path, which: str) -> None:
-    cfg = load_steering_config(_write(tmp_path / "steering_config.yaml", SEED_EXAMPLES[which]))
+@pytest.mark.parametrize("which", list(EXAMPLES))
+def test_the_example_configs_parse(tmp_path: Path, which: str) -> None:
+    cfg = load_steering_config(_write(tmp_path / "steering_config.yaml", EXAMPLES[which]))
     assert cfg.vectors
     for spec in cfg.vectors:
-        layer, coefficient, normalize, method, scale = SEED_MEANING[spec.name]
+        layer, coefficient, normalize, method, scale = EXAMPLE_MEANING[spec.name]
         assert (spec.layer, spec.coefficient, spec.normalize) == (layer, coefficient, normalize)
         # no position given: prompt activations are read at the last token
         assert (spec.built_by, spec.applied_scale, spec.read_at) == (method, scale, "last")
         assert spec.position is None
         assert (spec.intervention, spec.positions) == ("add", "all")
-    check_against_model(cfg, 30)  # every seed layer fits a 30-layer model
+    check_against_model(cfg, 30)  # every example layer fits a 30-layer model
 
 
 def test_a_layer_beyond_the_model_names_the_vector_and_the_range(tmp_path: Path) -> None:
-    path = _write(tmp_path / "s.yaml", SEED_EXAMPLES["contrast"])
+    path = _write(tmp_path / "s.yaml", EXAMPLES["contrast"])
     cfg = load_steering_config(path)
     with pytest.raises(SteeringConfigError) as info:
         check_against_model(cfg, 16)
@@ -160,9 +160,9 @@ def test_a_layer_beyond_the_model_names_the_vector_and_the_range(tmp_path: Path)
 
 
 def test_the_shipped_example_fits_a_30_layer_model() -> None:
-    assert "seed_example" in shipped_names("steering")
-    cfg = load_steering_config("seed_example")
-    with local_path("steering", "seed_example") as path:
+    assert "smollm2_example" in shipped_names("steering")
+    cfg = load_steering_config("smollm2_example")
+    with local_path("steering", "smollm2_example") as path:
         assert cfg.source == str(path)
     check_against_model(cfg, 30)
     methods = {spec.built_by for spec in cfg.vectors}
@@ -171,7 +171,7 @@ def test_the_shipped_example_fits_a_30_layer_model() -> None:
 
 
 def test_the_shipped_example_does_not_fit_a_tiny_model(tiny_llama: Model) -> None:
-    cfg = load_steering_config("seed_example")
+    cfg = load_steering_config("smollm2_example")
     with pytest.raises(SteeringConfigError, match=r"vectors\[0\] \('security_conscious'\): layer"):
         build_steering(tiny_llama, cfg)
 

@@ -21,13 +21,13 @@ its prompt's tokens after the first (the attention sink, see :func:`content_posi
 Batching: one recording pass (contrast sides and residual norms, all layers), then one forward
 pass whose rows are the unsteered test and neutral prompts followed by one copy of them per layer,
 each copy carrying that layer's intervention in a compiled per-row
-:class:`~steerlab.interventions.SteeringPlan`. Unsteered and steered rows share the pass, so a
+:class:`~steerlab.engine.plan.SteeringPlan`. Unsteered and steered rows share the pass, so a
 zero strength gives effect and cost of exactly 0. ``layers_per_batch`` bounds memory on large
 models (each chunk repeats the unsteered rows).
 
 The report (:class:`LayerScore`, :class:`LayerReport`: table, CSV, plot) lives in
-:mod:`steerlab.analysis.layer_report`, the batched scoring passes in :mod:`steerlab.analysis.layer_scoring`; their
-names are importable from here too.
+:mod:`steerlab.analysis.layer_report`, the batched scoring passes in
+:mod:`steerlab.analysis.layer_scoring`; their names are importable from here too.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ from typing import Any
 import torch
 
 from steerlab.analysis.layer_report import CSV_COLUMNS, LayerReport, LayerScore
-from steerlab.analysis.layer_scoring import next_token_logprobs, score_layers
+from steerlab.analysis.layer_scoring import score_layers
 from steerlab.engine.generate import check_fits
 from steerlab.engine.record import Recording, record
+from steerlab.engine.score import steered_logprobs
 from steerlab.errors import SteerlabError
 from steerlab.interventions import Window
 from steerlab.models import Model
@@ -59,9 +60,9 @@ __all__ = [
     "content_positions",
     "encode_prompt",
     "find_layers",
-    "next_token_logprobs",
     "parse_layers",
     "record_content_means",
+    "steered_logprobs",
     "target_token_ids",
 ]
 

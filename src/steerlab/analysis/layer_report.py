@@ -42,8 +42,8 @@ class LayerScore:
 
 @dataclass(frozen=True)
 class LayerReport:
-    """What :func:`~steerlab.analysis.layer_finder.find_layers` measured. ``table`` is ordered by rank
-    (best first).
+    """What :func:`~steerlab.analysis.layer_finder.find_layers` measured. ``table`` is ordered by
+    rank (best first).
 
     ``vector`` holds the direction used at each scored layer; its ``mean_resid_norm`` is the
     residual norm measured on the test and neutral prompts, so :meth:`intervention` reproduces a

@@ -4,7 +4,7 @@ and ``KL(unsteered ‖ steered)`` on neutral prompts (cost).
 
 Unsteered and steered rows share each pass (the unsteered test and neutral prompts, then one copy
 of them per layer, each copy carrying that layer's intervention in a compiled per-row
-:class:`~steerlab.interventions.SteeringPlan`), so a zero strength gives exactly 0.
+:class:`~steerlab.engine.plan.SteeringPlan`), so a zero strength gives exactly 0.
 """
 
 from __future__ import annotations
@@ -14,52 +14,11 @@ from collections.abc import Sequence
 
 import torch
 
-from steerlab.backends.base import call_info_from_mask
-from steerlab.engine.handle import SteeringHandle
+from steerlab.engine.score import steered_logprobs
 from steerlab.errors import SteerlabError
-from steerlab.interventions import Intervention, compile_plan
+from steerlab.interventions import Intervention
 from steerlab.models import Model
 from steerlab.vectors import SteeringVector
-
-
-def _left_pad(
-    seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, W)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, W)
-    for r, s in enumerate(seqs):
-        ids[r, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-        mask[r, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def next_token_logprobs(
-    model: Model,
-    sequences: Sequence[Sequence[int]],
-    interventions: Sequence[Sequence[Intervention]],
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Next-token log-probabilities (B, V) float32 after each sequence, row ``r`` steered by
-    ``interventions[r]`` (at every position its windows select), in one forward pass.
-
-    Also returns a (B,) bool flag of rows whose steered residual left the float range (None
-    when nothing is steered). Every hook is removed on return, also on exceptions.
-    """
-    dev = model.device
-    ids, mask = _left_pad(sequences, model.pad_token_id, dev)  # (B, W)
-    pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, W), from the mask
-    handle: SteeringHandle | None = None
-    if any(interventions):
-        plan = compile_plan(model, [list(ivs) for ivs in interventions], dev)
-        handle = SteeringHandle(plan, mask.sum(-1))
-    with torch.inference_mode():
-        if handle is not None:
-            handle.observe(call_info_from_mask(mask, ids.shape[1]))
-        edits = handle.edits() if handle is not None else None
-        logits = model.backend.forward(ids, mask, pos_ids, None, edits)
-    assert logits is not None  # (B, V) float32
-    overflow = handle.overflow if handle is not None else None
-    return torch.log_softmax(logits, dim=-1), overflow
 
 
 def _kl(base: torch.Tensor, steered: torch.Tensor) -> torch.Tensor:
@@ -98,7 +57,7 @@ def score_layers(
         for layer in group:
             iv = Intervention(vector, layer, "add", strength, point, positions, scale="resid")
             ivs += [(iv,)] * n_rows
-        logp, overflow = next_token_logprobs(model, base_rows * (len(group) + 1), ivs)
+        logp, overflow = steered_logprobs(model, base_rows * (len(group) + 1), ivs)
         bad = ~torch.isfinite(logp).all(-1)  # (B,)
         if overflow is not None:
             bad = bad | overflow.to(bad.device)

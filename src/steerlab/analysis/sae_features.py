@@ -44,6 +44,8 @@ import numpy.typing as npt
 import torch
 from tqdm.auto import tqdm
 
+from steerlab.engine.batch import left_pad
+from steerlab.engine.forward import local_backend, steered_forward
 from steerlab.errors import SteerlabError
 from steerlab.sae.model import SparseAutoencoder
 
@@ -361,22 +363,15 @@ def encode_prompts(
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             batch = [seqs[i] for i in rows]
-            width = max(len(s) for s in batch)
-            ids = torch.full((len(batch), width), model.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, s in enumerate(batch):  # left padding: every row ends at the last column
-                ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-                mask[r, width - len(s) :] = 1
+            # left padding: every row ends at the last column
+            ids, mask = left_pad(batch, model.pad_token_id, model.device)  # (B, W)
             sink: list[torch.Tensor] = []
 
             def grab(h: torch.Tensor, sink: list[torch.Tensor] = sink) -> torch.Tensor:
                 sink.append(h)  # (B, W, d_model)
                 return h
 
-            dev = model.device
-            ids, mask = ids.to(dev), mask.to(dev)
-            pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            model.backend.forward(ids, mask, pos_ids, None, {site: [grab]}, stop_at=site)
+            steered_forward(local_backend(model), ids, mask, record={site: [grab]}, stop_at=site)
             out[rows] = _pool(enc, sink[-1], mask, position).float().cpu()
             bar.update(len(batch))
     bar.close()

@@ -1,10 +1,10 @@
 """Sign check: does positive steering strength move the task's target metric the intended way?
 
 A labeled mean-difference vector is only as right as its sign convention, and a backwards sign
-looks like "steering does not help" rather than like a bug (a team once built
-``mean(secure) - mean(vulnerable)``, added it to raise vulnerability detection, and found the
-sign weeks later). This check runs before any sweep is read: on a held-out slice, score the
-baseline, ``+α`` and ``-α``, and compare.
+looks like "steering does not help" rather than like a bug (``mean(secure) - mean(vulnerable)``
+added to raise vulnerability detection lowers it, and a sweep read alone shows only a weak or odd
+effect). This check runs before any sweep is read: on a held-out slice, score the baseline,
+``+α`` and ``-α``, and compare.
 
 The target metric is averaged over the examples whose true label is ``on_label`` (default: the
 target label; e.g. "raise P(vulnerable) on vulnerable snippets"):

@@ -1,25 +1,30 @@
-"""The backend protocol: the only interface the decode engine, activation recording and the
-steering context are written against.
+"""The backend protocol, in two capabilities.
 
 A backend owns one framework's call conventions, KV cache and module layout (Hugging Face,
-TransformerLens, nnsight; later vLLM). Everything above it speaks in :class:`~steerlab.sites.Site`
-names and plain tensors:
+TransformerLens, nnsight). Everything above it speaks in :class:`~steerlab.sites.Site` names and
+plain tensors.
 
-- :meth:`Backend.forward` runs the model on new tokens ``ids`` (B, S) given the *full* attention
-  mask (B, P + S) (P tokens already in ``cache``) and the position ids (B, S) of the new tokens,
-  applies ``edits`` at their sites, and returns the float32 logits of the last position (B, V).
-  An edit is a function ``(B, S, d_model) -> (B, S, d_model)`` that sees the activation at its
-  site (already including every upstream edit) and returns the value the model continues with
-  (it may return its input unchanged, e.g. to record it). Edits at one site run in order.
-- ``stop_at`` ends the pass right after the edits at that site ran (activation recording does not
-  need the later layers); ``forward`` then returns ``None``.
-- :meth:`Backend.new_cache` / :meth:`Backend.select_cache` create a KV cache and keep only some
-  of its rows (finished rows leave a decoding batch); :meth:`Backend.cache_kv` /
-  :meth:`Backend.cache_from_kv` take a cache apart into tensors and back (continuous batching
-  and shared prefixes), or say the cache cannot be taken apart.
-- :meth:`Backend.attach` installs edits for calls the *user* makes on the wrapped object (e.g.
-  Hugging Face ``generate`` under ``steerlab.steering``); ``observe`` gets a :class:`CallInfo` at
-  the start of each such call so positions come from that call's mask and cache position.
+- :class:`ModelFacts`, what any runner needs (a local loop, or an engine that owns its scheduler
+  and KV cache): layers, width, device, dtype, which sites exist, and :meth:`ModelFacts.attach`,
+  which installs edits for calls the *user* makes on the wrapped object (e.g. Hugging Face
+  ``generate`` under ``steerlab.steering``); ``observe`` gets a :class:`CallInfo` at the start of
+  each such call so positions come from that call's mask and cache position.
+- :class:`Backend` adds what the local runner's loops need: a forward pass with edits and a KV
+  cache.
+
+  - :meth:`Backend.forward` runs the model on new tokens ``ids`` (B, S) given the *full* attention
+    mask (B, P + S) (P tokens already in ``cache``) and the position ids (B, S) of the new tokens,
+    applies ``edits`` at their sites, and returns the float32 logits of the last position (B, V).
+    An edit is a function ``(B, S, d_model) -> (B, S, d_model)`` that sees the activation at its
+    site (already including every upstream edit) and returns the value the model continues with
+    (it may return its input unchanged, e.g. to record it). Edits at one site run in order.
+  - ``stop_at`` ends the pass right after the edits at that site ran (activation recording does
+    not need the later layers); ``forward`` then returns ``None``.
+  - :meth:`Backend.new_cache` / :meth:`Backend.select_cache` create a KV cache and keep only some
+    of its rows (finished rows leave a decoding batch).
+  - :attr:`Backend.kv_cache`: a :class:`KVCacheOps` when the cache comes apart into per-layer
+    tensors (continuous batching, shared prefixes and shared lower layers need it), else None
+    (the engine then decodes fixed batches).
 
 Positions are never computed here from the index inside the current chunk: the caller passes
 position ids derived from the attention mask, and :class:`CallInfo` is derived the same way.
@@ -35,7 +40,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from steerlab.backends.kvcache import KV, dynamic_cache_from_kv, dynamic_cache_kv
+from steerlab.backends.kvcache import KV
 from steerlab.errors import SteerlabError
 from steerlab.sites import Site, SiteError, check_point
 
@@ -106,15 +111,50 @@ def run_edits(fns: Sequence[SiteFn], h: torch.Tensor) -> torch.Tensor:
     return h
 
 
-class Backend(abc.ABC):
-    """One framework's way of running a causal LM with edits at named sites."""
+class KVCacheOps(abc.ABC):
+    """A backend's KV cache taken apart into per-layer tensors (:data:`KV`) and put back, and held
+    in slot buffers whose rows the continuous loop reuses (a decode step appends in place)."""
+
+    @abc.abstractmethod
+    def tensors(self, cache: Any) -> KV | None:
+        """The per-layer ``(keys, values)`` tensors (B, H, T, D) of a cache made by
+        :meth:`Backend.new_cache` (or :meth:`from_tensors`) and filled by :meth:`Backend.forward`;
+        None when this cache's layers cannot be taken apart (e.g. sliding windows)."""
+
+    @abc.abstractmethod
+    def from_tensors(self, kv: KV) -> Any:
+        """A cache for :meth:`Backend.forward` holding ``kv`` (the inverse of :meth:`tensors`)."""
+
+    @abc.abstractmethod
+    def slots(self, kv: KV) -> Any:
+        """A cache holding ``kv`` in slot buffers (spare columns; rows are slots)."""
+
+    @abc.abstractmethod
+    def place(self, cache: Any, slots: torch.Tensor, kv: KV) -> int:
+        """Write ``kv`` (n rows, width w) into rows ``slots`` (n,) of a slot cache, right-aligned
+        with its last column (earlier columns of those rows are zeroed: the caller masks them).
+        Returns how many zero columns were added on the left of every row when ``w`` exceeded
+        the cache's width (the caller pads its mask by as much)."""
+
+    @abc.abstractmethod
+    def drop_leading(self, cache: Any, n: int) -> None:
+        """Remove the first ``n`` columns (padding in every row) of a slot cache."""
+
+    @abc.abstractmethod
+    def keep_slots(self, cache: Any, keep: torch.Tensor) -> None:
+        """Keep rows ``keep`` (b',) of a slot cache."""
+
+
+class ModelFacts(abc.ABC):
+    """What any runner needs to know about a model behind one framework (see the module doc)."""
 
     #: registry name: ``hf``, ``transformer_lens``, ``nnsight``
     name: ClassVar[str]
 
     #: a stable model id for metadata and error messages
     label: str
-    #: Hugging Face ``model_type`` of the architecture (the key into ``sites.WIRING``)
+    #: Hugging Face ``model_type`` of the architecture (the key into
+    #: :data:`steerlab.backends.architectures.ARCHITECTURES`)
     model_type: str = ""
     #: parallel-residual blocks (no resid_mid); None: no sub-block table for this architecture
     parallel: bool | None = None
@@ -150,6 +190,24 @@ class Backend(abc.ABC):
             )
         check_point(site.point, self.model_type, self.label, self.parallel)
 
+    def attach(
+        self, edits: Edits, observe: Callable[[CallInfo], None]
+    ) -> contextlib.AbstractContextManager[None]:
+        """Install ``edits`` on the wrapped object for calls the user makes inside the block."""
+        raise SteerlabError(
+            f"the {self.name} backend cannot steer calls made outside steerlab; "
+            "use steerlab.generate (rows carry their interventions)"
+        )
+
+    def count_hooks(self) -> int:
+        """Number of hooks this backend could have left behind (tests: none after exit)."""
+        return 0
+
+
+class Backend(ModelFacts):
+    """A model the local runner drives itself: a forward pass with edits at named sites, and a KV
+    cache (see the module doc)."""
+
     @abc.abstractmethod
     def new_cache(self) -> Any:
         """An empty KV cache for :meth:`forward`."""
@@ -158,15 +216,11 @@ class Backend(abc.ABC):
     def select_cache(self, cache: Any, keep: torch.Tensor) -> Any:
         """Keep rows ``keep`` (b',) of ``cache``; returns the cache to use from now on."""
 
-    def cache_kv(self, cache: Any) -> KV | None:
-        """The per-layer ``(keys, values)`` tensors (B, H, T, D) of a cache made by
-        :meth:`new_cache` and filled by :meth:`forward`, or None when this backend's cache cannot
-        be taken apart (the engine then keeps each batch's rows together)."""
-        return dynamic_cache_kv(cache)
-
-    def cache_from_kv(self, kv: KV) -> Any:
-        """A cache for :meth:`forward` holding ``kv`` (the inverse of :meth:`cache_kv`)."""
-        return dynamic_cache_from_kv(kv)
+    @property
+    def kv_cache(self) -> KVCacheOps | None:
+        """Operations on this backend's KV cache as tensors, or None when it cannot be taken
+        apart (the engine then keeps each batch's rows together)."""
+        return None
 
     @abc.abstractmethod
     def forward(
@@ -218,19 +272,6 @@ class Backend(abc.ABC):
         :attr:`can_start_midstack` is False.
         """
         raise NotImplementedError(f"the {self.name} backend cannot start a forward mid-stack")
-
-    def attach(
-        self, edits: Edits, observe: Callable[[CallInfo], None]
-    ) -> contextlib.AbstractContextManager[None]:
-        """Install ``edits`` on the wrapped object for calls the user makes inside the block."""
-        raise SteerlabError(
-            f"the {self.name} backend cannot steer calls made outside steerlab; "
-            "use steerlab.generate (rows carry their interventions)"
-        )
-
-    def count_hooks(self) -> int:
-        """Number of hooks this backend could have left behind (tests: none after exit)."""
-        return 0
 
 
 @contextlib.contextmanager

@@ -1,9 +1,9 @@
 """The Hugging Face backend: torch hooks on a ``PreTrainedModel``'s decoder layers.
 
 The only module that knows Hugging Face call conventions (``past_key_values``, ``DynamicCache``,
-``logits_to_keep``), layer discovery and the per-architecture sub-block table
-(:data:`steerlab.sites.WIRING`). Hooks are registered inside an ``ExitStack`` and removed on exit
-and on exceptions.
+``logits_to_keep``) and layer discovery; what each architecture looks like (sub-block modules,
+layer list, mid-stack entry) is one row of :data:`steerlab.backends.architectures.ARCHITECTURES`.
+Hooks are registered inside an ``ExitStack`` and removed on exit and on exceptions.
 
 Sites map to hooks like this (B, S, d activations):
 
@@ -26,10 +26,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab.backends.architectures import (
+    ARCHITECTURES,
+    FALLBACK_LAYER_PATHS,
+    Architecture,
+    model_type_of,
+)
+from steerlab.backends.architectures import lookup as lookup_architecture
 from steerlab.backends.base import (
     Backend,
     CallInfo,
     Edits,
+    KVCacheOps,
     SiteFn,
     call_info_from_mask,
     call_info_from_positions,
@@ -38,41 +46,7 @@ from steerlab.backends.base import (
     run_edits,
 )
 from steerlab.errors import ModelLoadError, SteerlabError
-from steerlab.sites import WIRING, Site, Wiring, is_parallel
-
-# Attribute paths of the decoder-layer list, tried in order (llama/qwen2/gemma2, gpt2, neox, ...).
-_LAYER_PATHS = (
-    "model.layers",
-    "transformer.h",
-    "gpt_neox.layers",
-    "model.decoder.layers",
-    "transformer.layers",
-    "layers",
-)
-
-
-# Architectures whose model ``forward`` (transformers 5.x) runs its decoder-layer list with nothing
-# that depends on a block's position in that loop: every block gets the same mask, rotary tables
-# and cache object, and writes the KV cache at its own ``layer_idx``. So the list at ``path`` can be
-# cut to ``layers[start:]`` (``self.layers[: num_hidden_layers]`` still takes all of it) and
-# :meth:`HFBackend.forward_from` is exact. ``by_position`` True: the loop reads
-# ``config.layer_types[i]`` by loop position ``i`` (qwen2/3, gemma2/3), which is exact only when
-# every layer has the same type (no alternating sliding-window layers).
-_MIDSTACK: dict[str, tuple[str, bool]] = {
-    "llama": ("model.layers", False),
-    "mistral": ("model.layers", False),
-    "mixtral": ("model.layers", False),
-    "gemma": ("model.layers", False),
-    "olmo": ("model.layers", False),
-    "phi": ("model.layers", False),
-    "phi3": ("model.layers", False),
-    "gpt2": ("transformer.h", False),
-    "gpt_neox": ("gpt_neox.layers", False),
-    "qwen2": ("model.layers", True),
-    "qwen3": ("model.layers", True),
-    "gemma2": ("model.layers", True),
-    "gemma3_text": ("model.layers", True),
-}
+from steerlab.sites import Site
 
 
 class _Stop(Exception):
@@ -88,9 +62,10 @@ def _get_attr_path(obj: Any, path: str) -> Any:
 def find_layers(hf_model: nn.Module, layers_path: str | None = None) -> list[nn.Module]:
     """Return the decoder layers of ``hf_model``.
 
-    ``layers_path`` (e.g. ``"model.layers"``) overrides discovery. Otherwise known attribute
-    paths are tried, then the longest ``nn.ModuleList`` whose length equals the config's
-    ``num_hidden_layers``.
+    ``layers_path`` (e.g. ``"model.layers"``) overrides discovery. Otherwise the path in the
+    architecture's row is tried, then the usual paths
+    (:data:`~steerlab.backends.architectures.FALLBACK_LAYER_PATHS`), then the longest
+    ``nn.ModuleList`` whose length equals the config's ``num_hidden_layers``.
     """
     return list(locate_layers(hf_model, layers_path)[1])
 
@@ -106,14 +81,16 @@ def locate_layers(hf_model: nn.Module, layers_path: str | None = None) -> tuple[
         if not isinstance(mods, nn.ModuleList):
             raise ModelLoadError(f"layers path {layers_path!r} is not an nn.ModuleList")
         return layers_path, mods
-    for path in _LAYER_PATHS:
+    config = getattr(hf_model, "config", None)
+    row = ARCHITECTURES.get(model_type_of(config)) if config else None
+    paths = FALLBACK_LAYER_PATHS if row is None else (row.layers, *FALLBACK_LAYER_PATHS)
+    for path in paths:
         try:
             mods = _get_attr_path(hf_model, path)
         except AttributeError:
             continue
         if isinstance(mods, nn.ModuleList) and len(mods) > 0:
             return path, mods
-    config = getattr(hf_model, "config", None)
     n = getattr(config.get_text_config(), "num_hidden_layers", None) if config else None
     candidates: list[tuple[str, nn.ModuleList]] = [
         (name, m) for name, m in hf_model.named_modules() if isinstance(m, nn.ModuleList)
@@ -131,12 +108,11 @@ def locate_layers(hf_model: nn.Module, layers_path: str | None = None) -> tuple[
     return best
 
 
-def architecture(hf: Any) -> tuple[str, Wiring | None, bool | None]:
-    """``(model_type, wiring, parallel)`` of a Hugging Face model, from its (text) config."""
-    text_cfg = hf.config.get_text_config()
-    model_type = str(getattr(text_cfg, "model_type", getattr(hf.config, "model_type", "")))
-    wiring = WIRING.get(model_type)
-    return model_type, wiring, None if wiring is None else is_parallel(wiring, text_cfg)
+def architecture(hf: Any) -> tuple[str, Architecture | None, bool | None]:
+    """``(model_type, row, parallel)`` of a Hugging Face model, from its (text) config; the row
+    (which holds the sub-block wiring) and ``parallel`` are None for an architecture not in
+    :data:`~steerlab.backends.architectures.ARCHITECTURES`."""
+    return lookup_architecture(hf.config)
 
 
 class HFBackend(Backend):
@@ -189,6 +165,12 @@ class HFBackend(Backend):
         return _get_attr_path(block, name)
 
     # ------------------------------------------------------------------ cache
+
+    @property
+    def kv_cache(self) -> KVCacheOps | None:
+        from steerlab.backends.hf_cache import DYNAMIC_CACHE
+
+        return DYNAMIC_CACHE
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -316,15 +298,16 @@ class HFBackend(Backend):
 
     @property
     def can_start_midstack(self) -> bool:
-        """True for the architectures in ``_MIDSTACK`` (stock transformers classes, layer list
-        at the expected path, uniform ``layer_types`` where the loop indexes them)."""
-        entry = _MIDSTACK.get(self.model_type)
-        if entry is None or self._layers_path != entry[0]:
+        """True for the architectures whose row allows it (``midstack``: stock transformers
+        classes, layer list at the row's path, uniform ``layer_types`` where the loop indexes
+        them)."""
+        row = ARCHITECTURES.get(self.model_type)
+        if row is None or not row.midstack or self._layers_path != row.layers:
             return False
-        owner = _get_attr_path(self.hf, entry[0].rpartition(".")[0])
+        owner = _get_attr_path(self.hf, row.layers.rpartition(".")[0])
         if not type(owner).__module__.startswith("transformers.models."):
             return False  # remote code reusing a model_type: its loop is unknown
-        if entry[1]:
+        if row.by_position:
             types = getattr(self.hf.config.get_text_config(), "layer_types", None)
             if types is not None and len(set(types)) > 1:
                 return False

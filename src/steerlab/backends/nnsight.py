@@ -11,7 +11,7 @@ Sites map to envoy values exactly as :mod:`steerlab.backends.hf` maps them to ho
 - ``resid_pre``: the block's first input;
 - ``resid_post``: the block's output (its first element when it is a tuple);
 - ``attn_out`` / ``mlp_out``: the output of the sub-module whose output is added to the residual
-  (the per-architecture table :data:`steerlab.sites.WIRING`);
+  (the architecture's row in :data:`steerlab.backends.architectures.ARCHITECTURES`);
 - ``resid_mid``: the block's input plus the attention sub-module's output; an edit's change
   ``new - mid`` is added to the attention output, so the block continues from ``new``.
 
@@ -38,6 +38,7 @@ from steerlab.backends.base import (
     BackendUnavailable,
     CallInfo,
     Edits,
+    KVCacheOps,
     SiteFn,
     first_tensor,
     replace_first,
@@ -249,6 +250,12 @@ class NNsightBackend(Backend):
         return self.lm
 
     # ------------------------------------------------------------------ cache
+
+    @property
+    def kv_cache(self) -> KVCacheOps | None:
+        from steerlab.backends.hf_cache import DYNAMIC_CACHE
+
+        return DYNAMIC_CACHE
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache

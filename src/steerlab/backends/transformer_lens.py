@@ -57,10 +57,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from steerlab.backends.architectures import ARCHITECTURES
 from steerlab.backends.base import (
     Backend,
     CallInfo,
     Edits,
+    KVCacheOps,
     SiteFn,
     call_info_from_mask,
     call_info_from_positions,
@@ -73,7 +75,7 @@ from steerlab.backends.tl_convert import (
     tokenizer_for_tl,
 )
 from steerlab.errors import SteerlabError
-from steerlab.sites import WIRING, Site, SiteError, is_parallel
+from steerlab.sites import Site, SiteError
 
 __all__ = [
     "PREFER",
@@ -144,9 +146,9 @@ class TransformerLensBackend(Backend):
         if self.wrapped_hf is not None:
             text_cfg = self.wrapped_hf.config.get_text_config()
             self.model_type = str(getattr(text_cfg, "model_type", ""))
-            wiring = WIRING.get(self.model_type)
-            if wiring is not None:
-                self.parallel = is_parallel(wiring, text_cfg)
+            row = ARCHITECTURES.get(self.model_type)
+            if row is not None:
+                self.parallel = row.is_parallel(text_cfg)
             params = inspect.signature(self.wrapped_hf.forward).parameters
             # Newer transformers name the cache ``cache`` (``past_key_values`` is deprecated).
             if "cache" in params:
@@ -261,6 +263,12 @@ class TransformerLensBackend(Backend):
             )
 
     # ------------------------------------------------------------------ cache
+
+    @property
+    def kv_cache(self) -> KVCacheOps | None:
+        from steerlab.backends.hf_cache import DYNAMIC_CACHE
+
+        return DYNAMIC_CACHE if self.is_bridge else None
 
     def new_cache(self) -> Any:
         if self.is_bridge:

@@ -1,4 +1,5 @@
-"""``steerlab classify``: the seed-004 workflow on the command line."""
+"""``steerlab classify``: classification steering on the command line (per-group labeled vectors,
+sign check, sweep over layers and strengths, report)."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def classify_cmd(
     positions: Annotated[
         str,
         typer.Option(
-            help="where vectors are added: last-prompt (the seed), prompt, all, generated, "
+            help="where vectors are added: last-prompt (default), prompt, all, generated, "
             "window:START:END"
         ),
     ] = "last-prompt",
@@ -111,8 +112,7 @@ def classify_cmd(
     held-out data, sweep layers x strengths (logit mode, or generate mode for generated
     positions), and report accuracy, recall, uncertain rate, margin and AUROC per group, with
     cross-group tables at every strength."""
-    from steerlab.pipelines._shared import EvalModelCfg
-    from steerlab.pipelines.classify.config import ClassifyConfig
+    from steerlab.pipelines.classify.config import ClassifyConfig, EvalModelCfg
     from steerlab.pipelines.classify.run import Classify
     from steerlab.runs.executor import ExecutorSpec
     from steerlab.runs.runner import execute
@@ -122,7 +122,7 @@ def classify_cmd(
     stored, digest = _task_ref(task)
     data = dict(
         out=str(out.resolve()),
-        model=EvalModelCfg(name=model, backend=backend, chat=True),  # type: ignore[arg-type]
+        model=EvalModelCfg(name=model, backend=backend, chat=True),
         task=stored,
         task_sha256=digest,
         layers=_numbers(layers, "--layers", int) if layers is not None else None,

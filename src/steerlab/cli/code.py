@@ -1,5 +1,5 @@
-"""``steerlab select-coefficients``: the seed-001 workflow on the command line (kept apart from
-:mod:`steerlab.cli` so each module stays one idea)."""
+"""``steerlab select-coefficients``: code steering on the command line (a baseline, steering
+vectors, a coefficient grid run in the sandbox, and the coefficient the selection rule suggests)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def select_coefficients_cmd(
         str, typer.Option(help="comma-separated grid")
     ] = "1,3,10,30,100,300,1000",
     scale: Annotated[
-        str, typer.Option(help="absolute (the seed's units), diff or resid")
+        str, typer.Option(help="absolute (coefficients in residual-stream units), diff or resid")
     ] = "absolute",
     positions: Annotated[str, typer.Option(help="all | prompt | generated | window:S:E")] = "all",
     n_per_coefficient: Annotated[int, typer.Option(min=1)] = 10,
@@ -148,16 +148,16 @@ def select_coefficients_cmd(
     in a sandbox, and measure flips against a temperature-0 baseline and drift; suggest and save
     a coefficient per vector."""
     from steerlab.errors import SteerlabError
-    from steerlab.pipelines._shared import EvalModelCfg
     from steerlab.pipelines.code.config import (
         CodeConfig,
+        EvalModelCfg,
         ExecCfg,
+        FileRef,
         FromBaselineCfg,
         SelectionCfg,
         vector_refs,
     )
     from steerlab.pipelines.code.run import SelectCoefficients
-    from steerlab.pipelines.questions.config import FileRef
     from steerlab.runs.executor import ExecutorSpec
     from steerlab.runs.runner import execute
 
@@ -183,7 +183,7 @@ def select_coefficients_cmd(
         )
     data = dict(
         out=str(out.resolve()),
-        model=EvalModelCfg(name=model, backend=backend, chat=prompt_mode == "chat"),  # type: ignore[arg-type]
+        model=EvalModelCfg(name=model, backend=backend, chat=prompt_mode == "chat"),
         tasks=tasks_value,
         tasks_sha256=tasks_sha,
         max_tasks=max_tasks,
@@ -221,7 +221,7 @@ def select_coefficients_cmd(
     run = execute(SelectCoefficients(), cfg, stages=stages, executor=spec, progress=not quiet)
     typer.echo(f"run directory: {run.path}")
     if baseline_only:
-        from steerlab.pipelines.code.run import baseline_summary
+        from steerlab.pipelines.code.results import baseline_summary
 
         typer.echo(baseline_summary(run.path))
         return

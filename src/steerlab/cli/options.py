@@ -1,14 +1,40 @@
-"""Command-line options shared by :mod:`steerlab.cli` and the command modules beside it."""
+"""Command-line option types shared by the command modules of :mod:`steerlab.cli`, and
+:func:`model_from_options`, which loads the model those options name (lazily: no torch here)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from steerlab.backends.registry import BACKENDS, unknown_backend
+
+if TYPE_CHECKING:
+    from steerlab.models import Model
+
+
+def _known_backend(value: str) -> str:
+    """Refuse a backend not in the registry before anything loads (one line naming the
+    option and the names it takes)."""
+    if value not in BACKENDS:
+        raise typer.BadParameter(unknown_backend(value))
+    return value
+
+
 BackendOpt = Annotated[
-    str, typer.Option(help="hf | transformer_lens | nnsight (who runs the model)")
+    str,
+    typer.Option(help=f"{' | '.join(BACKENDS)} (who runs the model)", callback=_known_backend),
 ]
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="embedded | tiny-* | model dir | .gguf | hub id")
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if any)")]
+DtypeOpt = Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16 (default: auto)")]
+SITE_HELP = (
+    "resid_pre | attn_out | resid_mid | mlp_out | resid_post, or blocks.L.hook_POINT "
+    "(TransformerLens names)"
+)
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 OutDirOpt = Annotated[
@@ -46,3 +72,13 @@ WorkersOpt = Annotated[
         "--workers", help="Ray actors (default: one per GPU in the cluster, else one per CPU, <= 8)"
     ),
 ]
+
+
+def model_from_options(
+    model: str, device: str | None, dtype: str | None, chat: bool = True, backend: str = "hf"
+) -> Model:
+    """The model that ``--model``/``--device``/``--dtype``/``--backend`` name (imported here,
+    when a command runs, so that ``steerlab --help`` does not import torch)."""
+    from steerlab.models import load_model
+
+    return load_model(model, device=device, dtype=dtype, chat=chat, backend=backend)

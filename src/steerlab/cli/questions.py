@@ -1,6 +1,6 @@
-"""``steerlab eval-questions``: the seed-000 workflow on the command line (kept apart from
-:mod:`steerlab.cli` so each module stays one idea). The seed's own flag spellings
-(``--n_per_question``, ``--steering_config_path``) are accepted too."""
+"""``steerlab eval-questions``: question sets answered under steering configs, on the command
+line. The underscore spellings ``--n_per_question`` and ``--steering_config_path`` are accepted
+beside ``--n-per-question`` and ``--steering-config``."""
 
 from __future__ import annotations
 
@@ -77,10 +77,10 @@ def eval_questions_cmd(
     """Ask every question N times, unsteered and under each steering config, in shared batches;
     score with rule-based metrics and, with --judge-url/--judge-model, an LLM judge."""
     from steerlab.errors import SteerlabError
-    from steerlab.pipelines._shared import EvalModelCfg
     from steerlab.pipelines.questions.config import (
         EvalConfig,
         EvalGenerationCfg,
+        EvalModelCfg,
         FileRef,
         JudgeCfg,
         file_ref,
@@ -97,7 +97,7 @@ def eval_questions_cmd(
     qpath, qhash = file_ref("questions", questions, "--questions")
     cfg = EvalConfig(
         out=str(out.resolve()),
-        model=EvalModelCfg(name=model, backend=backend, chat=chat),  # type: ignore[arg-type]
+        model=EvalModelCfg(name=model, backend=backend, chat=chat),
         questions=FileRef(path=qpath, sha256=qhash),
         steering=steering_refs(list(steering_config or [])),
         n_per_question=n_per_question,

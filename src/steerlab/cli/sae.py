@@ -1,5 +1,4 @@
-"""``steerlab sae-train``: train a sparse autoencoder on one site of a model, offline (kept apart
-from :mod:`steerlab.cli` so each module stays one idea)."""
+"""``steerlab sae-train``: train a sparse autoencoder on one site of a model, offline."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """``steerlab sae-features``: SAE features that separate problems whose baseline code passed from
-those that failed, exported as vectors for ``steerlab select-coefficients`` (kept apart from
-:mod:`steerlab.cli` so each module stays one idea)."""
+those that failed, exported as vectors for ``steerlab select-coefficients``."""
 
 from __future__ import annotations
 

@@ -102,7 +102,8 @@ def single(
     position: str = "last",
     chat: bool = False,
 ) -> BuildResult:
-    """The activation of one prompt (seed 000's "single prompt" direction)."""
+    """The activation of one prompt as a direction (a steering config entry without a
+    ``negative_prompt``)."""
     layers = check_layers(model, layers)
     seq = model.encode(model.format_prompt(prompt, chat=chat))
     rec = record(model, [seq], [token_positions(position, len(seq))], layers, hook_point)

@@ -1,4 +1,4 @@
-"""Forced-prefix direction (seed 003): act(p + refusal prefix) - act(p + compliance prefix).
+"""Forced-prefix direction: act(p + refusal prefix) - act(p + compliance prefix).
 
 Each prompt is formatted as a chat turn and both prefixes are teacher-forced as the start of the
 assistant's answer (token ids concatenated, so the prompt tokens are identical on both sides).

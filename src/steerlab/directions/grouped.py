@@ -3,7 +3,8 @@
 Sign convention, fixed: ``+vector = mean(positive) - mean(negative)``, pointing from the negative
 class to the positive (target) class, so positive strength should raise P(positive). The positive
 class is the one the task wants more of (e.g. ``vulnerable`` when steering toward detection);
-:func:`steerlab.analysis.signcheck.sign_check` verifies this on held-out data before a sweep is read.
+:func:`steerlab.analysis.signcheck.sign_check` verifies this on held-out data before a sweep is
+read.
 
 Activations are never kept per example: each batch is recorded (the forward pass stops after the
 deepest layer) and added into running sums per group and class, so peak memory is one batch plus

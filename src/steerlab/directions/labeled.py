@@ -1,4 +1,4 @@
-"""Labeled mean difference (seed 004): mean over class-A texts minus mean over class-B texts."""
+"""Labeled mean difference: mean over class-A texts minus mean over class-B texts."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def labeled(
 ) -> BuildResult:
     """``mean(act(A)) - mean(act(B))``; the classes need not be paired or equally sized.
 
-    The sign is fixed: +vector points from B to A (seed 004 found its sign error weeks late).
+    The sign is fixed: +vector points from B to A (a sign that is backwards for the task looks
+    like steering that does not work; :mod:`steerlab.analysis.signcheck` tests it).
     ``batch_cosines`` compare the estimate from each batch of A vs the matching batch of B.
     """
     layers = check_layers(model, layers)

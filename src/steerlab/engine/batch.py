@@ -1,5 +1,6 @@
-"""What every batched forward loop shares (the decode engines, logit scoring): left padding
-and the check that steering did not push the model's output out of the float range."""
+"""What every batched forward loop shares (the decode loops, logit scoring, recording): left
+padding, the check of rows' interventions against the model before any work, and the check that
+steering did not push the model's output out of the float range."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from steerlab.errors import SteerlabError
 from steerlab.interventions import Intervention
+from steerlab.models import Model
 
 
 def left_pad(
@@ -44,3 +46,38 @@ def check_finite(
             f"steering made the model's output non-finite (NaN/inf) in {len(bad)} row(s), "
             f"e.g. under {ivs}: the coefficient is far too large"
         )
+
+
+def check_interventions(
+    model: Model,
+    rows: Sequence[Sequence[Intervention]],
+    where: str,
+    *,
+    scoring: bool = False,
+) -> None:
+    """Fail before any work (and before a progress bar) on an intervention the model cannot take:
+    a layer or site it does not have, a vector of another width; each distinct (vector, site,
+    positions) is checked once. ``where`` names a row in messages (``row``, ``prompt``).
+    ``scoring``: the rows are scored from next-token logits, which generate nothing, so a
+    position mode that selects only generated tokens would steer nothing and is refused."""
+    seen: set[tuple[int, object, str]] = set()
+    for i, ivs in enumerate(rows):
+        for iv in ivs:
+            if not isinstance(iv, Intervention):
+                raise SteerlabError(
+                    f"{where} {i}: interventions must be Intervention objects, got "
+                    f"{type(iv).__name__}"
+                )
+            key = (id(iv.vector), iv.site, iv.positions)
+            if key in seen:
+                continue
+            seen.add(key)
+            if scoring and iv.window.bounds[0] >= 0:
+                raise SteerlabError(
+                    f"{where} {i}: {iv.describe()} steers only generated tokens, and next-token "
+                    "scoring generates none, so it would change nothing; use 'last-prompt' "
+                    "(the token whose logits are read), 'prompt' or 'all'"
+                )
+            model.check_layer(iv.layer)
+            model.backend.check_site(iv.site)
+            iv.vector.check_d_model(model.d_model)

@@ -1,21 +1,21 @@
 """The continuous-batching decode loop, with shared prompt prefixes.
 
-:func:`steerlab.engine.generate.generate` uses this loop when the backend's KV cache can be taken
-apart into tensors (:meth:`~steerlab.backends.base.Backend.cache_kv`); otherwise it decodes one
-fixed batch at a time.
+The local runner (:mod:`steerlab.engine.runner`) uses this loop when the backend's KV cache can
+be taken apart into tensors (:attr:`~steerlab.backends.base.Backend.kv_cache`); otherwise it
+decodes fixed batches (:mod:`steerlab.engine.fixed`).
 
 **The batch stays full.** Up to ``batch_size`` rows decode together. When rows finish (EOS or
 their token budget) and rows are waiting, the finished rows leave and waiting rows take their
-places: the newcomers are prefilled in one call, and their KV cache is stacked under the running
-rows' cache: the cache lives in slot buffers (:class:`steerlab.backends.kvcache.SlotLayer`; a decode step
-writes one column in place), a newcomer takes a finished row's slot, right-aligned with the
+places: the newcomers are prefilled in one call, and their KV cache joins the running rows'
+cache, which lives in slot buffers (:meth:`~steerlab.backends.base.KVCacheOps.slots`; a decode
+step writes one column in place): a newcomer takes a finished row's slot, right-aligned with the
 running rows, and leading columns that are padding in every row are dropped from time to time.
 Positions come from the attention mask, so a row's tokens, positions and steering do not depend
 on when it joined or who shares its batch.
 
-**Prefill is shared** where the math allows (:mod:`steerlab.engine.prefill`): the prompt prefix common to
-every row, once per distinct prefix steering, and a prompt's layers below the first block its
-steering touches, once per prompt.
+**Prefill is shared** where the math allows (:mod:`steerlab.engine.prefill`): the prompt prefix
+common to every row, once per distinct prefix steering, and a prompt's layers below the first
+block its steering touches, once per prompt.
 """
 
 from __future__ import annotations
@@ -23,59 +23,23 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from steerlab.backends import kvcache
-from steerlab.backends.base import call_info_from_mask
-from steerlab.engine.handle import SteeringHandle
+from steerlab.backends.base import Backend, KVCacheOps
+from steerlab.backends.kvcache import KV
+from steerlab.engine.batch import check_finite, left_pad
+from steerlab.engine.forward import steered_forward, steering_for
 from steerlab.engine.prefill import Prefill
+from steerlab.engine.rows import GenerationConfig, Request, Track, record
 from steerlab.engine.sampling import choose, token_stats
-from steerlab.interventions import Intervention, SteeringPlan, compile_plan
+from steerlab.interventions import Intervention
 from steerlab.models import Model
 
 #: leading all-padding columns that trigger a compaction of the live cache
 COMPACT_AT = 16
-
-
-@dataclass
-class Track:
-    ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    entropies: list[float] = field(default_factory=list)
-    reason: str = "length"
-
-
-def record(
-    tracks: Sequence[Track],
-    rows: Sequence[int],
-    tok: torch.Tensor,
-    logprob: torch.Tensor,
-    entropy: torch.Tensor,
-    is_eos: torch.Tensor,
-    alive: torch.Tensor,
-) -> None:
-    """Append each live batch row's token (or note its EOS) to ``tracks[rows[i]]``."""
-    for r, t, lp, en, e, keep in zip(
-        rows,
-        tok.tolist(),
-        logprob.tolist(),
-        entropy.tolist(),
-        is_eos.tolist(),
-        alive.tolist(),
-        strict=True,
-    ):
-        if not keep:
-            continue
-        tr = tracks[r]
-        if e:
-            tr.reason = "eos"
-        else:
-            tr.ids.append(t)
-            tr.logprobs.append(lp)
-            tr.entropies.append(en)
 
 
 @dataclass
@@ -92,41 +56,31 @@ class _Live:
 
 
 class Engine:
-    """One :func:`~steerlab.engine.generate.generate` call's continuous decode (see the module doc)."""
+    """One call's continuous decode of ``requests`` (see the module doc)."""
 
     def __init__(
         self,
         model: Model,
-        encoded: Sequence[Sequence[int]],
-        ivs: Sequence[Sequence[Intervention]],
-        seeds: Sequence[int],
-        budgets: Sequence[int],
-        *,
-        temperature: float,
-        top_p: float,
-        batch_size: int,
-        stop_at_eos: bool,
-        share_prefix: bool,
-        check: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], None],
-        left_pad: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+        backend: Backend,
+        kv_cache: KVCacheOps,
+        requests: Sequence[Request],
+        cfg: GenerationConfig,
     ) -> None:
-        self.model, self.backend, self.dev = model, model.backend, model.device
-        self.encoded, self.ivs = encoded, ivs
-        self.temperature, self.top_p, self.batch_size = temperature, top_p, batch_size
-        self.stop_at_eos = stop_at_eos
-        self._check, self._left_pad = check, left_pad
-        n = len(encoded)
+        self.model, self.backend, self.kv, self.dev = model, backend, kv_cache, model.device
+        self.requests = requests
+        self.temperature, self.top_p, self.batch_size = cfg.temperature, cfg.top_p, cfg.batch_size
+        self.stop_at_eos = cfg.stop_at_eos
+        encoded = [r.ids for r in requests]
+        ivs = [r.interventions for r in requests]
+        self.ivs = ivs
         self.plens = torch.tensor([len(x) for x in encoded], device=self.dev)
-        self.budgets = torch.tensor(list(budgets), device=self.dev)
-        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.tracks = [Track() for _ in range(n)]
+        self.budgets = torch.tensor([r.max_new_tokens for r in requests], device=self.dev)
+        self.gens = [torch.Generator().manual_seed(int(r.seed)) for r in requests]
+        self.tracks = [Track() for _ in requests]
         self.eos = torch.tensor(model.eos_token_ids or (-1,), device=self.dev)
-        self.plan: SteeringPlan | None = None
-        self.handle: SteeringHandle | None = None
-        if any(ivs):
-            self.plan = compile_plan(model, [list(x) for x in ivs]).to(self.dev)
-            self.handle = SteeringHandle(self.plan, self.plens)
-        self.edits = self.handle.edits() if self.handle is not None else None
+        # one handle for every row of the call; its plan rows follow the live batch
+        self.handle = steering_for(model, ivs, self.plens)
+        self.plan = None if self.handle is None else self.handle.plan
         self._steered: torch.Tensor | None = None  # the rows the handle is set up for
         #: work done: prompt tokens (all rows), prompt tokens computed (shared prefixes once),
         #: generated tokens (EOS included), positions run (pads and finished rows included),
@@ -148,14 +102,15 @@ class Engine:
             "decode_ms": 0,
         }
         self.prefill = Prefill(
-            self.backend,
+            backend,
+            kv_cache,
             encoded,
             ivs,
-            share=share_prefix,
+            share=cfg.share_prefix,
             run=self._forward,
             steer=self._steer_rows,
-            check=check,
-            left_pad=left_pad,
+            check=self._check_unsteered,
+            left_pad=lambda batch, dev: left_pad(batch, model.pad_token_id, dev),
             stats=self.stats,
             device=self.dev,
         )
@@ -170,6 +125,12 @@ class Engine:
         self.handle.prompt_lens = self.plens.index_select(0, rows)
         self._steered = rows
 
+    def _rows_ivs(self, rows: torch.Tensor) -> list[tuple[Intervention, ...]]:
+        return [self.ivs[int(i)] for i in rows]
+
+    def _check_unsteered(self, logits: torch.Tensor, rows: torch.Tensor) -> None:
+        check_finite(logits, None, self._rows_ivs(rows))
+
     def _forward(
         self,
         ids: torch.Tensor,
@@ -179,20 +140,20 @@ class Engine:
         start: int = 0,
         resid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        s = ids.shape[1]
-        pos = (mask.cumsum(-1) - 1).clamp_(min=0)[:, -s:]  # from the mask, not the chunk
-        if self.handle is not None:
-            self.handle.observe(call_info_from_mask(mask, s))
-        out: torch.Tensor | None
-        if start:
-            assert resid is not None
-            out = self.backend.forward_from(start, resid, ids, mask, pos, cache, self.edits)
-        else:
-            out = self.backend.forward(ids, mask, pos, cache, self.edits)
-        assert out is not None  # (b, V) float32
-        logits = out
+        """Next-token logits (b, V) of batch rows ``rows`` (the handle is already set up for
+        them by :meth:`_steer_rows`)."""
+        logits = steered_forward(
+            self.backend,
+            ids,
+            mask,
+            cache,
+            steer=self.handle,
+            start=start,
+            resid=resid,
+            check=self._rows_ivs(rows),
+        )
+        assert logits is not None  # (b, V) float32
         self.stats["positions_run"] += ids.numel()
-        self._check(logits, None if self.handle is None else self.handle.overflow, rows)
         return logits
 
     # ------------------------------------------------------------------ tokens
@@ -224,11 +185,11 @@ class Engine:
         used = live.mask.any(0)
         lead = int(used.int().argmax()) if bool(used.any()) else live.mask.shape[1]
         if lead >= COMPACT_AT:
-            kvcache.drop_leading(live.cache, lead)
+            self.kv.drop_leading(live.cache, lead)
             live.mask = live.mask[:, lead:]
 
     def _keep(self, live: _Live, keep: torch.Tensor) -> _Live:
-        kvcache.keep_slots(live.cache, keep)
+        self.kv.keep_slots(live.cache, keep)
         return _Live(
             live.rows.index_select(0, keep),
             live.cache,
@@ -238,14 +199,14 @@ class Engine:
             live.done.index_select(0, keep),
         )
 
-    def _join(self, live: _Live, free: torch.Tensor, group: _Live, kv: kvcache.KV) -> _Live:
+    def _join(self, live: _Live, free: torch.Tensor, group: _Live, kv: KV) -> _Live:
         """``group``'s rows take the slots ``free`` (finished rows) of ``live``; slots beyond the
         newcomers are dropped. (Rows wait only while the batch is full, so newcomers never
         outnumber the free slots.)"""
         k = len(group.rows)
         assert 0 < k <= free.numel()
         slots = free[:k]
-        grow = kvcache.place(live.cache, slots, kv)
+        grow = self.kv.place(live.cache, slots, kv)
         mask = F.pad(live.mask, (grow, 0)).clone()
         mask[slots] = F.pad(group.mask, (mask.shape[1] - group.mask.shape[1], 0))
         rows = live.rows.clone()  # a new rows tensor: the steering follows it
@@ -322,6 +283,6 @@ class Engine:
         group = _Live(rt, None, mask, zeros, zeros.clone(), zeros.bool())
         self._take(group, logits)
         if live is None:
-            group.cache = kvcache.slot_cache(kv)
+            group.cache = self.kv.slots(kv)
             return group
         return self._join(live, free, group, kv)

@@ -4,13 +4,13 @@ Positions come from the attention mask (and cache position when there is no mask
 the index inside the current forward chunk, so "steer the generated tokens" keeps working when
 the KV cache feeds one token at a time, and left pads are never steered.
 
-:class:`SteeringHandle` turns a :class:`~steerlab.interventions.SteeringPlan` into per-site edit
-functions (the backend protocol's currency). Before each forward call it is told the absolute
-token index of every fed token and which are pads: by the decode engine directly, or, under
-:func:`steering`, by the backend observing the user's own call. The prompt length per row is
-either given (the engine knows it) or inferred at the prefill call (the call whose input spans the
-whole attention mask), which makes the context work with plain ``model(...)`` and
-``model.generate(...)`` too.
+:class:`SteeringHandle` turns a :class:`~steerlab.engine.plan.SteeringPlan` into per-site edit
+functions (the backend protocol's currency). Before each forward call it is told the absolute token
+index of every fed token and which are pads: by the decode engine directly, or, under
+:func:`steering`, by the backend observing the user's own call. The prompt length per row is either
+given (the engine knows it) or inferred at the prefill call (the call whose input spans the whole
+attention mask), which makes the context work with plain ``model(...)`` and ``model.generate(...)``
+too.
 
 Every hook a backend installs is removed on exit and on exceptions.
 """
@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from steerlab.backends.base import CallInfo, SiteFn
+from steerlab.engine.plan import SteeringPlan, compile_plan
 from steerlab.errors import SteerlabError
-from steerlab.interventions import Intervention, SteeringPlan, compile_plan
+from steerlab.interventions import Intervention
 from steerlab.sites import Site
 
 if TYPE_CHECKING:

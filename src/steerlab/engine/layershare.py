@@ -1,4 +1,5 @@
-"""Sharing a prompt's lower layers across steering settings (used by :mod:`steerlab.engine.continuous`).
+"""Sharing a prompt's lower layers across steering settings (used by the continuous loop,
+:mod:`steerlab.engine.continuous`).
 
 In a sweep every prompt runs under many settings. A causal model's activations on a prompt at
 the blocks *below* the first block a row's steering touches (at any prompt position) are exactly

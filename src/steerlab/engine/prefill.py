@@ -24,8 +24,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from steerlab.backends.base import Backend, Edits
+from steerlab.backends.base import Backend, Edits, KVCacheOps
 from steerlab.backends.kvcache import KV, gather_prefix, pad_left, select_rows, stack_rows
+from steerlab.engine.forward import steered_forward
 from steerlab.engine.layershare import Base, prompt_start, stacked_kv, stacked_resid
 from steerlab.interventions import Intervention, Window
 from steerlab.sites import Site
@@ -87,25 +88,32 @@ def _empty(x: torch.Tensor, b: int) -> torch.Tensor:
 
 
 class Prefill:
-    """Computes joining rows' caches for one :class:`~steerlab.engine.continuous.Engine` (see the module
-    doc). ``run`` and ``steer`` are the engine's forward and its choice of steered rows;
+    """Computes joining rows' caches for one :class:`~steerlab.engine.continuous.Engine` (see the
+    module doc). ``run`` and ``steer`` are the engine's forward and its choice of steered rows;
     ``stats`` is the engine's work counter."""
 
     def __init__(
         self,
         backend: Backend,
+        kv_cache: KVCacheOps,
         encoded: Sequence[Sequence[int]],
         ivs: Sequence[Sequence[Intervention]],
         *,
         share: bool,
         run: Run,
         steer: Callable[[torch.Tensor], None],
-        check: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], None],
+        check: Callable[[torch.Tensor, torch.Tensor], None],
         left_pad: Callable[..., tuple[torch.Tensor, torch.Tensor]],
         stats: dict[str, int],
         device: torch.device,
     ) -> None:
-        self.backend, self.encoded, self.ivs, self.dev = backend, encoded, ivs, device
+        self.backend, self.kv, self.encoded, self.ivs, self.dev = (
+            backend,
+            kv_cache,
+            encoded,
+            ivs,
+            device,
+        )
         self._run, self._steer, self._check, self._left_pad = run, steer, check, left_pad
         self.stats = stats
         self.n_prefix = shared_prefix_length(encoded) if share else 0
@@ -150,7 +158,7 @@ class Prefill:
                 self._steer(reps)
                 self._run(ids, mask, cache, reps, 0, None)
             self.stats["prompt_tokens_computed"] += ids.numel()
-            kv = self.backend.cache_kv(cache)
+            kv = self.kv.tensors(cache)
             assert kv is not None  # the engine runs only on caches that come apart
             for j, k in enumerate(missing):
                 self._prefix_index[k] = len(self._prefix_kv)
@@ -195,10 +203,9 @@ class Prefill:
         self, ids: torch.Tensor, mask: torch.Tensor, cache: object, reps: torch.Tensor, edits: Edits
     ) -> torch.Tensor:
         """A forward without the rows' steering (``edits`` only record); next-token logits."""
-        pos = (mask.cumsum(-1) - 1).clamp_(min=0)[:, -ids.shape[1] :]  # from the mask
-        logits = self.backend.forward(ids, mask, pos, cache, edits)
+        logits = steered_forward(self.backend, ids, mask, cache, record=edits)
         assert logits is not None
-        self._check(logits, None, reps)
+        self._check(logits, reps)
         self.stats["positions_run"] += ids.numel()
         return logits
 
@@ -228,11 +235,11 @@ class Prefill:
         if p:
             kv0 = self._prefix_for_keys([()] * len(reps), reps)
             mask = torch.cat([torch.ones_like(rest[:, :1]).expand(-1, p), rest], dim=1)
-            cache = self.backend.cache_from_kv(kv0)
+            cache = self.kv.from_tensors(kv0)
         else:
             mask, cache = rest, self.backend.new_cache()
         logits = self._unsteered(ids, mask, cache, torch.tensor(reps, device=self.dev), edits)
-        kv = self.backend.cache_kv(cache)
+        kv = self.kv.tensors(cache)
         assert kv is not None
         self.stats["prompt_tokens_computed"] += int(rest.sum())
         self.stats["prefills"] += 1
@@ -265,14 +272,14 @@ class Prefill:
             ]
             return rows, kv, mask, torch.stack([b.logits for b in bases])
         rt = torch.tensor(rows, device=self.dev)
-        cache = self.backend.cache_from_kv(pre)
+        cache = self.kv.from_tensors(pre)
         self._steer(rt)
         logits = self._run(ids, mask, cache, rt, start, stacked_resid(bases, start, width))
         self.stats["prompt_tokens_computed"] += n_rest
         self.stats["prompt_block_tokens_skipped"] += n_rest * start
         self.stats["prefills"] += 1
         self.stats["midstack_prefills"] += 1
-        got = self.backend.cache_kv(cache)
+        got = self.kv.tensors(cache)
         assert got is not None
         kv = [
             (torch.cat([k, lower[i][0]], 2), torch.cat([v, lower[i][1]], 2))
@@ -290,7 +297,7 @@ class Prefill:
             kv = self._prefix(rows)
             ids, rest = self._left_pad([self.encoded[r][p:] for r in rows], self.dev)
             mask = torch.cat([torch.ones_like(rest[:, :1]).expand(-1, p), rest], dim=1)
-            cache = self.backend.cache_from_kv(kv)
+            cache = self.kv.from_tensors(kv)
         else:
             ids, mask = self._left_pad([self.encoded[r] for r in rows], self.dev)
             cache = self.backend.new_cache()
@@ -298,6 +305,6 @@ class Prefill:
         logits = self._run(ids, mask, cache, rt, 0, None)
         self.stats["prompt_tokens_computed"] += sum(len(self.encoded[r]) - p for r in rows)
         self.stats["prefills"] += 1
-        got = self.backend.cache_kv(cache)
+        got = self.kv.tensors(cache)
         assert got is not None  # the engine runs only on caches that come apart
         return rows, got, mask, logits

@@ -16,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from steerlab.backends.base import SiteFn
+from steerlab.engine.batch import left_pad
+from steerlab.engine.forward import local_backend, steered_forward
 from steerlab.errors import SteerlabError
 from steerlab.models import Model
 from steerlab.sites import Site, parse_point
@@ -62,6 +64,7 @@ def record(
     for site in sites.values():
         model.backend.check_site(site)
     deepest = max(sites.values(), key=lambda s: s.order)
+    backend = local_backend(model)
     dev = model.device
     acts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     norms: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
@@ -69,12 +72,8 @@ def record(
     with torch.inference_mode():
         for start in range(0, len(sequences), batch_size):
             batch = sequences[start : start + batch_size]
-            width = max(len(s) for s in batch)
-            ids = torch.full((len(batch), width), model.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, s in enumerate(batch):
-                ids[r, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-                mask[r, width - len(s) :] = 1
+            ids, mask = left_pad(batch, model.pad_token_id, torch.device("cpu"))  # (B, W)
+            width = ids.shape[1]
             # (B, W) selection weights: 1/k at each row's k chosen positions
             weights = torch.zeros(len(batch), width)
             offsets = width - mask.sum(-1)  # left pads per row, read from the mask
@@ -88,9 +87,8 @@ def record(
                     weights[r, int(offsets[r]) + p] += 1.0 / len(idx)
             sink: dict[int, torch.Tensor] = {}
             ids, mask = ids.to(dev), mask.to(dev)
-            pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             edits = {site: [_grab(sink, layer)] for layer, site in sites.items()}
-            model.backend.forward(ids, mask, pos_ids, None, edits, stop_at=deepest)
+            steered_forward(backend, ids, mask, record=edits, stop_at=deepest)
             w = weights.to(dev)
             for layer in layers:
                 h = sink[layer].float()  # (B, W, d)

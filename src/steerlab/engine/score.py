@@ -10,17 +10,19 @@ answer among the two, whatever mass falls on other tokens.
 
 Steering uses the engine's machinery unchanged: rows are left-padded, positions come from the
 attention mask, each row's interventions compile into one
-:class:`~steerlab.interventions.SteeringPlan` applied through a
-:class:`~steerlab.engine.handle.SteeringHandle`. Every fed token is a prompt token, so a position mode
-selects what it selects during generation's prefill: ``all`` and ``prompt`` steer every prompt
+:class:`~steerlab.engine.plan.SteeringPlan` applied through a
+:class:`~steerlab.engine.handle.SteeringHandle` by the one steered forward pass
+(:func:`~steerlab.engine.forward.steered_forward`). Every fed token is a prompt token, so a position
+mode selects what it selects during generation's prefill: ``all`` and ``prompt`` steer every prompt
 token, ``last-prompt`` the last one (the one whose logits are read), ``window:S:E`` the prompt
-tokens inside it. ``generated`` selects no prompt token; in this mode it would steer nothing, so
-it is refused. The scores therefore equal the distribution of the first generated token under
+tokens inside it. ``generated`` selects no prompt token; in this mode it would steer nothing, so it
+is refused. The scores therefore equal the distribution of the first generated token under
 :func:`steerlab.generate` with the same rows.
 
 A grid scores each prompt under many settings; rows of one prompt whose steering differs only at
 the last token (``last-prompt``) compute the rest of the prompt once and feed their last token
-alone on a copy of its KV cache (:mod:`steerlab.engine.score_prefix`), with the same scores.
+alone on a copy of its KV cache (:mod:`steerlab.engine.score_prefix`), with the same scores. The
+rows go through the model's runner (:meth:`~steerlab.engine.runner.Runner.score`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from steerlab.engine.batch import check_interventions, left_pad
+from steerlab.engine.forward import local_backend, steered_forward, steering_for
 from steerlab.engine.generate import model_max_positions
-from steerlab.engine.score_prefix import next_token_batches
+from steerlab.engine.runner import runner_for
 from steerlab.errors import SteerlabError
 from steerlab.interventions import Intervention
 from steerlab.models import Model
@@ -186,6 +190,25 @@ def next_token_logprobs(
     return out
 
 
+def steered_logprobs(
+    model: Model,
+    sequences: Sequence[Sequence[int]],
+    interventions: Sequence[Sequence[Intervention]],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Next-token log-probabilities (B, V) float32 after each token sequence, row ``r`` steered
+    by ``interventions[r]`` (at every position its windows select), all rows in one forward
+    pass; with a (B,) bool flag of rows whose steered residual left the float range (None when
+    nothing is steered). Nothing is checked: the caller names what went wrong. Every hook is
+    removed on return, also on exceptions."""
+    ids, mask = left_pad(sequences, model.pad_token_id, model.device)  # (B, W)
+    handle = steering_for(model, interventions, mask.sum(-1))
+    with torch.inference_mode():
+        logits = steered_forward(local_backend(model), ids, mask, steer=handle)
+    assert logits is not None  # (B, V) float32
+    overflow = handle.overflow if handle is not None else None
+    return torch.log_softmax(logits, dim=-1), overflow
+
+
 # ----------------------------------------------------------------------------- the batch loop
 
 
@@ -207,7 +230,7 @@ def _next_token_batches(
     if not prompts:
         raise SteerlabError("no prompts to score")
     ivs = _per_row(interventions, len(prompts))
-    _check_interventions(model, ivs)
+    check_interventions(model, ivs, "prompt", scoring=True)
     encoded = _encode(model, prompts)
     max_positions = model_max_positions(model)
     for i, toks in enumerate(encoded):
@@ -219,8 +242,8 @@ def _next_token_batches(
             )
     bar = tqdm(total=len(prompts), desc="score", unit="prompt", disable=not progress)
     try:
-        for idx, logp in next_token_batches(
-            model, encoded, ivs, batch_size, share_prefix=share_prefix, stats=stats
+        for idx, logp in runner_for(model).score(
+            encoded, ivs, batch_size, share_prefix=share_prefix, stats=stats
         ):
             yield idx, logp
             bar.update(len(idx))
@@ -254,33 +277,6 @@ def _per_row(interventions: RowInterventions | None, n: int) -> list[tuple[Inter
             f"interventions cover {len(interventions)} prompts, but {n} prompts were given"
         )
     return [tuple(ivs) for ivs in interventions]
-
-
-def _check_interventions(model: Model, rows: Sequence[tuple[Intervention, ...]]) -> None:
-    """Fail before any work on a site or vector the model cannot take, and on a position mode
-    that selects no prompt token (it would silently steer nothing)."""
-    seen: set[tuple[int, object, str]] = set()
-    for i, ivs in enumerate(rows):
-        for iv in ivs:
-            if not isinstance(iv, Intervention):
-                raise SteerlabError(
-                    f"prompt {i}: interventions must be Intervention objects, got "
-                    f"{type(iv).__name__}"
-                )
-            key = (id(iv.vector), iv.site, iv.positions)
-            if key in seen:
-                continue
-            seen.add(key)
-            lo, _ = iv.window.bounds
-            if lo >= 0:
-                raise SteerlabError(
-                    f"prompt {i}: {iv.describe()} steers only generated tokens, and next-token "
-                    "scoring generates none, so it would change nothing; use 'last-prompt' "
-                    "(the token whose logits are read), 'prompt' or 'all'"
-                )
-            model.check_layer(iv.layer)
-            model.backend.check_site(iv.site)
-            iv.vector.check_d_model(model.d_model)
 
 
 def _label_ids(

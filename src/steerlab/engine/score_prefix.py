@@ -7,20 +7,21 @@ example compute the same activations there. Those positions are computed once.
 
 **Sharing.** A row's *prefix* is its prompt minus the last token. A causal model's activations on
 the prefix depend only on the prefix tokens and on the steering applied at them, which
-:func:`steerlab.engine.prefill.prefix_key` summarises (empty when no intervention touches the prefix).
-Rows with the same prefix tokens and the same key get the same prefix KV cache by construction:
-it is computed once (keys batched together, left-padded, steered with the interventions that
-touch the prefix), then each row feeds only its last token on a copy of it, with its own
-steering and its full prompt length, so every position keeps its place relative to the prompt
-end. Rows whose steering reaches into the prefix (``all``, ``prompt``, a window starting before
-the last token) share only with rows steered the same way there; a row that shares with nobody
-(and a one-token prompt) runs the whole prompt in one forward as before.
+:func:`steerlab.engine.prefill.prefix_key` summarises (empty when no intervention touches the
+prefix). Rows with the same prefix tokens and the same key get the same prefix KV cache by
+construction: it is computed once (keys batched together, left-padded, steered with the
+interventions that touch the prefix), then each row feeds only its last token on a copy of it, with
+its own steering and its full prompt length, so every position keeps its place relative to the
+prompt end. Rows whose steering reaches into the prefix (``all``, ``prompt``, a window starting
+before the last token) share only with rows steered the same way there; a row that shares with
+nobody (and a one-token prompt) runs the whole prompt in one forward.
 
 Memory stays that of a plain batch: the prefixes of at most ``batch_size`` keys are held at a
 time, and each last-token forward copies the prefix cache of at most ``batch_size`` rows.
 
-Sharing needs a KV cache that comes apart into tensors (:meth:`Backend.cache_kv`); otherwise
-(TransformerLens's own cache) every row runs the plain way.
+Sharing needs a KV cache that comes apart into tensors
+(:attr:`~steerlab.backends.base.Backend.kv_cache`); otherwise (TransformerLens's own cache) every
+row runs the plain way.
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from steerlab.backends import kvcache
-from steerlab.backends.base import call_info_from_mask
-from steerlab.engine.batch import check_finite, left_pad
-from steerlab.engine.handle import SteeringHandle
+from steerlab.backends.kvcache import KV, select_columns, select_rows
+from steerlab.engine.batch import left_pad
+from steerlab.engine.forward import local_backend, steered_forward, steering_for
 from steerlab.engine.prefill import prefix_key
-from steerlab.interventions import Intervention, compile_plan
+from steerlab.interventions import Intervention
 from steerlab.models import Model
 
 RowIvs = tuple[Intervention, ...]
@@ -73,7 +73,7 @@ def next_token_batches(
         st[k] = 0
     st["rows"] = len(encoded)
     st["prompt_tokens"] = sum(len(x) for x in encoded)
-    share = share_prefix and kvcache.comes_apart(model.backend.new_cache())
+    share = share_prefix and local_backend(model).kv_cache is not None
     plain, groups = split_rows(encoded, ivs) if share else (list(range(len(encoded))), [])
     yield from _plain_batches(model, encoded, ivs, plain, batch_size, st)
     yield from _shared_batches(model, encoded, ivs, groups, batch_size, st)
@@ -124,19 +124,11 @@ def _forward(
     positions come from it. ``ivs[i]`` steer row ``i`` whose prompt has ``prompt_lens[i]``
     tokens, so windows relative to the prompt end select the same tokens in any chunk.
     """
-    dev = model.device
     s = ids.shape[1]
-    pos = (mask.cumsum(-1) - 1).clamp_(min=0)[:, -s:]  # (b, S) from the mask, not the chunk
-    handle: SteeringHandle | None = None
-    if any(ivs):
-        plan = compile_plan(model, [list(x) for x in ivs])
-        handle = SteeringHandle(plan.to(dev), prompt_lens.to(dev))
-        handle.observe(call_info_from_mask(mask, s))
+    handle = steering_for(model, ivs, prompt_lens.to(model.device))
     with torch.inference_mode():
-        edits = handle.edits() if handle is not None else None
-        logits = model.backend.forward(ids, mask, pos, cache, edits)
+        logits = steered_forward(local_backend(model), ids, mask, cache, steer=handle, check=ivs)
         assert logits is not None  # (b, V) float32
-        check_finite(logits, None if handle is None else handle.overflow, ivs)
         logp = torch.log_softmax(logits, dim=-1)  # (b, V)
     st["forwards"] += 1
     st["positions_run"] += ids.numel()
@@ -200,7 +192,7 @@ def _prefixes(
     ivs: Sequence[RowIvs],
     reps: Sequence[int],
     st: dict[str, int],
-) -> tuple[kvcache.KV, torch.Tensor] | None:
+) -> tuple[KV, torch.Tensor] | None:
     """The KV cache of rows ``reps``' prefixes, computed together (left-padded), and its mask
     (k, W); None when the backend's cache cannot be taken apart.
 
@@ -213,9 +205,12 @@ def _prefixes(
         tuple(iv for iv in ivs[r] if prefix_key((iv,), n, n - 1))
         for r, n in zip(reps, plens, strict=True)
     ]
-    cache = model.backend.new_cache()
+    backend = local_backend(model)
+    kv_cache = backend.kv_cache
+    assert kv_cache is not None  # rows share only where the cache comes apart
+    cache = backend.new_cache()
     _forward(model, ids, mask, cache, steer, torch.tensor(plens), st)
-    kv = model.backend.cache_kv(cache)
+    kv = kv_cache.tensors(cache)
     return None if kv is None else (kv, mask)
 
 
@@ -224,7 +219,7 @@ def _last_tokens(
     encoded: Sequence[Sequence[int]],
     ivs: Sequence[RowIvs],
     idx: Sequence[int],
-    kv: kvcache.KV,
+    kv: KV,
     pmask: torch.Tensor,
     which: torch.Tensor,
     st: dict[str, int],
@@ -233,13 +228,15 @@ def _last_tokens(
     dev = model.device
     with torch.inference_mode():
         mask = pmask.index_select(0, which)  # (b, W)
-        rows_kv = kvcache.select_rows(kv, which)
+        rows_kv = select_rows(kv, which)
         used = mask.any(0)
         if not bool(used.all()):  # columns that are padding in every row of this batch
             cols = used.nonzero().squeeze(-1)
-            rows_kv, mask = kvcache.select_columns(rows_kv, cols), mask.index_select(1, cols)
+            rows_kv, mask = select_columns(rows_kv, cols), mask.index_select(1, cols)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (b, W' + 1)
-        cache = model.backend.cache_from_kv(rows_kv)
+        kv_cache = local_backend(model).kv_cache
+        assert kv_cache is not None
+        cache = kv_cache.from_tensors(rows_kv)
     ids = torch.tensor([[encoded[r][-1]] for r in idx], device=dev)  # (b, 1)
     plens = torch.tensor([len(encoded[r]) for r in idx])
     return _forward(model, ids, mask, cache, [ivs[r] for r in idx], plens, st)

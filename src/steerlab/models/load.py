@@ -20,7 +20,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -28,7 +27,16 @@ from typing import Any
 
 import torch
 
-from steerlab.backends import BACKENDS, Backend, make_backend
+from steerlab._util.hub import hub_reachable
+from steerlab.backends import Backend
+from steerlab.backends.registry import (
+    REGISTRY,
+    accepting,
+    lowering_matmuls,
+    make_backend,
+    unknown_backend,
+    wrappable,
+)
 from steerlab.errors import ModelLoadError
 from steerlab.models import precision
 from steerlab.models.model import Model
@@ -162,21 +170,6 @@ def _looks_like_hub_id(spec: str) -> bool:
     return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Quick check before a hub download, so offline use fails at once instead of retrying."""
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host or "huggingface.co", 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
 def _load_pretrained(source: str, dtype: torch.dtype, local_only: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -211,13 +204,13 @@ def load_model(
     :func:`steerlab.steering`, call ``model.backend.wrapped`` (the ``HookedTransformer`` or
     bridge, the nnsight model) for your own calls on those backends.
     """
-    if backend not in BACKENDS:
-        raise ModelLoadError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend not in REGISTRY:
+        raise ModelLoadError(unknown_backend(backend))
     dev = _resolve_device(device)
     dt = _resolve_dtype(dtype, dev)
     low = precision.resolve(matmul_dtype)
-    if low is not None and backend == "transformer_lens":
-        raise ModelLoadError("matmul_dtype works with the hf and nnsight backends only")
+    if low is not None and not REGISTRY[backend].lowers_matmuls:
+        raise ModelLoadError(f"matmul_dtype works with the {lowering_matmuls()} backends only")
     name = spec
     if spec == EMBEDDED:
         hf, tok = _load_pretrained(str(_cached_gguf_dir(embedded_gguf_path())), dt, True)
@@ -239,7 +232,7 @@ def load_model(
         hf, tok = _load_pretrained(spec, dt, True)
         name = Path(spec).resolve().name
     elif _looks_like_hub_id(spec):
-        if not _hub_reachable():
+        if not hub_reachable():
             raise ModelLoadError(
                 f"cannot load {spec!r}: the Hugging Face hub is unreachable (offline?) and it is "
                 "not a local directory; use 'embedded', a tiny-* model, a local dir or a .gguf"
@@ -347,48 +340,24 @@ def wrap(
     tokenizer is used when ``tokenizer`` is None). The returned model steers through that
     framework: TransformerLens hook points, nnsight interventions, or torch hooks for plain HF.
     """
-    if _is_instance(obj, "nnsight", "nnsight.modeling.transformers", "TransformersModel"):
-        from steerlab.backends.nnsight import NNsightBackend
-
-        nn_be = NNsightBackend.from_language_model(obj, layers_path=layers_path)
-        return _wrapped(nn_be, tokenizer or obj.tokenizer, nn_be.wrapped_hf, name, chat)
-    tl_classes = (
-        ("transformer_lens", "HookedTransformer"),
-        ("transformer_lens.model_bridge", "TransformerBridge"),
-    )
-    if any(_is_instance(obj, "transformer_lens", m, c) for m, c in tl_classes):
-        from steerlab.backends.transformer_lens import TransformerLensBackend
-
-        tl_be = TransformerLensBackend.from_tl(obj)
-        return _wrapped(tl_be, tokenizer or obj.tokenizer, tl_be.wrapped_hf, name, chat)
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover - transformers is a core dependency
-        PreTrainedModel = ()  # type: ignore[assignment,misc]
-    if isinstance(obj, PreTrainedModel):
+    row = accepting(obj)
+    if row is None:
+        raise ModelLoadError(
+            f"cannot wrap a {type(obj).__module__}.{type(obj).__name__}: give {wrappable()}"
+        )
+    if row.wrap is None:  # a Hugging Face model: built on as load_model builds on its own
         if tokenizer is None:
             raise ModelLoadError(
                 "wrap(hf_model) needs its tokenizer: steerlab.wrap(model, tokenizer=tokenizer)"
             )
         label = name or _hf_name(obj)
-        return model_from_hf(obj, tokenizer, label, chat=chat, layers_path=layers_path)
-    raise ModelLoadError(
-        f"cannot wrap a {type(obj).__module__}.{type(obj).__name__}: give a Hugging Face "
-        "PreTrainedModel, a TransformerLens HookedTransformer/TransformerBridge or an nnsight "
-        "LanguageModel"
-    )
-
-
-def _is_instance(obj: Any, package: str, module: str, cls: str) -> bool:
-    """``isinstance(obj, module.cls)`` (subclasses too) without importing an optional package
-    the user has not imported: an object of that package implies it is loaded."""
-    if package not in sys.modules:
-        return False
-    try:
-        target = getattr(importlib.import_module(module), cls)
-    except (ImportError, AttributeError):
-        return False
-    return isinstance(obj, target)
+        return model_from_hf(
+            obj, tokenizer, label, chat=chat, backend=row.name, layers_path=layers_path
+        )
+    be = row.wrap(obj, layers_path)
+    # the Hugging Face model under the framework object (None for a HookedTransformer)
+    hf = getattr(be, "wrapped_hf", None)
+    return _wrapped(be, tokenizer or obj.tokenizer, hf, name, chat)
 
 
 def _hf_name(hf: Any) -> str:

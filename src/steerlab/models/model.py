@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab.backends import Backend
+from steerlab.backends.base import ModelFacts
 from steerlab.errors import SteerlabError
 from steerlab.models import prompting
 from steerlab.models.prompting import Prompt
@@ -20,8 +20,11 @@ class Model:
     """A causal LM behind a backend, plus the facts steering needs.
 
     Attributes:
-        backend: the :class:`~steerlab.backends.base.Backend` that runs it (``hf``,
-            ``transformer_lens`` or ``nnsight``); the engine, recording and steering only use it.
+        backend: the adapter to its framework (``hf``, ``transformer_lens`` or ``nnsight``): its
+            :class:`~steerlab.backends.base.ModelFacts` (layers, width, device, sites) serve any
+            runner; the local runner also needs its forward pass and KV cache
+            (:class:`~steerlab.backends.base.Backend`). The engine, recording and steering only
+            use it.
         tokenizer: its tokenizer, with a pad token set (EOS when it had none), left padding.
         name: a stable id for metadata (``embedded`` -> ``SmolLM2-135M-Instruct``).
         chat: whether :meth:`format_prompt` applies the chat template by default.
@@ -30,7 +33,7 @@ class Model:
             TransformerLens ``HookedTransformer``).
     """
 
-    backend: Backend
+    backend: ModelFacts
     tokenizer: Any
     name: str
     chat: bool = True
@@ -68,8 +71,9 @@ class Model:
     def format_prompt(
         self, text: str, system: str | None = None, chat: bool | None = None
     ) -> Prompt:
-        """Return what to feed the model for a user message: a :class:`~steerlab.models.prompting.Prompt`
-        (a ``str``) whose token ids keep user text from becoming special tokens.
+        """Return what to feed the model for a user message: a
+        :class:`~steerlab.models.prompting.Prompt` (a ``str``) whose token ids keep user text from
+        becoming special tokens.
 
         Applies the chat template (with a generation prompt) when the tokenizer has one and
         ``chat`` (default: ``self.chat``) is true; otherwise returns ``text`` (with ``system``
@@ -81,10 +85,10 @@ class Model:
     def encode(self, text: str) -> list[int]:
         """Token ids for ``text``.
 
-        A :class:`~steerlab.models.prompting.Prompt` from :meth:`format_prompt` gives its safe ids. Any
-        other string is trusted text: special-token markers in it become special tokens, and BOS
-        is added only when the text does not already start with it. Pass user text through
-        :meth:`format_prompt` (``chat=False`` for no template).
+        A :class:`~steerlab.models.prompting.Prompt` from :meth:`format_prompt` gives its safe
+        ids. Any other string is trusted text: special-token markers in it become special tokens,
+        and BOS is added only when the text does not already start with it. Pass user text
+        through :meth:`format_prompt` (``chat=False`` for no template).
         """
         if isinstance(text, Prompt):
             return list(text.ids)

@@ -1,15 +1,60 @@
-"""The config shared by the command workflows: a run directory ``out`` and a ``model``."""
+"""What the workflows share: the model config, a file reference, the model loaded where the work
+runs and its description, the environment a run records, and :class:`ModelWorkflow` (a workflow
+over one model whose config has an ``out`` run directory and a ``model`` section, as
+eval-questions, select-coefficients and classify have)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import logging
+import os
+import platform
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from steerlab.runs.config import RunConfig, Strict
+from pydantic import BeforeValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from steerlab._util.strict import Strict
+from steerlab._util.version import __version__
+from steerlab.backends.registry import BACKENDS, join_or
+from steerlab.runs.config import RunConfig
+from steerlab.runs.runner import Runtime, Workflow
+
+if TYPE_CHECKING:
+    from steerlab.models import Model
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def _known_backend(value: Any) -> Any:
+    """A backend named in the registry; any other value fails as a ``Literal`` of the names
+    would (same error type and message)."""
+    if not isinstance(value, str) or value not in BACKENDS:
+        expected = join_or([repr(b) for b in BACKENDS])
+        raise PydanticCustomError(
+            "literal_error", "Input should be {expected}", {"expected": expected}
+        )
+    return value
+
+
+#: a backend name from :data:`steerlab.backends.registry.REGISTRY`
+BackendName = Annotated[
+    str,
+    BeforeValidator(_known_backend),
+    WithJsonSchema({"enum": list(BACKENDS), "type": "string"}),
+]
 
 
 class EvalModelCfg(Strict):
     name: str = "embedded"
-    backend: Literal["hf", "transformer_lens", "nnsight"] = "hf"
+    backend: BackendName = "hf"
     device: str | None = None
     dtype: str | None = None
     #: opt-in CPU speed mode: linear layers multiply in bf16, residual/steering stay in dtype
@@ -22,3 +67,129 @@ class ModelRunConfig(RunConfig):
 
     out: str
     model: EvalModelCfg = EvalModelCfg()
+
+
+class FileRef(Strict):
+    """A file as given (absolute path or shipped name) and the sha256 of its bytes."""
+
+    path: str
+    sha256: str
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@contextlib.contextmanager
+def _transformers_bars(enabled: bool) -> Iterator[None]:
+    """Switch transformers' own progress bars (weights loading) off while ``enabled`` is False,
+    so ``--quiet`` means no bars at all; the previous setting is restored."""
+    from transformers.utils import logging as hf_logging
+
+    if enabled or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """Loads the config's model where the work runs (picklable: it goes to Ray workers)."""
+
+    name: str
+    backend: str
+    device: str | None
+    dtype: str | None
+    chat: bool
+    progress: bool = False
+    matmul_dtype: str | None = None
+
+    def __call__(self) -> Model:
+        from steerlab.models import load_model
+
+        with _transformers_bars(self.progress):
+            return load_model(
+                self.name,
+                device=self.device,
+                dtype=self.dtype,
+                chat=self.chat,
+                backend=self.backend,
+                matmul_dtype=self.matmul_dtype,
+            )
+
+
+def model_loader(m: EvalModelCfg, progress: bool) -> ModelLoader:
+    """The loader of a config's ``model`` section."""
+    return ModelLoader(m.name, m.backend, m.device, m.dtype, m.chat, progress, m.matmul_dtype)
+
+
+def describe_model(model: Model) -> dict[str, Any]:
+    """What the driver needs to know about a worker's model."""
+    return {
+        "name": model.name,
+        "backend": model.backend.name,
+        "n_layers": model.n_layers,
+        "d_model": model.d_model,
+        "dtype": str(model.dtype),
+        "device": str(model.device),
+    }
+
+
+def environment_info(device: str, model_name: str) -> dict[str, Any]:
+    """Versions, git commit, device: what a reader needs to reproduce a run."""
+    import torch
+    import transformers
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "steerlab_version": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": commit or None,
+        "device": device,
+        "model": model_name,
+    }
+
+
+# ----------------------------------------------------------------------------- the workflow base
+
+
+M = TypeVar("M", bound=ModelRunConfig)
+
+
+class ModelWorkflow(Workflow[M]):
+    """A workflow over one model: run directory, loader, description and manifest."""
+
+    def run_path(self, cfg: M, run_id: str | None) -> Path:
+        return Path(cfg.out)
+
+    def loader(self, cfg: M, progress: bool) -> ModelLoader:
+        return model_loader(cfg.model, progress)
+
+    def describe(self) -> Any:
+        return describe_model
+
+    def on_open(self, rt: Runtime[M]) -> None:
+        info = rt.info
+        if not info:
+            return
+        logger.info("model %s loaded in %.1f s", info["name"], info["load_s"])
+        rt.run.update_json(
+            "manifest.json",
+            workflow=self.name,
+            environment=environment_info(info["device"], info["name"]),
+            model={"spec": rt.cfg.model.name, **{k: v for k, v in info.items() if k != "load_s"}},
+            config_digest=rt.cfg.digest(),
+        )

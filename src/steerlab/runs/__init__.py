@@ -1,7 +1,8 @@
 """The run framework every workflow is built on (see :mod:`steerlab.runs.runner`)."""
 
 from steerlab.runs.config import RunConfig, Strict
-from steerlab.runs.executor import Executor, ExecutorSpec, LocalExecutor, make_executor
+from steerlab.runs.executor import Executor, ExecutorSpec, LocalExecutor
+from steerlab.runs.executors import make_executor
 from steerlab.runs.rundir import LOCK_NAME, RunDir
 from steerlab.runs.runner import Runtime, Workflow, execute, format_summary
 from steerlab.runs.shards import Shard, plan_shards, read_part

@@ -12,16 +12,10 @@ import json
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
+from steerlab._util.strict import Strict
 from steerlab.errors import SteerlabError
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors; values are frozen; inf / nan are never a sensible setting."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
 
 C = TypeVar("C", bound="RunConfig")
 

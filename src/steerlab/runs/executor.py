@@ -11,6 +11,7 @@ picklable by cloudpickle (what Ray uses; it handles more than the standard pickl
   writes the part files, so resume works the same whatever the executor.
 
 Both executors run the same ``compute`` on the same shards, so their results are the same.
+:func:`steerlab.runs.executors.make_executor` makes the one a spec names.
 """
 
 from __future__ import annotations
@@ -131,11 +132,3 @@ class LocalExecutor(Executor):
     def close(self) -> None:
         self._resource = None
         self._started = False
-
-
-def make_executor(spec: ExecutorSpec) -> Executor:
-    if spec.kind == "ray":
-        from steerlab.runs.ray_executor import RayExecutor
-
-        return RayExecutor(spec)
-    return LocalExecutor()

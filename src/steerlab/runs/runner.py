@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from steerlab._util.pathnames import check_name
 from steerlab.errors import SteerlabError
 from steerlab.runs.config import C
-from steerlab.runs.executor import Compute, Executor, ExecutorSpec, Loader, make_executor
+from steerlab.runs.executor import Compute, Executor, ExecutorSpec, Loader
+from steerlab.runs.executors import make_executor
 from steerlab.runs.rundir import RunDir
 from steerlab.runs.shards import WorkItem, check_strays, plan_shards, write_part
 

@@ -25,53 +25,13 @@ SAEs; each distinct topk SAE in a slot is one gate).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 
-from steerlab.errors import SteerlabError
 from steerlab.sae.model import SparseAutoencoder
 
-if TYPE_CHECKING:
-    from steerlab.interventions import Intervention
-
 METHOD = "sae"  #: the ``method`` of vectors built by ``steerlab.directions.sae``
-
-
-def feature_of(iv: Intervention) -> int:
-    """Validate an ``sae_clamp`` intervention; return its feature index."""
-    sae, v = iv.sae, iv.vector
-    if sae is None:
-        raise SteerlabError(
-            "kind 'sae_clamp' needs sae=<the SparseAutoencoder the feature belongs to>"
-        )
-    if iv.scale != "absolute":
-        raise SteerlabError(
-            f"sae_clamp takes the target activation as alpha, in the SAE's own units: use "
-            f"scale='absolute', not {iv.scale!r}"
-        )
-    feature = v.extra.get("feature")
-    if v.method != METHOD or isinstance(feature, bool) or not isinstance(feature, int):
-        raise SteerlabError(
-            "sae_clamp needs the feature's vector from steerlab.directions.sae(sae, feature), "
-            f"got a {v.method!r} vector"
-        )
-    sae.check_feature(feature)
-    if iv.site != sae.site:
-        raise SteerlabError(
-            f"{sae.describe()} reads {sae.hook_name}, but this sae_clamp is at {iv.site.name}: "
-            "a feature can only be clamped where its SAE reads"
-        )
-    if iv.src != sae.layer:
-        raise SteerlabError(f"sae_clamp uses the SAE's own layer {sae.layer}, not {iv.src}")
-    if not torch.equal(v.direction(iv.src), sae.decoder_row(feature).to("cpu", torch.float32)):
-        raise SteerlabError(
-            f"the vector is not feature {feature}'s decoder row of {sae.describe()} (built from "
-            "another SAE, or changed by arithmetic): use steerlab.directions.sae(sae, feature)"
-        )
-    return feature
 
 
 @dataclass(frozen=True)
@@ -157,45 +117,3 @@ class SAEClamps:
 
 
 _ROW_TENSORS = ("enc", "b_enc", "b_in", "floor", "dec", "target", "feature", "gate")
-
-
-def build_clamps(
-    col: Sequence[Intervention | None], d: int, device: torch.device
-) -> SAEClamps | None:
-    """The ``sae_clamp`` part of one slot column (None when no row clamps a feature)."""
-    rows = [(r, iv) for r, iv in enumerate(col) if iv is not None and iv.kind == "sae_clamp"]
-    if not rows:
-        return None
-    b = len(col)
-    enc, b_in, dec = torch.zeros(b, d), torch.zeros(b, d), torch.zeros(b, d)
-    b_enc, floor, target = torch.zeros(b), torch.zeros(b), torch.zeros(b)
-    feature = torch.zeros(b, dtype=torch.long)
-    gate = torch.full((b,), -1, dtype=torch.long)
-    gate_of: dict[int, int] = {}
-    gates: list[TopKGate] = []
-    for r, iv in rows:
-        sae = iv.sae
-        assert sae is not None
-        i = feature_of(iv)
-
-        def f32(t: torch.Tensor) -> torch.Tensor:
-            return t.to("cpu", torch.float32)
-
-        # one unit of activation adds output_row; rescaling topk SAEs scale pre by ‖W_dec[i]‖
-        s = float(f32(sae.W_dec[i]).norm()) if sae.rescale_acts_by_decoder_norm else 1.0
-        enc[r] = f32(sae.W_enc[:, i]) * s
-        b_enc[r] = f32(sae.b_enc[i]) * s
-        if sae.apply_b_dec_to_input:
-            b_in[r] = f32(sae.b_dec)
-        if sae.threshold is not None:
-            floor[r] = max(float(sae.threshold[i]), 0.0)
-        dec[r] = f32(sae.output_row(i))
-        target[r] = iv.alpha
-        feature[r] = i
-        if sae.architecture == "topk":
-            if id(sae) not in gate_of:
-                gate_of[id(sae)] = len(gates)
-                gates.append(TopKGate.of(sae))
-            gate[r] = gate_of[id(sae)]
-    clamps = SAEClamps(enc, b_enc, b_in, floor, dec, target, feature, gate, tuple(gates))
-    return clamps.to(device)

@@ -18,18 +18,15 @@ site; pass ``model=`` to check it fits that model (width, layer, site) in one cl
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from steerlab.sae.model import SAEError, SparseAutoencoder, site_from_hook
+from steerlab._util.hub import hub_offline, hub_reachable
+from steerlab.sae.model import ModelLike, SAEError, SparseAutoencoder, site_from_hook
 from steerlab.sites import Site
-
-if TYPE_CHECKING:
-    from steerlab.models import Model
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -312,10 +309,6 @@ def from_sae_lens(sae: Any, source: str = "") -> SparseAutoencoder:
     )
 
 
-def _offline_env() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
 def from_pretrained(
     release: str,
     sae_id: str,
@@ -336,9 +329,7 @@ def from_pretrained(
             f"loading the SAE release {release!r} needs sae-lens: pip install 'steerlab[sae]' "
             "(a local sae-lens directory or Gemma Scope params.npz loads without it)"
         ) from e
-    from steerlab.models.load import _hub_reachable
-
-    if not _offline_env() and not _hub_reachable():
+    if not hub_offline() and not hub_reachable():
         raise SAEError(
             f"cannot load the SAE {sae_id!r} of release {release!r}: the Hugging Face hub is "
             "unreachable (offline?); load a local sae-lens directory or params.npz instead"
@@ -361,7 +352,7 @@ def load_sae(
     sae_id: str | None = None,
     *,
     hook: str | None = None,
-    model: Model | None = None,
+    model: ModelLike | None = None,
     model_name: str | None = None,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,

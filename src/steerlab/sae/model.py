@@ -22,18 +22,38 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from steerlab.errors import SteerlabError
 from steerlab.sites import POINTS, Site, SiteError, parse_point
 
-if TYPE_CHECKING:
-    from steerlab.models import Model
-
 ARCHITECTURES = ("standard", "jumprelu", "topk")
 _HF_LAYER = re.compile(r"^model\.layers\.(\d+)$")
+
+
+class SiteChecker(Protocol):
+    """What can say whether a model exposes a site (a backend)."""
+
+    def check_site(self, site: Site) -> None: ...
+
+
+class ModelLike(Protocol):
+    """The facts an SAE is checked against: a :class:`steerlab.models.Model` has them (this
+    layer sits below ``steerlab.models``, so it names the attributes, not the class)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def n_layers(self) -> int: ...
+
+    @property
+    def d_model(self) -> int: ...
+
+    @property
+    def backend(self) -> SiteChecker: ...
 
 
 class SAEError(SteerlabError):
@@ -185,7 +205,7 @@ class SparseAutoencoder:
             )
         return feature
 
-    def check_model(self, model: Model) -> None:
+    def check_model(self, model: ModelLike) -> None:
         """Raise one :class:`SAEError` when this SAE cannot read ``model``'s activations."""
         n = model.n_layers
         if not 0 <= self.layer < n:

@@ -2,8 +2,8 @@
 
 The pipeline (each step cached, each long step with a progress bar):
 
-1. **corpus** (:mod:`steerlab.sae_training.corpus`): shipped prompts, the model's own answers, shipped code
-   and the Python standard library, split into training and held-out documents;
+1. **corpus** (:mod:`steerlab.sae_training.corpus`): shipped prompts, the model's own answers,
+   shipped code and the Python standard library, split into training and held-out documents;
 2. **activations**: the training documents run through the model up to the site (the forward pass
    stops there); activations stream into a bfloat16 file on disk (bounded memory), cached under
    ``$STEERLAB_CACHE/sae/activations/`` by model, site and corpus, so changing only SAE
@@ -59,6 +59,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from steerlab.backends.base import SiteFn
+from steerlab.engine.batch import left_pad
+from steerlab.engine.forward import local_backend, steered_forward
 from steerlab.errors import SteerlabError
 from steerlab.models import Model, cache_dir
 from steerlab.sae_training.corpus import Corpus, CorpusConfig, Document, build_corpus, corpus_hash
@@ -298,17 +300,6 @@ def _batches(docs: Sequence[Document], max_tokens: int) -> Iterator[list[Documen
         yield batch
 
 
-def _pad(docs: Sequence[Document], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and attention mask (B, W)."""
-    width = max(len(d.ids) for d in docs)
-    ids = torch.full((len(docs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(docs), width), dtype=torch.long)
-    for r, d in enumerate(docs):
-        ids[r, width - len(d.ids) :] = torch.tensor(d.ids, dtype=torch.long)
-        mask[r, width - len(d.ids) :] = 1
-    return ids, mask
-
-
 def _used(docs: Sequence[Document], width: int) -> torch.Tensor:
     """(B, W) True at the tokens whose activations count (after each document's ``skip``)."""
     used = torch.zeros((len(docs), width), dtype=torch.bool)
@@ -339,14 +330,13 @@ def collect(
     path.mkdir(parents=True, exist_ok=True)
     mm = np.memmap(path / "acts.bin", dtype=np.int16, mode="w+", shape=(n, model.d_model))
     cursor = 0
+    backend = local_backend(model)
     bar = tqdm(total=n, desc="activations", unit="tok", disable=not progress)
     with torch.inference_mode():
         for batch in _batches(docs, batch_tokens):
-            ids, mask = _pad(batch, model.pad_token_id)
-            ids, mask = ids.to(model.device), mask.to(model.device)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            ids, mask = left_pad([d.ids for d in batch], model.pad_token_id, model.device)
             sink: list[torch.Tensor] = []
-            model.backend.forward(ids, mask, pos, None, {site: [_grab(sink)]}, stop_at=site)
+            steered_forward(backend, ids, mask, record={site: [_grab(sink)]}, stop_at=site)
             h = sink[-1][_used(batch, ids.shape[1]).to(model.device)]  # (n_used, d)
             mm[cursor : cursor + len(h)] = h.to(torch.bfloat16).view(torch.int16).cpu().numpy()
             cursor += len(h)
@@ -531,8 +521,7 @@ def evaluate(
     n_ce = 0
     bar = tqdm(total=len(docs), desc="evaluate SAE", unit="doc", disable=not progress)
     for batch in _batches(docs, batch_tokens):
-        ids, mask = _pad(batch, model.pad_token_id)
-        ids, mask = ids.to(dev), mask.to(dev)
+        ids, mask = left_pad([d.ids for d in batch], model.pad_token_id, dev)  # (B, W)
         used = _used(batch, ids.shape[1]).to(dev)
         after_first = (mask.cumsum(-1) > 1)[..., None]  # (B, W, 1) real tokens after the first
         sink: list[torch.Tensor] = []

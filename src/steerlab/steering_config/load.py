@@ -58,7 +58,7 @@ def parse_steering_config(
 def load_steering_config(
     ref: str | os.PathLike[str], base: Path | None = None
 ) -> SteeringConfigFile:
-    """Read and validate a steering config file, or a shipped one by name (``seed_example``).
+    """Read and validate a steering config file, or a shipped one by name (``smollm2_example``).
 
     A relative ``ref`` is taken from ``base`` (default: the working directory); ``vector_file``
     paths inside it from the file's own directory.

@@ -16,10 +16,10 @@ from pydantic import (
     model_validator,
 )
 
+from steerlab._util.strict import Strict
 from steerlab.directions import METHODS
 from steerlab.errors import SteerlabError
 from steerlab.interventions import Window
-from steerlab.runs.config import Strict
 from steerlab.sites import parse_point
 
 #: Methods that build from a positive and a negative prompt (or two lists of prompts).

@@ -8,8 +8,10 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from steerlab.tasks.task_config import norm_word
+
 if TYPE_CHECKING:
-    from steerlab.tasks.classification import TaskConfig
+    from steerlab.tasks.task_config import TaskConfig
 
 _PREFIX_WORDS = frozenset({"answer", "verdict", "final", "label", "classification"})
 
@@ -35,10 +37,6 @@ _OPENING = re.compile(
     f"^[{_M}]*(?:(?:{'|'.join(sorted(_PREFIX_WORDS))})\\b[{_M}:.,-]*)*", re.IGNORECASE
 )
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
-
-
-def norm_word(word: str) -> str:
-    return " ".join(word.casefold().split())
 
 
 def _phrases(words: list[str]) -> str:

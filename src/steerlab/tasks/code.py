@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import ast
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steerlab._util.hub import HUB_TIMEOUT_S, hub_offline, hub_reachable
 from steerlab._util.jsonl import read_jsonl
 from steerlab._util.resources import is_shipped, local_path, shipped_names
 from steerlab.errors import SteerlabError
@@ -63,8 +62,6 @@ MBPP_REPO = "google-research-datasets/mbpp"
 MBPP_SPLITS: tuple[str, ...] = ("test", "train", "validation", "prompt")
 #: ``chat``: an instruction through the model's chat template; ``completion``: raw code to continue.
 PROMPT_MODES: tuple[str, ...] = ("chat", "completion")
-#: Seconds to wait for the hub before MBPP gives up and says so.
-HUB_TIMEOUT_S = 3.0
 
 MBPP_KEYS: tuple[str, ...] = (
     "task_id",
@@ -172,27 +169,6 @@ def _humaneval() -> list[CodeTask]:
     return tasks
 
 
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return bool(constants.HF_HUB_OFFLINE) or flag in ("1", "ON", "YES", "TRUE")
-
-
-def _hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
-    """Whether the hub answers at all within ``timeout`` (any HTTP status counts)."""
-    from huggingface_hub import constants
-
-    request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (OSError, ValueError):  # URLError, timeouts, refused connections; a bad endpoint
-        return False
-
-
 def _mbpp_hub(split: str) -> list[CodeTask]:
     """MBPP ``split`` from the hub cache, else downloaded; offline, one sentence saying so."""
     from huggingface_hub import hf_hub_download
@@ -202,10 +178,10 @@ def _mbpp_hub(split: str) -> list[CodeTask]:
     try:
         path = hf_hub_download(MBPP_REPO, filename, repo_type="dataset", local_files_only=True)
     except LocalEntryNotFoundError:
-        if _hub_offline():
+        if hub_offline():
             why = " and HF_HUB_OFFLINE is set"
             raise CodeTaskError(_NO_HUB.format(repo=MBPP_REPO, why=why)) from None
-        if not _hub_reachable():
+        if not hub_reachable(HUB_TIMEOUT_S):
             why = f", which could not be reached within {HUB_TIMEOUT_S:g} s"
             raise CodeTaskError(_NO_HUB.format(repo=MBPP_REPO, why=why)) from None
         try:

@@ -42,9 +42,9 @@ from typing import Any
 from pydantic import Field, StrictInt, StrictStr, ValidationError, field_validator
 
 from steerlab._util.resources import local_path, resolve
+from steerlab._util.strict import Strict
 from steerlab._util.yamlfile import read_yaml
 from steerlab.errors import SteerlabError
-from steerlab.runs.config import Strict
 
 #: Question types this reader knows; anything else is an error, never skipped.
 QUESTION_TYPES: tuple[str, ...] = ("free_form", "free_form_judge", "free_form_judge_0_100")

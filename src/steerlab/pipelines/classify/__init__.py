@@ -1,1 +1,1 @@
-"""Classification steering (seed 004): per-group vectors, sign check, sweep, report."""
+"""Classification steering: per-group vectors, sign check, sweep, report."""

@@ -3,24 +3,24 @@
 For the pooled vector and each group's vector, at every layer, the held-out split is scored
 unsteered, at ``+α`` and at ``−α`` (α: the sign-check strength), in the grid's mode, and
 :func:`steerlab.analysis.signcheck.sign_check` (logit mode: mean P(target)) or
-:func:`steerlab.analysis.signcheck.answer_sign_check` (generate mode: the rate of answers stating the
-target) asks whether ``+α`` moves the target the intended way. Slices:
+:func:`steerlab.analysis.signcheck.answer_sign_check` (generate mode: the rate of answers stating
+the target) asks whether ``+α`` moves the target the intended way. Slices:
 
-- pooled: the held-out examples labeled with the target (as in the seed: "raise P(vulnerable)
+- pooled: the held-out examples labeled with the target (e.g. "raise P(vulnerable)
   on vulnerable snippets");
 - a group: all of that group's held-out examples, every label (a vector's sign shows on every
   example, and a group's slice is small).
 
-The rows are one sharded stage (resumable); ``signcheck.json`` holds one entry per (vector,
-layer). A vector is *backwards* when some layer says ``flipped`` and none says ``ok``; those
-vectors are named at the top of the log and of ``report.md`` with the flipped vector's effect
-(the ``−α`` column), next to the command that reruns with them negated (``--flip-groups``, or
-``--flip-sign`` when every vector is backwards).
+The rows are one sharded stage (resumable; :func:`steerlab.pipelines.classify.run.signcheck_stage`
+scores them, this module reads them); ``signcheck.json`` holds one entry per (vector, layer). A
+vector is *backwards* when some layer says ``flipped`` and none says ``ok``; those vectors are named
+at the top of the log and of ``report.md`` with the flipped vector's effect (the ``−α`` column),
+next to the command that reruns with them negated (``--flip-groups``, or ``--flip-sign`` when every
+vector is backwards).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 from collections.abc import Sequence
@@ -29,53 +29,11 @@ from typing import Any
 
 import pandas as pd
 
-from steerlab._util.io import atomic_write_text
 from steerlab.pipelines.classify.config import BASELINE, POOLED, ClassifyConfig
-from steerlab.pipelines.classify.run import (
-    KRow,
-    Steer,
-    layers_of,
-    load_vectors,
-    scorer,
-    task_of,
-    vector_names,
-)
-from steerlab.runs.runner import Runtime
-from steerlab.runs.shards import stage_results
+from steerlab.pipelines.classify.results import task_of
 
 logger = logging.getLogger(__name__)
 STAGE = "signcheck"
-
-
-def check_rows(cfg: ClassifyConfig, vectors: Sequence[str], layers: Sequence[int]) -> list[KRow]:
-    """The baseline of every held-out example, then per layer and sign: the pooled vector on
-    every held-out example and each group's vector on that group's examples."""
-    task = task_of(cfg.task)
-    held = task.split(task.config.eval_split)
-    a = cfg.check_strength()
-    rows = [KRow(e.id) for e in held]
-    for layer in layers:
-        for s in (a, -a):
-            rows += [KRow(e.id, POOLED, layer, s) for e in held if POOLED in vectors]
-            rows += [KRow(e.id, e.group, layer, s) for e in held if e.group in vectors]
-    return rows
-
-
-def signcheck_stage(rt: Runtime[ClassifyConfig]) -> list[dict[str, Any]]:
-    """Score the check rows (sharded), judge every (vector, layer), write ``signcheck.json``
-    once, and log the outcome (on every invocation, so a resumed run says it again)."""
-    path = rt.run.path / "signcheck.json"
-    if path.is_file():
-        checks: list[dict[str, Any]] = json.loads(path.read_text())
-    else:
-        cfg = rt.cfg
-        vectors = vector_names(rt)
-        rows = check_rows(cfg, vectors, layers_of(rt))
-        rt.map(STAGE, rows, scorer(Steer(cfg, load_vectors(rt))), cfg.shard_size)
-        checks = judge(cfg, stage_results(rt.run.path, STAGE), vectors, layers_of(rt))
-        atomic_write_text(path, json.dumps(checks, indent=2) + "\n")
-    log_checks(rt.cfg, checks)
-    return checks
 
 
 def judge(

@@ -1,4 +1,4 @@
-"""Validated configuration of ``steerlab classify`` (seed 004): the model, the labeled task, the
+"""Validated configuration of ``steerlab classify``: the model, the labeled task, the
 layers, positions and strengths of the sweep, how the grid is scored, the sign check and which
 vectors are applied negated.
 
@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from steerlab.pipelines._shared import EvalModelCfg as EvalModelCfg
 from steerlab.pipelines._shared import ModelRunConfig
 
 BASELINE = "baseline"
@@ -38,7 +39,7 @@ class ClassifyConfig(ModelRunConfig):
     layers: list[int] | None = None  # default: the middle layer
     hook_point: str = "resid_post"
     build_position: Literal["last", "mean"] = "last"  # where activations are read for vectors
-    positions: str = "last-prompt"  # where the vectors are added (the seed: the last token)
+    positions: str = "last-prompt"  # where the vectors are added (default: the last prompt token)
     mode: Literal["auto", "logit", "generate"] = "auto"  # see MODES
     scale: Literal["absolute", "diff", "resid"] = "resid"
     strengths: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.4])

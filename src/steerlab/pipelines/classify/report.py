@@ -27,7 +27,7 @@ from steerlab.metrics.stats import bootstrap_ci, wilson_ci
 from steerlab.pipelines.classify import checks as sign_checks
 from steerlab.pipelines.classify import cross
 from steerlab.pipelines.classify.config import BASELINE, POOLED, ClassifyConfig
-from steerlab.pipelines.classify.run import generation_results, grid_results, task_of
+from steerlab.pipelines.classify.results import generation_results, grid_results, task_of
 
 
 def scored(df: pd.DataFrame, positive: str, uncertain: str | None = None) -> pd.DataFrame:

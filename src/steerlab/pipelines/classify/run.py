@@ -1,4 +1,4 @@
-"""``steerlab classify`` (seed 004) as a workflow of the run framework.
+"""``steerlab classify`` as a workflow of the run framework.
 
 Stages:
 
@@ -22,25 +22,25 @@ Stages:
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
 from steerlab._util.io import atomic_write_text
 from steerlab.errors import SteerlabError
+from steerlab.pipelines._shared import ModelWorkflow, describe_model
+from steerlab.pipelines.classify import checks
 from steerlab.pipelines.classify.config import (
     BASELINE,
     POOLED,
     ClassifyConfig,
     generated_only,
 )
-from steerlab.pipelines.model_workflow import ModelWorkflow
+from steerlab.pipelines.classify.results import grid_results, task_of
 from steerlab.runs.runner import Runtime
 from steerlab.runs.shards import stage_results
 
@@ -53,13 +53,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 STAGES = ("vectors", "signcheck", "grid", "generate", "report")
-
-
-@functools.lru_cache(maxsize=4)
-def task_of(ref: str) -> ClassificationTask:
-    from steerlab.tasks.classification import load_task
-
-    return load_task(ref)
 
 
 @dataclass(frozen=True)
@@ -251,8 +244,6 @@ class Describe:
     def __call__(self, model: Model) -> dict[str, Any]:
         if self.task_ref is not None:
             _answer_ids(model, task_of(self.task_ref))
-        from steerlab.pipelines.reliability.run import describe_model
-
         return describe_model(model)
 
 
@@ -300,8 +291,6 @@ class Classify(ModelWorkflow[ClassifyConfig]):
         if stage == "vectors":
             load_vectors(rt)
         elif stage == "signcheck":
-            from steerlab.pipelines.classify.checks import signcheck_stage
-
             signcheck_stage(rt)
         elif stage == "grid":
             steer = Steer(rt.cfg, load_vectors(rt))
@@ -383,9 +372,37 @@ def generate_rows(rt: Runtime[ClassifyConfig]) -> list[KRow]:
     return rows
 
 
-def grid_results(run: Path) -> pd.DataFrame:
-    return stage_results(run, "grid")
+# ----------------------------------------------------------------------------- the sign check
 
 
-def generation_results(run: Path) -> pd.DataFrame | None:
-    return stage_results(run, "generate") if (run / "parts" / "generate").is_dir() else None
+def check_rows(cfg: ClassifyConfig, vectors: Sequence[str], layers: Sequence[int]) -> list[KRow]:
+    """The baseline of every held-out example, then per layer and sign: the pooled vector on
+    every held-out example and each group's vector on that group's examples."""
+    task = task_of(cfg.task)
+    held = task.split(task.config.eval_split)
+    a = cfg.check_strength()
+    rows = [KRow(e.id) for e in held]
+    for layer in layers:
+        for s in (a, -a):
+            rows += [KRow(e.id, POOLED, layer, s) for e in held if POOLED in vectors]
+            rows += [KRow(e.id, e.group, layer, s) for e in held if e.group in vectors]
+    return rows
+
+
+def signcheck_stage(rt: Runtime[ClassifyConfig]) -> list[dict[str, Any]]:
+    """Score the check rows (sharded), judge every (vector, layer), write ``signcheck.json``
+    once, and log the outcome (on every invocation, so a resumed run says it again); see
+    :mod:`steerlab.pipelines.classify.checks`."""
+    path = rt.run.path / "signcheck.json"
+    if path.is_file():
+        found: list[dict[str, Any]] = json.loads(path.read_text())
+    else:
+        cfg = rt.cfg
+        vectors = vector_names(rt)
+        rows = check_rows(cfg, vectors, layers_of(rt))
+        rt.map(checks.STAGE, rows, scorer(Steer(cfg, load_vectors(rt))), cfg.shard_size)
+        scored_rows = stage_results(rt.run.path, checks.STAGE)
+        found = checks.judge(cfg, scored_rows, vectors, layers_of(rt))
+        atomic_write_text(path, json.dumps(found, indent=2) + "\n")
+    checks.log_checks(rt.cfg, found)
+    return found

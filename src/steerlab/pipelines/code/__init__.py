@@ -1,1 +1,1 @@
-"""Code steering (seed 001): flips, drift and coefficient selection."""
+"""Code steering: flips, drift and coefficient selection."""

@@ -1,5 +1,5 @@
 """What a coefficient does to code: stratified problem samples, flips against the baseline,
-drift (difflib similarity, as seed 001), per-(vector, coefficient) summaries with 95% CIs, and
+drift (difflib similarity), per-(vector, coefficient) summaries with 95% CIs, and
 the selection rule.
 
 Flips compare a steered row's execution status with its problem's temperature-0 baseline:
@@ -74,7 +74,7 @@ def problem_samples(
     seed: int,
     same: bool,
 ) -> dict[float, list[str]]:
-    """The problems of each coefficient: one stratified sample each (as seed 001), or one
+    """The problems of each coefficient: one stratified sample each, or one
     shared by all (``same``)."""
     return {
         c: stratified_sample(ids, complexities, n, seed if same else seed * 1000 + j)

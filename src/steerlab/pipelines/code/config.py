@@ -1,4 +1,4 @@
-"""Validated configuration of ``steerlab select-coefficients`` (seed 001).
+"""Validated configuration of ``steerlab select-coefficients``.
 
 Which model and code tasks, how prompts are built, which steering vectors (files, or a labeled
 mean-diff built from the baseline's passing vs failing problems), the coefficient grid, how many
@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from steerlab._util.strict import Strict
 from steerlab.errors import SteerlabError
-from steerlab.pipelines._shared import ModelRunConfig
-from steerlab.pipelines.questions.config import FileRef
-from steerlab.runs.config import Strict
+from steerlab.pipelines._shared import EvalModelCfg as EvalModelCfg
+from steerlab.pipelines._shared import FileRef, ModelRunConfig
 
 SEED_COEFFICIENTS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 Intent = Literal["correct", "incorrect", "unknown"]
@@ -78,7 +78,7 @@ class CodeConfig(ModelRunConfig):
     scale: Literal["absolute", "diff", "resid"] = "absolute"
     positions: str = "all"
     n_per_coefficient: int = Field(default=10, ge=1)
-    same_problems: bool = False  # the seed draws a new stratified sample per coefficient
+    same_problems: bool = False  # default: a new stratified sample per coefficient
     sample_seed: int = 0
     max_new_tokens: int = Field(default=500, ge=1)
     batch_size: int = Field(default=64, ge=1)

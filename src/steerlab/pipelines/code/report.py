@@ -21,7 +21,7 @@ from steerlab.pipelines.code.analysis import (
     summarize,
 )
 from steerlab.pipelines.code.config import NOISE, CodeConfig
-from steerlab.pipelines.code.run import grid_results, intents, load_baseline
+from steerlab.pipelines.code.results import grid_results, intents, load_baseline
 
 N_EXAMPLES = 4
 

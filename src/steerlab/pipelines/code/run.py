@@ -1,4 +1,4 @@
-"""``steerlab select-coefficients`` (seed 001) as a workflow of the run framework.
+"""``steerlab select-coefficients`` as a workflow of the run framework.
 
 Stages:
 
@@ -28,8 +28,9 @@ import pandas as pd
 
 from steerlab._util.io import atomic_path
 from steerlab.errors import SteerlabError
+from steerlab.pipelines._shared import ModelWorkflow
 from steerlab.pipelines.code.config import NOISE, CodeConfig
-from steerlab.pipelines.model_workflow import ModelWorkflow
+from steerlab.pipelines.code.results import baseline_path, load_baseline
 from steerlab.runs.runner import Runtime
 from steerlab.runs.shards import stage_results
 
@@ -284,30 +285,6 @@ def _read_baseline(path: Path, cfg: CodeConfig) -> pd.DataFrame:
     return df
 
 
-def baseline_path(run: Path) -> Path:
-    return run / "baseline.parquet"
-
-
-def load_baseline(run: Path) -> pd.DataFrame:
-    path = baseline_path(run)
-    if not path.is_file():
-        raise SteerlabError(f"{run}: no baseline yet; run the baseline stage first")
-    return pd.read_parquet(path)
-
-
-def baseline_summary(run: Path) -> str:
-    """One paragraph: the baseline's pass rate overall and per complexity."""
-    df = load_baseline(run)
-    ok = df["status"] == "pass"
-    by = df.assign(ok=ok).groupby("complexity")["ok"].agg(["sum", "size"])
-    strata = ", ".join(f"{c}: {int(r['sum'])}/{int(r['size'])}" for c, r in by.iterrows())
-    mix = ", ".join(f"{k} {v}" for k, v in df["status"].value_counts().items())
-    return (
-        f"baseline: {int(ok.sum())} of {len(df)} pass ({100 * ok.mean():.1f}%); statuses {mix}; "
-        f"passing by complexity {strata}"
-    )
-
-
 def baseline_stage(rt: Runtime[CodeConfig]) -> None:
     cfg, out = rt.cfg, baseline_path(rt.run.path)
     if out.is_file():
@@ -371,13 +348,6 @@ def vectors_stage(rt: Runtime[CodeConfig]) -> dict[str, Applied]:
     return applied
 
 
-def intents(cfg: CodeConfig) -> dict[str, str]:
-    out: dict[str, str] = {r.name: r.intent for r in cfg.vectors}
-    if cfg.from_baseline is not None:
-        out |= {"correct": "correct", "incorrect": "incorrect"}
-    return out
-
-
 def grid_rows(cfg: CodeConfig, baseline: pd.DataFrame) -> list[CRow]:
     from steerlab.pipelines.code.analysis import problem_samples
 
@@ -408,7 +378,3 @@ def grid_stage(rt: Runtime[CodeConfig]) -> int:
     rows = grid_rows(cfg, load_baseline(rt.run.path))
     applied = vectors_stage(rt) if rt.pending("grid", rows, cfg.shard_size) else {}
     return rt.map("grid", rows, Generate(cfg, applied), cfg.shard_size)
-
-
-def grid_results(run: Path) -> pd.DataFrame:
-    return stage_results(run, "grid")

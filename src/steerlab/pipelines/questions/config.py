@@ -1,4 +1,4 @@
-"""Validated configuration of ``steerlab eval-questions`` (seed 000): which model, which
+"""Validated configuration of ``steerlab eval-questions``: which model, which
 question file, which steering configs, how many samples, how to generate, and the judge.
 
 Files are stored as absolute paths (or shipped names) together with a hash of their content, so
@@ -15,18 +15,12 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from steerlab._util.resources import Kind, local_path, resolve
+from steerlab._util.strict import Strict
 from steerlab.errors import SteerlabError
-from steerlab.pipelines._shared import ModelRunConfig
-from steerlab.runs.config import Strict
+from steerlab.pipelines._shared import EvalModelCfg as EvalModelCfg
+from steerlab.pipelines._shared import FileRef, ModelRunConfig
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
-
-
-class FileRef(Strict):
-    """A file as given (absolute path or shipped name) and the sha256 of its bytes."""
-
-    path: str
-    sha256: str
 
 
 class SteeringRef(FileRef):

@@ -15,6 +15,7 @@ import pandas as pd
 from steerlab._util.io import atomic_path, atomic_write_text
 from steerlab.metrics.stats import bootstrap_ci, bootstrap_diff_ci
 from steerlab.pipelines.questions.config import EvalConfig
+from steerlab.pipelines.questions.results import answers
 
 BASELINE = "baseline"
 RULE_METRICS = ("refusal_score", "helpfulness_score", "n_tokens", "mean_entropy")
@@ -22,8 +23,6 @@ N_BOOT = 1000
 
 
 def assemble(run: Path) -> pd.DataFrame:
-    from steerlab.pipelines.questions.run import answers
-
     df = answers(run)
     judged = run / "parts" / "judge" / "judge.parquet"
     if judged.is_file():

@@ -1,4 +1,4 @@
-"""``steerlab eval-questions`` (seed 000) as a workflow of the run framework.
+"""``steerlab eval-questions`` as a workflow of the run framework.
 
 Every (question x paraphrase x sample x steering config) row, the unsteered baseline included,
 goes through the batched engine in shared batches; each row has its own seed, and a sample's
@@ -16,17 +16,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
 from steerlab._util.io import atomic_path, atomic_write_text
 from steerlab.errors import SteerlabError
-from steerlab.pipelines.model_workflow import ModelWorkflow
+from steerlab.pipelines._shared import ModelWorkflow
 from steerlab.pipelines.questions.config import EvalConfig
+from steerlab.pipelines.questions.results import answers
 from steerlab.runs.runner import Runtime
-from steerlab.runs.shards import read_part
 
 if TYPE_CHECKING:
     from steerlab.interventions import Intervention
@@ -198,13 +197,6 @@ def generate_stage(rt: Runtime[EvalConfig]) -> int:
         )
     rows = expand(cfg, read_questions(cfg))
     return rt.map("generate", rows, Answer(cfg, steering), cfg.shard_size)
-
-
-def answers(run_path: Path) -> pd.DataFrame:
-    files = sorted((run_path / "parts" / "generate").glob("part-*.parquet"))
-    if not files:
-        raise SteerlabError(f"{run_path}: no answers yet; run the generate stage first")
-    return pd.concat([read_part(f, "generate") for f in files], ignore_index=True)
 
 
 def judge_stage(rt: Runtime[EvalConfig]) -> None:

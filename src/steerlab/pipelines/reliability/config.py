@@ -1,4 +1,4 @@
-"""Validated configuration of the steering-reliability pipeline (seed 003, with issue 3's changes).
+"""Validated configuration of the steering-reliability pipeline.
 
 Loaded once at the edge (``load_config``) with ``extra="forbid"`` everywhere, so a typo in a key
 is an error naming the key, and saved unchanged (as validated) into the run directory.
@@ -20,27 +20,23 @@ import yaml
 from pydantic import Field, StrictInt, field_validator
 
 from steerlab._util.resources import local_path, resolve
+from steerlab._util.strict import Strict
 from steerlab.errors import SteerlabError
+from steerlab.pipelines._shared import EvalModelCfg
 from steerlab.runs.config import RunConfig
-from steerlab.runs.config import Strict as _Strict
 
 STAGES = ("baseline", "build-directions", "sign-check", "sweep", "sanity", "report")
 # seeds are stored in int64 table columns and seed torch generators: signed 64-bit
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
 
-class ModelCfg(_Strict):
-    name: str = "embedded"
-    backend: Literal["hf", "transformer_lens", "nnsight"] = "hf"
-    device: str | None = None
-    dtype: str | None = None
-    #: opt-in CPU speed mode: linear layers multiply in bf16, residual/steering stay in dtype
-    matmul_dtype: Literal["bf16"] | None = None
-    chat: bool = True
+class ModelCfg(EvalModelCfg):
+    """The workflows' model section, plus the system prompt every generation is sent with."""
+
     system: str | None = None
 
 
-class DataCfg(_Strict):
+class DataCfg(Strict):
     """Prompt files (JSONL paths or shipped prompt-set names) and how many prompts to use."""
 
     harm_train_path: str = "harm_train"
@@ -52,7 +48,7 @@ class DataCfg(_Strict):
 DATA_PATHS: tuple[str, ...] = ("harm_train_path", "harm_test_path", "benign_path")
 
 
-class GenerationCfg(_Strict):
+class GenerationCfg(Strict):
     max_new_tokens: int = Field(default=80, ge=1)
     temperature: float = Field(default=0.7, ge=0.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
@@ -60,9 +56,9 @@ class GenerationCfg(_Strict):
     batch_size: int = Field(default=32, ge=1)
 
 
-class DirectionCfg(_Strict):
-    """``forced_prefix`` (seed 7.1): act(p + refusal prefix) - act(p + compliance prefix).
-    ``outcome_conditioned`` (seed 7.2): the baseline's own completions on the building prompts,
+class DirectionCfg(Strict):
+    """``forced_prefix``: act(p + refusal prefix) - act(p + compliance prefix).
+    ``outcome_conditioned``: the baseline's own completions on the building prompts,
     labeled refusal or helpful; mean(act | refusal) - mean(act | helpful) at
     ``outcome_position``, refused when a class has fewer than ``min_per_class`` examples."""
 
@@ -81,7 +77,7 @@ class DirectionCfg(_Strict):
     batch_size: int = Field(default=16, ge=1)
 
 
-class ExperimentCfg(_Strict):
+class ExperimentCfg(Strict):
     # None: the model's default spread by depth; strict ints (``true`` is not layer 1)
     layers: list[StrictInt] | None = None
     # pydantic copies defaults per instance (RUF012 cannot see the BaseModel through Strict)
@@ -124,18 +120,18 @@ class ExperimentCfg(_Strict):
         return v
 
 
-class MetricsCfg(_Strict):
+class MetricsCfg(Strict):
     refusal_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     helpful_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     n_boot: int = Field(default=1000, ge=100)
 
 
-class AltPrefixes(_Strict):
+class AltPrefixes(Strict):
     refusal_prefix: str = " Sorry, I can't do that."
     compliance_prefix: str = " Of course. Here's a step-by-step guide:"
 
 
-class SanityCfg(_Strict):
+class SanityCfg(Strict):
     enabled: bool = True
     alt_prefixes: AltPrefixes = AltPrefixes()
     alpha: float = 1.0  # the one α rerun for template and seed robustness

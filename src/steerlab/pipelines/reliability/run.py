@@ -3,24 +3,20 @@ its config, its loader (the model), its stages in order, and its manifest."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from steerlab._util.pathnames import check_name
 from steerlab.errors import SteerlabError
+from steerlab.pipelines._shared import ModelLoader, describe_model, environment_info, model_loader
 from steerlab.pipelines.reliability import stages as st
 from steerlab.pipelines.reliability.config import STAGES, PipelineConfig, load_config
-from steerlab.pipelines.reliability.store import RunDir, environment_info
+from steerlab.pipelines.reliability.store import RunDir
 from steerlab.runs.executor import ExecutorSpec
 from steerlab.runs.runner import Runtime, Workflow, execute
-
-if TYPE_CHECKING:
-    from steerlab.models import Model
 
 logger = logging.getLogger(__name__)
 
@@ -49,63 +45,9 @@ def open_run(cfg: PipelineConfig, run_id: str | None, run_dir: Path | None) -> R
     return RunDir.open(cfg, run_id)
 
 
-@contextlib.contextmanager
-def _transformers_bars(enabled: bool) -> Iterator[None]:
-    """Switch transformers' own progress bars (weights loading) off while ``enabled`` is False,
-    so ``--quiet`` means no bars at all; the previous setting is restored."""
-    from transformers.utils import logging as hf_logging
-
-    if enabled or not hf_logging.is_progress_bar_enabled():
-        yield
-        return
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.enable_progress_bar()
-
-
-@dataclass(frozen=True)
-class ModelLoader:
-    """Loads the config's model where the work runs (picklable: it goes to Ray workers)."""
-
-    name: str
-    backend: str
-    device: str | None
-    dtype: str | None
-    chat: bool
-    progress: bool = False
-    matmul_dtype: str | None = None
-
-    def __call__(self) -> Model:
-        from steerlab.models import load_model
-
-        with _transformers_bars(self.progress):
-            return load_model(
-                self.name,
-                device=self.device,
-                dtype=self.dtype,
-                chat=self.chat,
-                backend=self.backend,
-                matmul_dtype=self.matmul_dtype,
-            )
-
-
-def describe_model(model: Model) -> dict[str, Any]:
-    """What the driver needs to know about a worker's model."""
-    return {
-        "name": model.name,
-        "backend": model.backend.name,
-        "n_layers": model.n_layers,
-        "d_model": model.d_model,
-        "dtype": str(model.dtype),
-        "device": str(model.device),
-    }
-
-
 class Reliability(Workflow[PipelineConfig]):
-    """Seed 003: baseline, direction per layer, sign check, layer x kind x alpha sweep, sanity
-    reruns, report."""
+    """The steering-reliability pipeline: baseline, direction per layer, sign check, layer x
+    kind x alpha sweep, sanity reruns, report."""
 
     name = "reliability"
     stages: ClassVar[tuple[str, ...]] = STAGES
@@ -137,8 +79,7 @@ class Reliability(Workflow[PipelineConfig]):
             check_name(cfg.run_id, "run_id")
 
     def loader(self, cfg: PipelineConfig, progress: bool) -> ModelLoader:
-        m = cfg.model
-        return ModelLoader(m.name, m.backend, m.device, m.dtype, m.chat, progress, m.matmul_dtype)
+        return model_loader(cfg.model, progress)
 
     def describe(self) -> Any:
         return describe_model

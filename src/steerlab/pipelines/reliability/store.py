@@ -7,20 +7,15 @@ adds the pipeline's own paths (directions) and its work-row shape.
 from __future__ import annotations
 
 import hashlib
-import os
-import platform
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from steerlab._util.version import __version__
 from steerlab.pipelines.reliability.config import PipelineConfig
 from steerlab.runs.rundir import LOCK_NAME
 from steerlab.runs.rundir import RunDir as _RunDir
 from steerlab.runs.shards import read_part
 
-__all__ = ["LOCK_NAME", "RunDir", "WorkRow", "environment_info", "read_part"]
+__all__ = ["LOCK_NAME", "RunDir", "WorkRow", "read_part"]
 
 
 @dataclass(frozen=True)
@@ -86,28 +81,3 @@ class RunDir(_RunDir[PipelineConfig]):
     def direction_path(self, layer: int, kind: str = "main") -> Path:
         prefix = "layer" if kind == "main" else f"{kind}_layer"
         return self.directions / f"{prefix}_{layer}.safetensors"
-
-
-def environment_info(device: str, model_name: str) -> dict[str, Any]:
-    """Versions, git commit, device: what a reader needs to reproduce a run."""
-    import torch
-    import transformers
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {
-        "steerlab_version": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "git_commit": commit or None,
-        "device": device,
-        "model": model_name,
-    }

@@ -4,10 +4,11 @@
 ``manifest.json``, ``sanity.json``) into ``summary.csv``, ``checks.json``, ``figures/*.png``,
 ``examples.md`` and ``report.md``, every file written atomically.
 
-* :mod:`~steerlab.pipelines.reliability.report.aggregate`: :func:`summarize` (rates, CIs, gap, benign drop, Pareto)
-  and :func:`write_summary_csv`.
+* :mod:`~steerlab.pipelines.reliability.report.aggregate`: :func:`summarize` (rates, CIs, gap,
+  benign drop, Pareto) and :func:`write_summary_csv`.
 * :mod:`~steerlab.pipelines.reliability.report.checks`: confound, seed, template and sign checks.
-* :mod:`~steerlab.pipelines.reliability.report.layers`: layers compared at matched α, paired bootstrap CIs.
+* :mod:`~steerlab.pipelines.reliability.report.layers`: layers compared at matched α, paired
+  bootstrap CIs.
 * :mod:`~steerlab.pipelines.reliability.report.plots`: the figures.
 * :mod:`~steerlab.pipelines.reliability.report.writeup`: ``examples.md`` and ``report.md``.
 """

@@ -96,8 +96,9 @@ def pareto_mask(
 def setting_points(results: pd.DataFrame) -> pd.DataFrame:
     """Point estimates per setting: ``harm_test_refusal``, ``benign_drop``, ``steered``, ``pareto``.
 
-    The same quantities (without intervals) that :func:`~steerlab.pipelines.reliability.report.aggregate.summarize`
-    computes, for checks that only need to know which setting is best.
+    The same quantities (without intervals) that
+    :func:`~steerlab.pipelines.reliability.report.aggregate.summarize` computes, for checks that
+    only need to know which setting is best.
     """
     grid = main_grid(results)
     base = grid[grid["intervention"] == "none"]

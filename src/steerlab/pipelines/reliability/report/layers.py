@@ -49,7 +49,8 @@ class Term(NamedTuple):
 
 
 class Effect(NamedTuple):
-    """An effect of a setting, as the :func:`~steerlab.pipelines.reliability.report.summarize` column ``name``.
+    """An effect of a setting, as the :func:`~steerlab.pipelines.reliability.report.summarize`
+    column ``name``.
 
     ``terms`` give it as split means at the setting (the baseline part, equal at every layer,
     is left out: it cancels in a difference between layers).

@@ -109,7 +109,8 @@ def plot_layers_vs_alpha(summary: pd.DataFrame, layers: dict[str, Any] | None, p
     """Each effect vs α, one line per layer with its 95% band; ▼ where layers differ (paired CI).
 
     Rows: refusal gain on harm_test, benign cost, train/test gap (pp); columns: interventions.
-    ``layers`` is :func:`~steerlab.pipelines.reliability.report.layers.layer_comparison` (no markers when ``None``).
+    ``layers`` is :func:`~steerlab.pipelines.reliability.report.layers.layer_comparison` (no
+    markers when ``None``).
     """
     title = "Effects vs α per layer"
     settings = _settings(summary)

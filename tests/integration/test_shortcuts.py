@@ -1,7 +1,8 @@
-"""The seed's programmatic API (``create_contrast_vector``, ``generate_with_steering``,
-``find_best_layers_for_steering``) against independent computations: plain torch hooks on the
-Hugging Face model and Hugging Face ``generate``, TransformerLens's own ``run_with_cache``, and
-the same steering written as steerlab interventions; on tiny-llama and on HookedTransformers.
+"""The one-call helpers of :mod:`steerlab.shortcuts` (``create_contrast_vector``,
+``generate_with_steering``, ``find_best_layers_for_steering``) against independent computations:
+plain torch hooks on the Hugging Face model and Hugging Face ``generate``, TransformerLens's own
+``run_with_cache``, and the same steering written as steerlab interventions; on tiny-llama and
+on HookedTransformers.
 """
 
 from __future__ import annotations
@@ -226,9 +227,9 @@ def test_find_best_layers_is_the_finders_top_k(tiny_llama: Model) -> None:
 
 
 def test_hooked_transformer_from_the_same_weights_agrees() -> None:
-    """The seed's own setting: a ``HookedTransformer`` passed as is. Built from tiny-llama's
-    weights by TransformerLens's converter, it must give the Hugging Face model's vector (and
-    TransformerLens's own cached activations), text and layer scores."""
+    """A ``HookedTransformer`` passed as is. Built from tiny-llama's weights by TransformerLens's
+    converter, it must give the Hugging Face model's vector (and TransformerLens's own cached
+    activations), text and layer scores."""
     pytest.importorskip("transformer_lens")
     from tests.integration.test_backend_transformer_lens import hooked_from_hf
 

@@ -1,0 +1,154 @@
+"""``steerlab run`` (the whole reliability pipeline), its stage commands (``baseline``,
+``build-directions``, ``sweep``, ``sanity``, ``report``), and ``make-prompts``, which writes the
+prompt sets the pipeline reads."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from steerlab.cli.options import (
+    ExecutorOpt,
+    OutDirOpt,
+    QuietOpt,
+    RayAddressOpt,
+    ThreadsOpt,
+    WorkersOpt,
+)
+from steerlab.errors import SteerlabError
+from steerlab.pipelines.reliability.config import STAGES
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``: ``run``, one command per stage, ``make-prompts``."""
+    _stage_command(
+        app,
+        "run",
+        STAGES,
+        "The whole reliability pipeline (resumable: rerun the same command after a crash).",
+    )
+    _stage_command(
+        app, "baseline", ("baseline",), "Unsteered completions for every split (alpha = 0)."
+    )
+    _stage_command(
+        app, "build-directions", ("build-directions",), "Forced-prefix direction per layer."
+    )
+    _stage_command(
+        app, "sweep", ("sign-check", "sweep"), "Sign check, then the layer x kind x alpha grid."
+    )
+    _stage_command(app, "sanity", ("sanity",), "Template and seed robustness reruns.")
+    _stage_command(
+        app, "report", ("report",), "results.parquet, summary.csv, figures, examples, report."
+    )
+    app.command("make-prompts")(make_prompts_cmd)
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="pipeline YAML file, or a shipped one: default, fast"),
+]
+FastOpt = Annotated[bool, typer.Option("--fast", help="use the shipped fast config")]
+RunIdOpt = Annotated[str | None, typer.Option(help="run id (default: model + config hash)")]
+RunDirOpt = Annotated[Path | None, typer.Option(help="an existing run directory")]
+ModelOverride = Annotated[str | None, typer.Option("--model", "-m", help="override model.name")]
+
+
+def _stages(
+    stages: tuple[str, ...],
+    config: Path | None,
+    fast: bool,
+    run_id: str | None,
+    run_dir: Path | None,
+    model: str | None,
+    quiet: bool,
+    output_dir: str | None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+) -> None:
+    from steerlab.pipelines.reliability.run import resolve_config, run_stages
+    from steerlab.pipelines.reliability.store import RunDir
+    from steerlab.runs.executor import ExecutorSpec
+
+    spec = ExecutorSpec(executor, ray_address, workers, threads)  # type: ignore[arg-type]
+
+    logging.getLogger("steerlab").setLevel(logging.INFO)
+    overrides = {
+        k: v for k, v in (("model.name", model), ("experiment.output_dir", output_dir)) if v
+    }
+    if run_dir is not None and config is None and not fast:
+        cfg = RunDir.existing(run_dir).load_config()
+        if overrides:
+            raise SteerlabError("--model/--output-dir cannot change an existing run directory")
+    else:
+        cfg, _ = resolve_config(config, fast, overrides)
+    run = run_stages(cfg, stages, run_id=run_id, run_dir=run_dir, progress=not quiet, executor=spec)
+    typer.echo(f"run directory: {run.path}")
+
+
+def _stage_command(app: typer.Typer, name: str, stages: tuple[str, ...], doc: str) -> None:
+    def cmd(
+        config: ConfigOpt = None,
+        fast: FastOpt = False,
+        run_id: RunIdOpt = None,
+        run_dir: RunDirOpt = None,
+        model: ModelOverride = None,
+        quiet: QuietOpt = False,
+        output_dir: OutDirOpt = None,
+        executor: ExecutorOpt = "local",
+        ray_address: RayAddressOpt = None,
+        workers: WorkersOpt = None,
+        threads_per_worker: ThreadsOpt = None,
+    ) -> None:
+        _stages(
+            stages,
+            config,
+            fast,
+            run_id,
+            run_dir,
+            model,
+            quiet,
+            output_dir,
+            executor,
+            ray_address,
+            workers,
+            threads_per_worker,
+        )
+
+    cmd.__doc__ = doc
+    app.command(name)(cmd)
+
+
+def make_prompts_cmd(
+    out_dir: Annotated[Path, typer.Option(help="where split JSONL files go")] = Path(
+        "data/prompts"
+    ),
+    n_train: Annotated[int, typer.Option(min=1)] = 150,
+    n_test: Annotated[int, typer.Option(min=1)] = 150,
+    n_benign: Annotated[int, typer.Option(min=1)] = 200,
+    seed: int = 0,
+    from_file: Annotated[Path | None, typer.Option("--from", help="CSV/JSON/JSONL")] = None,
+    split: Annotated[str | None, typer.Option(help="split name for --from")] = None,
+) -> None:
+    """Generate the three prompt sets from templates, or ingest a user's file as one split."""
+    from steerlab.tasks.prompts import generate_prompt_sets, ingest, write_prompts
+
+    if from_file is not None:
+        if not split:
+            raise SteerlabError("--from needs --split NAME (e.g. harm_test)")
+        from steerlab._util.pathnames import check_name, check_not_input
+
+        check_name(split, "--split")
+        check_not_input(out_dir / f"{split}.jsonl", {"--from": from_file})
+        rows = ingest(from_file, split)
+        write_prompts(rows, out_dir / f"{split}.jsonl")
+        typer.echo(f"wrote {len(rows)} prompts to {out_dir / f'{split}.jsonl'}")
+        return
+    sets = generate_prompt_sets(n_train, n_test, n_benign, seed)
+    for name, rows in sets.items():
+        write_prompts(rows, out_dir / f"{name}.jsonl")
+        typer.echo(f"wrote {len(rows)} prompts to {out_dir / f'{name}.jsonl'}")

@@ -1,0 +1,1 @@
+"""Question sets answered under steering configs (eval-questions): generate, judge, report."""
