@@ -16,7 +16,6 @@ distribution, both from the model's untempered logits (confound metrics need the
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 
 from tqdm.auto import tqdm
@@ -45,8 +44,6 @@ __all__ = [
     "generate",
     "model_max_positions",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 def generate(
