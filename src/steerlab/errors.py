@@ -9,3 +9,7 @@ class SteerlabError(ValueError):
 
 class ModelLoadError(SteerlabError):
     """A model spec could not be resolved or loaded, or an object could not be wrapped."""
+
+
+class VectorFileError(SteerlabError):
+    """A file or Hub repository is not a readable steering vector, or does not fit the model."""

@@ -19,8 +19,10 @@ the same as ``absolute``); ``resid`` = the mean residual norm recorded at constr
 
 Positions are windows relative to the end of the prompt: ``0`` is the first generated token and
 ``-1`` the last prompt token. ``all`` = (-inf, inf), ``prompt`` = (-inf, 0), ``last-prompt`` =
-(-1, 0), ``generated`` = (0, inf), ``window:S:E`` = [S, E) with either side optional. Pads are
-never steered.
+(-1, 0), ``generated`` = (0, inf), ``last-prompt-and-generated`` = (-1, inf) (the last prompt
+token and every generated one: what nnsight's ``for step in tracer.all(): out[:, -1] += v`` and
+a hook on "the last token at every step" steer), ``window:S:E`` = [S, E) with either side
+optional. Pads are never steered.
 
 A batch of rows, each with its own interventions, compiles to a
 :class:`~steerlab.engine.plan.SteeringPlan`: for each hook site a list of slots, each slot holding
@@ -43,7 +45,7 @@ from steerlab.vectors import SteeringVector
 KINDS = ("add", "ablate", "clamp", "sae_clamp")
 VECTOR_KINDS = ("add", "ablate", "clamp")  # what a vector file alone can do (no SAE)
 SCALES = ("absolute", "diff", "resid")
-POSITION_MODES = ("all", "prompt", "last-prompt", "generated")
+POSITION_MODES = ("all", "prompt", "last-prompt", "generated", "last-prompt-and-generated")
 _INF = 1 << 40
 _F32_MAX = float(torch.finfo(torch.float32).max)
 
@@ -67,6 +69,7 @@ class Window:
             "prompt": cls(None, 0),
             "last-prompt": cls(-1, 0),
             "generated": cls(0, None),
+            "last-prompt-and-generated": cls(-1, None),
         }
         if spec in table:
             return table[spec]
@@ -82,7 +85,8 @@ class Window:
                     raise SteerlabError(f"empty token window {spec!r}: END must exceed START")
                 return cls(start, end)
         raise SteerlabError(
-            f"unknown positions {spec!r}: use all, prompt, last-prompt, generated or "
+            f"unknown positions {spec!r}: use all, prompt, last-prompt, generated, "
+            "last-prompt-and-generated or "
             "window:START:END (relative to the prompt end; 0 = first generated token)"
         )
 

@@ -25,6 +25,7 @@ from steerlab.cli import questions as cli_questions
 from steerlab.cli import reliability as cli_reliability
 from steerlab.cli import sae as cli_sae
 from steerlab.cli import sae_features as cli_sae_features
+from steerlab.cli import vector_exchange as cli_vector_exchange
 from steerlab.cli import vectors as cli_vectors
 from steerlab.errors import SteerlabError
 
@@ -46,6 +47,7 @@ app = typer.Typer(
 # one module per command group; registration order is the order of ``steerlab --help``'s list
 for _group in (
     cli_vectors,  # build-vector, generate, info
+    cli_vector_exchange,  # export-vector, import-vector, push-vector
     cli_reliability,  # run, baseline, build-directions, sweep, sanity, report, make-prompts
     cli_explore,  # demo, find-layers
     cli_questions,  # eval-questions

@@ -66,7 +66,7 @@ def classify_cmd(
         str,
         typer.Option(
             help="where vectors are added: last-prompt (default), prompt, all, generated, "
-            "window:START:END"
+            "last-prompt-and-generated, window:START:END"
         ),
     ] = "last-prompt",
     mode: Annotated[

@@ -48,6 +48,12 @@ def build_vector_cmd(
     position: Annotated[str | None, typer.Option(help="last|mean or *_prefix")] = None,
     chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="chat-format")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    center: Annotated[
+        bool, typer.Option("--center", help="pca: centre the differences (repeng's pca_diff)")
+    ] = False,
+    sign: Annotated[
+        str, typer.Option(help="pca: mean (along the mean difference) | vote (repeng's rule)")
+    ] = "mean",
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     backend: BackendOpt = "hf",
@@ -76,6 +82,8 @@ def build_vector_cmd(
         compliance_prefix=compliance_prefix,
         chat=chat,
         batch_size=batch_size,
+        center=center,
+        sign=sign,
     )
     from steerlab._util.pathnames import check_not_input
 
@@ -99,13 +107,16 @@ def generate_cmd(
         Path | None,
         typer.Option(help="JSONL with a 'prompt' field, or a shipped set: harm_test, benign, ..."),
     ] = None,
-    vector: Annotated[Path | None, typer.Option(help="steering vector .safetensors")] = None,
+    vector: Annotated[
+        Path | None, typer.Option(help="steering vector (.safetensors or control-vector .gguf)")
+    ] = None,
     layer: Annotated[list[int] | None, typer.Option(help="layer(s); default: vector's")] = None,
     alpha: Annotated[list[float] | None, typer.Option(help="coefficient(s) (repeatable)")] = None,
     intervention: Annotated[str, typer.Option(help="add | ablate | clamp")] = "add",
-    position: Annotated[str, typer.Option(help="all|prompt|last-prompt|generated|window:S:E")] = (
-        "all"
-    ),
+    position: Annotated[
+        str,
+        typer.Option(help="all|prompt|last-prompt|generated|last-prompt-and-generated|window:S:E"),
+    ] = "all",
     scale: Annotated[str, typer.Option(help="absolute | diff | resid")] = "absolute",
     hook_point: Annotated[str | None, typer.Option(help=SITE_HELP + "; default: the vector's")] = (
         None
@@ -175,7 +186,9 @@ def _check_steer_options(kind: str, positions: str, scale: str) -> None:
 
 
 def info_cmd(
-    path: Annotated[Path, typer.Argument(help="a steering vector .safetensors")],
+    path: Annotated[
+        Path, typer.Argument(help="a steering vector (.safetensors or control-vector .gguf)")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="print raw JSON metadata")] = False,
 ) -> None:
     """Print a steering vector's metadata."""

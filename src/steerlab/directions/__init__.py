@@ -7,7 +7,7 @@ from steerlab.directions.contrast import contrast, single
 from steerlab.directions.forced_prefix import forced_prefix
 from steerlab.directions.labeled import labeled
 from steerlab.directions.outcome import outcome_conditioned
-from steerlab.directions.pca import pca
+from steerlab.directions.pca import SIGN_RULES, pca
 from steerlab.directions.sae import sae
 from steerlab.engine.record import Recording, record
 
@@ -15,6 +15,7 @@ METHODS = ("contrast", "single", "forced-prefix", "labeled", "pca")
 
 __all__ = [
     "METHODS",
+    "SIGN_RULES",
     "BuildResult",
     "LayerStats",
     "Recording",

@@ -48,6 +48,8 @@ class BuildSpec:
     compliance_prefix: str | None = None
     chat: bool | None = None
     batch_size: int = 16
+    center: bool = False  # pca: centre the differences (repeng's pca_diff)
+    sign: str = "mean"  # pca: "mean" or "vote" (repeng's majority of pairs)
 
 
 def _pairs_from_file(path: Path) -> tuple[list[str], list[str]]:
@@ -98,6 +100,8 @@ def build_vector(model: Model, spec: BuildSpec) -> BuildResult:
     if spec.position is not None:
         common["position"] = spec.position
     m = spec.method
+    if m != "pca" and (spec.center or spec.sign != "mean"):
+        raise SteerlabError(f"--center and --sign are options of --method pca, not {m}")
     for flag, given in (("--positive", spec.positives), ("--negative", spec.negatives)):
         for i, text in enumerate(given, start=1):
             if not text.strip():
@@ -107,8 +111,18 @@ def build_vector(model: Model, spec: BuildSpec) -> BuildResult:
         if spec.prompts_file is not None:
             fpos, fneg = _pairs_from_file(spec.prompts_file)
             pos, neg = pos + fpos, neg + fneg
-        fn = directions.contrast if m == "contrast" else directions.pca
-        return fn(model, pos, neg, spec.layers, batch_size=spec.batch_size, **common)
+        if m == "pca":
+            if spec.sign not in directions.SIGN_RULES:
+                raise SteerlabError(
+                    f"--sign {spec.sign!r}: use one of {', '.join(directions.SIGN_RULES)}"
+                )
+            common.update(center=spec.center, sign=spec.sign)
+            return directions.pca(
+                model, pos, neg, spec.layers, batch_size=spec.batch_size, **common
+            )
+        return directions.contrast(
+            model, pos, neg, spec.layers, batch_size=spec.batch_size, **common
+        )
     if m == "single":
         texts = list(spec.positives)
         if len(texts) != 1:

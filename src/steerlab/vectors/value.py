@@ -25,16 +25,11 @@ from typing import Any
 import torch
 
 from steerlab._util.version import __version__
-from steerlab.errors import SteerlabError
+from steerlab.errors import SteerlabError, VectorFileError
 from steerlab.sites import POINTS
 
 HOOK_POINTS = POINTS
 _META_KEY = "steerlab"
-
-
-class VectorFileError(SteerlabError):
-    """A file is not a readable steerlab vector, or does not fit the model."""
-
 
 _STRING_META = ("hook_point", "method", "model_id", "prompts_hash", "steerlab_version", "created")
 
@@ -251,14 +246,19 @@ class SteeringVector:
 
     @classmethod
     def load(cls, path: str | Path, d_model: int | None = None) -> SteeringVector:
-        """Read a vector; ``d_model`` (when given) must match, else a clear error."""
+        """Read a vector file: steerlab's ``.safetensors``, or a control-vector GGUF (see
+        :meth:`from_gguf`); ``d_model`` (when given) must match, else a clear error."""
         from safetensors import SafetensorError, safe_open
+
+        from steerlab.vectors.gguf_file import is_gguf
 
         path = Path(path)
         if path.is_dir():
             raise VectorFileError(f"{path} is a directory, not a vector file")
         if not path.is_file():
             raise VectorFileError(f"{path}: no such vector file")
+        if path.suffix.lower() == ".gguf" or is_gguf(path):
+            return cls.from_gguf(path, d_model=d_model)
         try:
             with safe_open(str(path), framework="pt") as f:
                 raw_meta = (f.metadata() or {}).get(_META_KEY)
@@ -272,19 +272,33 @@ class SteeringVector:
             if not isinstance(meta, dict):
                 raise TypeError(f"expected a JSON object, got {type(meta).__name__}")
             dirs = {_layer_key(k.split(".", 1)[1]): v for k, v in tensors.items()}
+        except (ValueError, IndexError, TypeError, RecursionError) as e:
+            raise VectorFileError(f"{path}: malformed steerlab vector metadata ({e})") from e
+        vec = cls.from_metadata(dirs, meta, str(path))
+        if d_model is not None:
+            vec.check_d_model(d_model, str(path))
+        return vec
+
+    @classmethod
+    def from_metadata(
+        cls, directions: Mapping[int, torch.Tensor], meta: Mapping[str, Any], where: str
+    ) -> SteeringVector:
+        """A vector from its directions and the object :meth:`metadata` wrote; a malformed
+        object is a :class:`VectorFileError` naming ``where``."""
+        try:
             for key in _STRING_META:
                 if not isinstance(meta[key], str):
                     raise TypeError(f"{key} must be a string, got {type(meta[key]).__name__}")
             extra = meta.get("extra", {})
             if not isinstance(extra, dict):
                 raise TypeError(f"extra must be an object, got {type(extra).__name__}")
-            vec = cls(
-                directions=dirs,
+            return cls(
+                directions=directions,
                 hook_point=meta["hook_point"],
                 method=meta["method"],
                 model_id=meta["model_id"],
-                raw_norm=_norms(meta, "raw_norm"),
-                mean_resid_norm=_norms(meta, "mean_resid_norm"),
+                raw_norm=_norms(dict(meta), "raw_norm"),
+                mean_resid_norm=_norms(dict(meta), "mean_resid_norm"),
                 prompts_hash=meta["prompts_hash"],
                 steerlab_version=meta["steerlab_version"],
                 created=meta["created"],
@@ -292,17 +306,186 @@ class SteeringVector:
             )
         except (
             KeyError,
-            ValueError,  # includes json.JSONDecodeError and SteerlabError
+            ValueError,  # includes SteerlabError
             IndexError,
             TypeError,
             AttributeError,
             RecursionError,
         ) as e:
             what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
-            raise VectorFileError(f"{path}: malformed steerlab vector metadata ({what})") from e
+            raise VectorFileError(f"{where}: malformed steerlab vector metadata ({what})") from e
+
+    # ------------------------------------------------------------------ other tools' formats
+
+    def llama_cpp_problem(self) -> str | None:
+        """Why llama.cpp would not apply this vector as steerlab does; ``None`` when it would.
+
+        llama.cpp adds ``direction.k`` to the output of block ``k`` (``resid_post``) and refuses
+        a file with a direction for block 0."""
+        if self.hook_point != "resid_post":
+            return (
+                f"llama.cpp adds a control vector to each block's output (resid_post), and this "
+                f"vector is at {self.hook_point}"
+            )
+        if 0 in self.directions:
+            return "llama.cpp refuses a control vector with a direction for layer 0"
+        return None
+
+    def to_gguf(self, path: str | Path, *, llama_cpp: bool = True) -> Path:
+        """Write as a llama.cpp control vector (``direction.<layer>`` F32 tensors, the
+        ``controlvector.*`` keys), with steerlab's metadata under ``steerlab.metadata`` so
+        :meth:`from_gguf` gives this vector back exactly.
+
+        ``llama cpp --control-vector-scaled FILE s`` then adds ``s`` times the stored direction to
+        each listed block's output at every position: steerlab's ``add`` with ``scale="diff"``,
+        ``alpha=s``, ``positions="all"``. With ``llama_cpp=True`` (the default) a vector llama.cpp
+        would apply elsewhere or refuse (another site; a direction for layer 0) is an error;
+        ``llama_cpp=False`` writes it anyway, for steerlab and repeng readers.
+        """
+        from steerlab.vectors.gguf_file import write_control_vector
+
+        problem = self.llama_cpp_problem()
+        if llama_cpp and problem is not None:
+            raise SteerlabError(
+                f"{problem}; rebuild it at resid_post on layers >= 1, or write it for steerlab "
+                "and repeng readers only (llama_cpp=False, --any-site)"
+            )
+        hint = self.extra.get("model_hint")
+        model_hint = hint if isinstance(hint, str) and hint else self.model_id
+        return write_control_vector(Path(path), self.directions, model_hint, self.metadata())
+
+    @classmethod
+    def from_gguf(cls, path: str | Path, d_model: int | None = None) -> SteeringVector:
+        """Read a control-vector GGUF: one steerlab wrote (everything comes back), or one from
+        llama.cpp's ``cvector-generator``, repeng's ``export_gguf`` or another tool.
+
+        A foreign file's ``direction.k`` becomes the ``resid_post`` direction at layer ``k``
+        (where llama.cpp adds it), method ``control_vector``, its norms as ``raw_norm``; apply
+        it as llama.cpp does with ``scale="diff"``, ``alpha`` = the strength.
+        """
+        from steerlab.vectors.gguf_file import read_control_vector
+
+        path = Path(path)
+        if path.is_dir():
+            raise VectorFileError(f"{path} is a directory, not a vector file")
+        if not path.is_file():
+            raise VectorFileError(f"{path}: no such vector file")
+        contents = read_control_vector(path)
+        if contents.steerlab_metadata is not None:
+            vec = cls.from_metadata(contents.directions, contents.steerlab_metadata, str(path))
+        else:
+            try:
+                vec = cls(
+                    directions=contents.directions,
+                    hook_point="resid_post",
+                    method="control_vector",
+                    raw_norm={k: float(v.norm()) for k, v in contents.directions.items()},
+                    extra={"source": "gguf", "model_hint": contents.model_hint},
+                )
+            except SteerlabError as e:
+                raise VectorFileError(f"{path}: {e}") from e
         if d_model is not None:
             vec.check_d_model(d_model, str(path))
         return vec
+
+    @classmethod
+    def from_repeng(cls, control_vector: Any, model_id: str = "unknown") -> SteeringVector:
+        """A vector from a repeng ``ControlVector``: its ``directions[k]`` is added by
+        ``ControlModel`` to decoder layer ``k``'s output, so it becomes steerlab's
+        ``resid_post`` direction at layer ``k``; ``set_control(v, coeff)`` is ``add`` with
+        ``scale="diff"``, ``alpha=coeff``, ``positions="all"``."""
+        from steerlab.vectors.tool_objects import repeng_parts
+
+        dirs, model_type = repeng_parts(control_vector)
+        return cls(
+            directions=dirs,
+            hook_point="resid_post",
+            method="repeng",
+            model_id=model_id,
+            raw_norm={k: float(v.norm()) for k, v in dirs.items()},
+            extra={"source": "repeng", "model_hint": model_type},
+        )
+
+    def to_repeng(self) -> Any:
+        """This vector as a repeng ``ControlVector`` (``resid_post`` vectors only)."""
+        from steerlab.vectors.tool_objects import make_repeng
+
+        if self.hook_point != "resid_post":
+            raise SteerlabError(
+                f"repeng steers decoder layer outputs (resid_post); this vector is at "
+                f"{self.hook_point}"
+            )
+        hint = self.extra.get("model_hint")
+        return make_repeng(self.directions, hint if isinstance(hint, str) else self.model_id)
+
+    @classmethod
+    def from_steering_vectors(
+        cls, steering_vector: Any, model_id: str = "unknown"
+    ) -> SteeringVector:
+        """A vector from a steering-vectors ``SteeringVector``: ``layer_type`` ``decoder_block``
+        is ``resid_post``, ``self_attn`` is ``attn_out``, ``mlp`` is ``mlp_out`` (layer numbers
+        are the same); ``apply(model, multiplier=m)`` is ``add`` with ``scale="diff"``,
+        ``alpha=m``, ``positions="all"``."""
+        from steerlab.vectors.tool_objects import steering_vectors_parts
+
+        dirs, point = steering_vectors_parts(steering_vector)
+        return cls(
+            directions=dirs,
+            hook_point=point,
+            method="steering_vectors",
+            model_id=model_id,
+            raw_norm={k: float(v.norm()) for k, v in dirs.items()},
+            extra={"source": "steering-vectors"},
+        )
+
+    def to_steering_vectors(self) -> Any:
+        """This vector as a steering-vectors ``SteeringVector`` (resid_post, attn_out or
+        mlp_out vectors: the sites that library names)."""
+        from steerlab.vectors.tool_objects import make_steering_vectors
+
+        return make_steering_vectors(self.directions, self.hook_point)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        api: Any = None,
+    ) -> str:
+        """Upload to a Hugging Face Hub model repository: ``steering_vector.safetensors``, a
+        ``steering_vector.gguf`` when llama.cpp can apply the vector, and a model card
+        (``README.md``) saying how to apply it. Returns the commit URL. ``api``: an object with
+        ``HfApi``'s ``create_repo`` and ``upload_folder`` (default: a new ``HfApi``)."""
+        from steerlab.vectors.hub import push_vector_folder
+
+        return push_vector_folder(
+            self,
+            repo_id,
+            revision=revision,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            api=api,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        *,
+        revision: str | None = None,
+        filename: str | None = None,
+        d_model: int | None = None,
+    ) -> SteeringVector:
+        """Load from a Hub repository id (``owner/name``, at ``revision``) or a local directory
+        (a downloaded snapshot): its steerlab ``.safetensors`` vector, else its control-vector
+        ``.gguf``; ``filename`` picks one when the folder holds several."""
+        from steerlab.vectors.hub import vector_file_in
+
+        return cls.load(vector_file_in(source, revision=revision, filename=filename), d_model)
 
     def check_d_model(self, d_model: int, where: str = "vector") -> None:
         if self.d_model != d_model:
