@@ -5,6 +5,7 @@ rules. Peer tools run on tiny random models; the embedded-model checks are in te
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,7 +50,9 @@ def _new_tokens(out: torch.Tensor, n_prompt: int, model: Model) -> list[int]:
     return toks
 
 
-def _write_foreign_gguf(path: Path, dirs: dict[int, np.ndarray], arch: str = "controlvector"):
+def _write_foreign_gguf(
+    path: Path, dirs: dict[int | str, np.ndarray], arch: str = "controlvector"
+) -> None:
     """A GGUF written the way repeng's export_gguf and llama.cpp's cvector-generator write it."""
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_string(f"{arch}.model_hint", "llama")
@@ -154,7 +157,13 @@ def test_bad_ggufs_are_one_sentence(tmp_path: Path) -> None:
     _write_foreign_gguf(
         tmp_path / "widths.gguf", {1: np.ones(8, np.float32), 2: np.ones(9, np.float32)}
     )
+    _write_foreign_gguf(tmp_path / "zeros.gguf", {"01": np.ones(8, np.float32)})
+    _write_foreign_gguf(tmp_path / "digits.gguf", {"\u0663": np.ones(8, np.float32)})
+    _write_foreign_gguf(tmp_path / "empty.gguf", {1: np.ones(0, np.float32)})
     expected = {
+        "zeros.gguf": "'direction.01' is not a direction.<layer> tensor",
+        "digits.gguf": "is not a direction.<layer> tensor",
+        "empty.gguf": "not one direction",
         "text.gguf": "not a GGUF file",
         "model.gguf": "general.architecture is 'llama'",
         "other.gguf": "token_embd.weight",
@@ -162,9 +171,17 @@ def test_bad_ggufs_are_one_sentence(tmp_path: Path) -> None:
         "widths.gguf": "different widths",
     }
     for name, what in expected.items():
-        with pytest.raises(VectorFileError, match=what) as e:
+        with pytest.raises(VectorFileError, match=re.escape(what)) as e:
             SteeringVector.load(tmp_path / name)
         assert str(tmp_path / name) in str(e.value) and "\n" not in str(e.value)
+    # what llama.cpp also takes: a (1, n) direction, and F16 (recorded: llama.cpp reads only F32)
+    _write_foreign_gguf(
+        tmp_path / "row.gguf",
+        {1: np.ones((1, 8), np.float32), 2: np.full(8, 0.5, np.float16)},
+    )
+    v = SteeringVector.load(tmp_path / "row.gguf")
+    assert v.d_model == 8 and v.extra["stored_as"] == "F16"
+    assert torch.equal(v.direction(2), torch.full((8,), 0.5))
 
 
 def test_cli_export_import_round_trip_and_bad_input(
@@ -220,6 +237,9 @@ def test_cli_export_import_round_trip_and_bad_input(
         "--any-site",
     )
     assert r.code == 0, r.out + r.err
+    # an output name that says the other format is refused
+    r = cli(capsys, "import-vector", tmp_path / "v.gguf", "--out", tmp_path / "w2.gguf")
+    assert r.code == 2 and "names a .gguf file" in r.err and not (tmp_path / "w2.gguf").exists()
     # a foreign vector imported with --model records that model
     _write_foreign_gguf(tmp_path / "ok.gguf", {1: np.ones(64, np.float32)})
     r = cli(
@@ -371,6 +391,9 @@ class _StubHub:
     def create_repo(self, **kw: Any) -> None:
         self.calls.append(("create_repo", kw))
 
+    def create_branch(self, **kw: Any) -> None:
+        self.calls.append(("create_branch", kw))
+
     def upload_folder(self, **kw: Any) -> Any:
         self.calls.append(("upload_folder", kw))
         folder = Path(kw["folder_path"])
@@ -392,6 +415,7 @@ def test_hub_push_card_and_local_snapshot(
     (create, create_kw), (upload, upload_kw) = stub.calls
     assert create == "create_repo" and create_kw["private"] is True and create_kw["exist_ok"]
     assert upload == "upload_folder" and upload_kw["repo_id"] == "alice/refusal-vector"
+    assert upload_kw["revision"] is None and upload_kw["delete_patterns"] is None
     assert set(stub.files) == {VECTOR_FILE, GGUF_FILE, CARD_FILE}
     card = stub.files[CARD_FILE].decode()
     assert card.startswith("---\nlibrary_name: steerlab\n")
@@ -420,6 +444,15 @@ def test_hub_push_card_and_local_snapshot(
     )
     assert names == [VECTOR_FILE, CARD_FILE]
     assert "No llama.cpp control vector" in (folder / CARD_FILE).read_text()
+    # pushed to a branch: the branch is created; a stale GGUF of an earlier push is deleted
+    stub = _StubHub()
+    make_vector(tiny_llama, layers=[1], hook_point="mlp_out").push_to_hub(
+        "alice/v", revision="v2", api=stub
+    )
+    assert [c for c, _ in stub.calls] == ["create_repo", "create_branch", "upload_folder"]
+    assert stub.calls[1][1]["branch"] == "v2" and stub.calls[2][1]["revision"] == "v2"
+    assert stub.calls[2][1]["delete_patterns"] == [GGUF_FILE]
+    assert set(stub.files) == {VECTOR_FILE, CARD_FILE}
     # offline: a repo id fails in one sentence; a folder without a vector too
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))

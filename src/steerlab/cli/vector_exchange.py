@@ -31,7 +31,7 @@ def export_vector_cmd(
         typer.Option(
             "--any-site",
             help="gguf: write a vector llama.cpp would misapply or refuse (another site than "
-            "resid_post, a layer-0 direction), for steerlab and repeng readers",
+            "resid_post: for steerlab only; a layer-0 direction: steerlab and repeng)",
         ),
     ] = False,
 ) -> None:
@@ -44,6 +44,7 @@ def export_vector_cmd(
 
     if fmt not in FORMATS:
         raise SteerlabError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")
+    _check_suffix(out, fmt)
     check_not_input(out, {"vector": vector})
     vec = SteeringVector.load(vector)
     if fmt == "gguf":
@@ -83,6 +84,7 @@ def import_vector_cmd(
     from steerlab.vectors import SteeringVector
 
     local = Path(source)
+    _check_suffix(out, "safetensors")
     check_not_input(out, {"source": local if local.is_file() else None})
     vec = SteeringVector.from_pretrained(source, revision=revision, filename=filename)
     if model is not None:
@@ -103,6 +105,13 @@ def import_vector_cmd(
     )
 
 
+def _check_suffix(out: Path, fmt: str) -> None:
+    """Refuse an output name that says another format than the one written."""
+    other = {"gguf": ".safetensors", "safetensors": ".gguf"}[fmt]
+    if out.suffix.lower() == other:
+        raise SteerlabError(f"--out {out} names a {other} file, but this writes {fmt}")
+
+
 def push_vector_cmd(
     vector: Annotated[Path, typer.Argument(help="a steering vector (.safetensors or .gguf)")],
     repo_id: Annotated[str, typer.Option("--repo-id", help="the Hub model repo, owner/name")],
@@ -113,7 +122,7 @@ def push_vector_cmd(
     message: Annotated[str | None, typer.Option(help="commit message")] = None,
 ) -> None:
     """Upload a vector to the Hugging Face Hub with a model card (and a llama.cpp GGUF when
-    llama.cpp can apply it). The token comes from HF_TOKEN or `huggingface-cli login`."""
+    llama.cpp can apply it). The token comes from HF_TOKEN or `hf auth login`."""
     from steerlab.vectors import SteeringVector
     from steerlab.vectors.hub import check_repo_id
 

@@ -59,9 +59,14 @@ def build_vector_cmd(
     backend: BackendOpt = "hf",
 ) -> None:
     """Build a steering vector and save it (with a .stats.json beside it)."""
+    from steerlab.directions import SIGN_RULES
     from steerlab.interventions import parse_hook_name
     from steerlab.pipelines.jobs import BuildSpec, build_vector, save_build
 
+    if sign not in SIGN_RULES:
+        raise SteerlabError(f"unknown --sign {sign!r}: use one of {', '.join(SIGN_RULES)}")
+    if method != "pca" and (center or sign != "mean"):
+        raise SteerlabError(f"--center and --sign are options of --method pca, not {method}")
     hook_layer, point = parse_hook_name(hook_point)
     if hook_layer is not None and hook_layer not in layer:
         raise SteerlabError(

@@ -31,7 +31,6 @@ def model_card(
     layers = [int(k) for k in meta["layers"]]
     model_id, point = str(meta["model_id"]), str(meta["hook_point"])
     raw, resid = meta.get("raw_norm", {}), meta.get("mean_resid_norm", {})
-    first = layers[0]
     rows = "\n".join(
         f"| {k} | {_fmt(norms[k])} | {_fmt(raw.get(str(k)))} | {_fmt(resid.get(str(k)))} |"
         for k in layers
@@ -69,14 +68,16 @@ def model_card(
         "",
         f'v = sl.SteeringVector.from_pretrained("{repo_id}")',
         f'model = sl.load_model("{model_id}")',
-        f'steer = sl.Intervention(v, layer={first}, alpha=4.0, scale="diff")',
-        'rows = [sl.Row(model.format_prompt("Tell me about your day."), (steer,))]',
+        'steer = tuple(sl.Intervention(v, layer=k, alpha=4.0, scale="diff") for k in v.layers)',
+        'rows = [sl.Row(model.format_prompt("Tell me about your day."), steer)]',
         "print(sl.generate(model, rows)[0].text)",
         "```",
         "",
-        "From the command line: `huggingface-cli download " + repo_id + " --local-dir v` and "
-        f"`steerlab generate --vector v/steering_vector.safetensors --layer {first} --alpha 4 "
-        '--scale diff --prompt "..." --out out.jsonl`.',
+        f"From the command line: `hf download {repo_id} --local-dir v`, then `steerlab generate "
+        f"--model {model_id} --vector v/steering_vector.safetensors --layer {layers[0]} "
+        '--alpha 4 --scale diff --prompt "..." --out out.jsonl`. The command\'s `--layer` '
+        "values form a grid (one setting per layer); steering every layer at once, as above and "
+        "as llama.cpp does, is the Python call.",
     ]
     if gguf_file is not None:
         parts += [

@@ -2,9 +2,10 @@
 
 The layout, as llama.cpp's loader and adapter code read it:
 
-- ``general.architecture`` is ``controlvector``; ``controlvector.model_hint`` (the model type, e.g.
-  ``llama``) and ``controlvector.layer_count`` are written for other readers (llama.cpp itself
-  reads no metadata);
+- ``general.architecture`` is ``controlvector``; ``controlvector.model_hint`` (repeng writes the
+  model type, e.g. ``llama``; steerlab the hint a foreign vector came with, else the model id)
+  and ``controlvector.layer_count`` are written for other readers (llama.cpp itself reads no
+  metadata);
 - one 1-D F32 tensor per layer, named ``direction.<k>``, all of the model's width;
 - ``direction.<k>`` is added to the output of block ``k`` (0-based: the residual stream after the
   block's MLP, steerlab's ``blocks.k.hook_resid_post``) at every position, prompt included, times
@@ -20,6 +21,7 @@ tensors and metadata; the :class:`~steerlab.vectors.SteeringVector` methods buil
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ LAYER_COUNT_KEY = f"{ARCH}.layer_count"
 STEERLAB_KEY = "steerlab.metadata"
 TENSOR_PREFIX = "direction."
 GGUF_MAGIC = b"GGUF"
+LAYER_DIGITS = re.compile(r"0|[1-9][0-9]{0,5}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class ControlVectorFile:
     directions: dict[int, torch.Tensor]
     model_hint: str
     steerlab_metadata: dict[str, Any] | None
+    f16: bool = False  # some direction was stored as F16 (llama.cpp reads only F32)
 
 
 def is_gguf(path: Path) -> bool:
@@ -67,9 +71,12 @@ def write_control_vector(
     """Write ``directions`` as a control-vector GGUF at ``path`` (atomically)."""
     import gguf
 
+    for layer in directions:
+        if not LAYER_DIGITS.fullmatch(str(layer)):
+            raise VectorFileError(f"{path}: layer {layer} has no control-vector tensor name")
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), ARCH)
-        writer.add_string(MODEL_HINT_KEY, model_hint)
+        writer.add_string(MODEL_HINT_KEY, model_hint or "unknown")  # repeng needs a non-empty one
         writer.add_uint32(LAYER_COUNT_KEY, len(directions))
         if steerlab_metadata is not None:
             writer.add_string(STEERLAB_KEY, json.dumps(dict(steerlab_metadata)))
@@ -84,23 +91,27 @@ def write_control_vector(
 
 
 def _string_field(reader: Any, key: str) -> str | None:
+    """A string metadata value (read from the field's parts, as every gguf release allows)."""
+    import gguf
+
     field = reader.get_field(key)
     if field is None:
         return None
-    try:
-        value = field.contents()
-    except (ValueError, IndexError, TypeError) as e:
-        raise VectorFileError(f"metadata key {key} cannot be read ({e})") from e
-    if not isinstance(value, str):
+    if not field.types or field.types[0] != gguf.GGUFValueType.STRING:
         raise VectorFileError(f"metadata key {key} is not a string")
-    return value
+    try:
+        return bytes(field.parts[-1]).decode("utf-8")
+    except (UnicodeDecodeError, IndexError, TypeError) as e:
+        raise VectorFileError(f"metadata key {key} is not UTF-8 text ({e})") from e
 
 
-def _layer_of(name: str, where: Path) -> int:
-    suffix = name[len(TENSOR_PREFIX) :]
-    if not suffix.isdecimal():
+def layer_of(name: str, where: Path | str) -> int:
+    """The layer of a ``direction.<k>`` tensor name: ``k`` in plain ASCII digits, no leading
+    zero (so two names never map to one layer), at most six digits."""
+    suffix = name[len(TENSOR_PREFIX) :] if name.startswith(TENSOR_PREFIX) else ""
+    if not LAYER_DIGITS.fullmatch(suffix):
         raise VectorFileError(
-            f"{where}: tensor {name!r} is not a direction.<layer> tensor of a control vector"
+            f"{where}: tensor {name[:80]!r} is not a direction.<layer> tensor of a control vector"
         )
     return int(suffix)
 
@@ -128,19 +139,20 @@ def read_control_vector(path: Path) -> ControlVectorFile:
     except VectorFileError as e:
         raise VectorFileError(f"{path}: not a control vector ({e})") from e
     directions: dict[int, torch.Tensor] = {}
+    half = False
     for tensor in reader.tensors:
-        if not tensor.name.startswith(TENSOR_PREFIX):
-            raise VectorFileError(
-                f"{path}: tensor {tensor.name!r} is not a direction.<layer> tensor of a control "
-                "vector"
-            )
-        layer = _layer_of(tensor.name, path)
+        layer = layer_of(str(tensor.name), path)
+        if layer in directions:
+            raise VectorFileError(f"{path}: two tensors for layer {layer}")
         if tensor.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
             raise VectorFileError(
                 f"{path}: tensor {tensor.name} is {tensor.tensor_type.name}, not F32 or F16"
             )
+        half = half or tensor.tensor_type == gguf.GGMLQuantizationType.F16
         data = np.asarray(tensor.data)
-        if data.ndim != 1:
+        if data.ndim == 2 and 1 in data.shape:  # (1, n): one direction stored as a row
+            data = data.reshape(-1)
+        if data.ndim != 1 or data.shape[0] == 0:
             raise VectorFileError(
                 f"{path}: tensor {tensor.name} has shape {tuple(data.shape)}, not one direction"
             )
@@ -159,4 +171,6 @@ def read_control_vector(path: Path) -> ControlVectorFile:
         if not isinstance(parsed, dict):
             raise VectorFileError(f"{path}: {STEERLAB_KEY} is not a JSON object")
         meta = parsed
-    return ControlVectorFile(directions=directions, model_hint=hint, steerlab_metadata=meta)
+    return ControlVectorFile(
+        directions=directions, model_hint=hint, steerlab_metadata=meta, f16=half
+    )

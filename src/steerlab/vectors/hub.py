@@ -19,7 +19,9 @@ VECTOR_FILE = "steering_vector.safetensors"
 GGUF_FILE = "steering_vector.gguf"
 CARD_FILE = "README.md"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_PATTERNS = ["*.safetensors", "*.gguf", "*.json", CARD_FILE]
+#: what a fetch downloads without filename=: the files push_to_hub writes, nothing else (a model
+#: repository named by mistake costs no download of its weights)
+_PATTERNS = [VECTOR_FILE, GGUF_FILE, CARD_FILE]
 
 
 class HubVector(Protocol):
@@ -77,17 +79,21 @@ def push_vector_folder(
         api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="steerlab-hub-") as tmp:
         folder = Path(tmp)
-        write_vector_folder(vector, folder, repo_id)
+        names = write_vector_folder(vector, folder, repo_id)
         try:
             api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+            if revision is not None:
+                api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
             info = api.upload_folder(
                 repo_id=repo_id,
                 repo_type="model",
                 folder_path=str(folder),
                 revision=revision,
                 commit_message=commit_message or "Upload a steerlab steering vector",
+                # a GGUF left from an earlier push would contradict the new card
+                delete_patterns=None if GGUF_FILE in names else [GGUF_FILE],
             )
-        except (OSError, ValueError) as e:  # HfHubHTTPError is an OSError subclass
+        except Exception as e:  # the hub client raises many types; each becomes one sentence
             raise SteerlabError(f"cannot push to {repo_id}: {_one_line(e)}") from e
     return str(getattr(info, "commit_url", info))
 
@@ -97,7 +103,7 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _snapshot(repo_id: str, revision: str | None) -> Path:
+def _snapshot(repo_id: str, revision: str | None, filename: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
     check_repo_id(repo_id)
@@ -107,7 +113,7 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
             snapshot_download(
                 repo_id=repo_id,
                 revision=revision,
-                allow_patterns=_PATTERNS,
+                allow_patterns=[filename] if filename is not None else _PATTERNS,
                 local_files_only=local_only,
             )
         )
@@ -126,7 +132,11 @@ def vector_file_in(
 ) -> Path:
     """The vector file of a local directory or a Hub repository (fetched when needed)."""
     local = Path(source)
-    if local.is_file() and revision is None and filename is None:
+    if local.is_file():
+        if revision is not None or filename is not None:
+            raise SteerlabError(
+                f"{local} is a file: revision= and filename= are for folders and Hub repositories"
+            )
         return local
     if local.is_dir():
         folder, where = local, str(local)
@@ -142,7 +152,12 @@ def vector_file_in(
             f"{source}: no such vector file or folder (a Hub repository is named owner/name)"
         )
     else:
-        folder, where = _snapshot(str(source), revision), str(source)
+        folder, where = _snapshot(str(source), revision, filename), str(source)
+        if filename is None and not any((folder / n).is_file() for n in (VECTOR_FILE, GGUF_FILE)):
+            raise VectorFileError(
+                f"{where}: no {VECTOR_FILE} or {GGUF_FILE} (the files push_to_hub writes); name "
+                "the repository's vector file with filename="
+            )
     if filename is not None:
         path = folder / filename
         if Path(filename).is_absolute() or ".." in Path(filename).parts or not path.is_file():

@@ -35,8 +35,11 @@ def _layer_tensors(mapping: object, what: str) -> dict[int, torch.Tensor]:
     out = {}
     for key, value in mapping.items():
         if isinstance(key, bool) or not isinstance(key, int | np.integer) or int(key) < 0:
-            raise SteerlabError(f"{what} has key {key!r}, not a layer index >= 0")
-        tensor = torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
+            raise SteerlabError(
+                f"{what} has key {key!r}, not a layer index >= 0 (count a negative index from "
+                "the model's layer count first)"
+            )
+        tensor = value if torch.is_tensor(value) else torch.from_numpy(np.array(value, copy=True))
         if tensor.dim() != 1:
             raise SteerlabError(
                 f"{what}[{key}] has shape {tuple(tensor.shape)}, not one direction (d_model,)"
@@ -106,5 +109,8 @@ def _import(package: str, name: str) -> Any:
             f"{package} is not installed: pip install {package.replace('_', '-')}"
         ) from e
     except AttributeError as e:  # repeng 0.4 uses np.float_, which numpy 2 removed
-        raise SteerlabError(f"{package} cannot be imported with this numpy ({e})") from e
+        raise SteerlabError(
+            f"{package} cannot be imported with numpy {np.__version__} ({e}); repeng 0.4 needs "
+            "numpy < 2"
+        ) from e
     return getattr(module, name)

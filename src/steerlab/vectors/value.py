@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,14 +31,16 @@ from steerlab.sites import POINTS
 
 HOOK_POINTS = POINTS
 _META_KEY = "steerlab"
+_LAYER_TEXT = re.compile(r"0|[1-9][0-9]{0,5}")
 
 _STRING_META = ("hook_point", "method", "model_id", "prompts_hash", "steerlab_version", "created")
 
 
 def _layer_key(key: object) -> int:
-    """A layer index stored as text (``"3"``); anything else is a ``ValueError``."""
-    if not isinstance(key, str) or not key.isdecimal():
-        raise ValueError(f"layer key {key!r} is not a layer index")
+    """A layer index stored as text (``"3"``: ASCII digits, no leading zero, at most six); else a
+    ``ValueError``."""
+    if not isinstance(key, str) or not _LAYER_TEXT.fullmatch(key):
+        raise ValueError(f"layer key {str(key)[:40]!r} is not a layer index")
     return int(key)
 
 
@@ -257,13 +260,15 @@ class SteeringVector:
             raise VectorFileError(f"{path} is a directory, not a vector file")
         if not path.is_file():
             raise VectorFileError(f"{path}: no such vector file")
-        if path.suffix.lower() == ".gguf" or is_gguf(path):
+        if is_gguf(path):  # by content: a file's name does not say what it holds
             return cls.from_gguf(path, d_model=d_model)
         try:
             with safe_open(str(path), framework="pt") as f:
                 raw_meta = (f.metadata() or {}).get(_META_KEY)
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         except (SafetensorError, OSError, ValueError) as e:
+            if path.suffix.lower() == ".gguf":
+                raise VectorFileError(f"{path}: not a GGUF file (nor a safetensors file)") from e
             raise VectorFileError(f"{path}: not a safetensors file ({e})") from e
         if raw_meta is None:
             raise VectorFileError(f"{path}: a safetensors file, but not a steerlab vector")
@@ -336,11 +341,13 @@ class SteeringVector:
         ``controlvector.*`` keys), with steerlab's metadata under ``steerlab.metadata`` so
         :meth:`from_gguf` gives this vector back exactly.
 
-        ``llama cpp --control-vector-scaled FILE s`` then adds ``s`` times the stored direction to
+        ``llama-cli --control-vector-scaled FILE s`` then adds ``s`` times the stored direction to
         each listed block's output at every position: steerlab's ``add`` with ``scale="diff"``,
         ``alpha=s``, ``positions="all"``. With ``llama_cpp=True`` (the default) a vector llama.cpp
         would apply elsewhere or refuse (another site; a direction for layer 0) is an error;
-        ``llama_cpp=False`` writes it anyway, for steerlab and repeng readers.
+        ``llama_cpp=False`` writes it anyway: a vector at another site is then for steerlab
+        only (repeng, too, adds every direction to a block's output); a resid_post vector with
+        a layer-0 direction also works in repeng.
         """
         from steerlab.vectors.gguf_file import write_control_vector
 
@@ -348,7 +355,7 @@ class SteeringVector:
         if llama_cpp and problem is not None:
             raise SteerlabError(
                 f"{problem}; rebuild it at resid_post on layers >= 1, or write it for steerlab "
-                "and repeng readers only (llama_cpp=False, --any-site)"
+                "to read back only (llama_cpp=False, --any-site)"
             )
         hint = self.extra.get("model_hint")
         model_hint = hint if isinstance(hint, str) and hint else self.model_id
@@ -380,7 +387,11 @@ class SteeringVector:
                     hook_point="resid_post",
                     method="control_vector",
                     raw_norm={k: float(v.norm()) for k, v in contents.directions.items()},
-                    extra={"source": "gguf", "model_hint": contents.model_hint},
+                    extra={
+                        "source": "gguf",
+                        "model_hint": contents.model_hint,
+                        **({"stored_as": "F16"} if contents.f16 else {}),
+                    },
                 )
             except SteerlabError as e:
                 raise VectorFileError(f"{path}: {e}") from e
