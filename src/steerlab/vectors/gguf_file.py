@@ -21,7 +21,6 @@ tensors and metadata; the :class:`~steerlab.vectors.SteeringVector` methods buil
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from steerlab._util.io import atomic_path
 from steerlab.errors import VectorFileError
+from steerlab.vectors.metadata import LAYER_TEXT
 
 ARCH = "controlvector"
 MODEL_HINT_KEY = f"{ARCH}.model_hint"
@@ -39,7 +39,6 @@ LAYER_COUNT_KEY = f"{ARCH}.layer_count"
 STEERLAB_KEY = "steerlab.metadata"
 TENSOR_PREFIX = "direction."
 GGUF_MAGIC = b"GGUF"
-LAYER_DIGITS = re.compile(r"0|[1-9][0-9]{0,5}")
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ def write_control_vector(
     import gguf
 
     for layer in directions:
-        if not LAYER_DIGITS.fullmatch(str(layer)):
+        if not LAYER_TEXT.fullmatch(str(layer)):
             raise VectorFileError(f"{path}: layer {layer} has no control-vector tensor name")
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), ARCH)
@@ -109,7 +108,7 @@ def layer_of(name: str, where: Path | str) -> int:
     """The layer of a ``direction.<k>`` tensor name: ``k`` in plain ASCII digits, no leading
     zero (so two names never map to one layer), at most six digits."""
     suffix = name[len(TENSOR_PREFIX) :] if name.startswith(TENSOR_PREFIX) else ""
-    if not LAYER_DIGITS.fullmatch(suffix):
+    if not LAYER_TEXT.fullmatch(suffix):
         raise VectorFileError(
             f"{where}: tensor {name[:80]!r} is not a direction.<layer> tensor of a control vector"
         )

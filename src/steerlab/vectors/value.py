@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,33 +27,10 @@ import torch
 from steerlab._util.version import __version__
 from steerlab.errors import SteerlabError, VectorFileError
 from steerlab.sites import POINTS
+from steerlab.vectors.metadata import fields_of, layer_key
 
 HOOK_POINTS = POINTS
 _META_KEY = "steerlab"
-_LAYER_TEXT = re.compile(r"0|[1-9][0-9]{0,5}")
-
-_STRING_META = ("hook_point", "method", "model_id", "prompts_hash", "steerlab_version", "created")
-
-
-def _layer_key(key: object) -> int:
-    """A layer index stored as text (``"3"``: ASCII digits, no leading zero, at most six); else a
-    ``ValueError``."""
-    if not isinstance(key, str) or not _LAYER_TEXT.fullmatch(key):
-        raise ValueError(f"layer key {str(key)[:40]!r} is not a layer index")
-    return int(key)
-
-
-def _norms(meta: dict[str, Any], key: str) -> dict[int, float]:
-    """``{"layer": number}`` metadata as ``{layer: float}``; wrong types raise ``TypeError``."""
-    value = meta[key]
-    if not isinstance(value, dict):
-        raise TypeError(f"{key} must be an object, got {type(value).__name__}")
-    out = {}
-    for k, v in value.items():
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise TypeError(f"{key}[{k!r}] must be a number, got {type(v).__name__}")
-        out[_layer_key(k)] = float(v)
-    return out
 
 
 def _now() -> str:
@@ -276,7 +252,7 @@ class SteeringVector:
             meta = json.loads(raw_meta)
             if not isinstance(meta, dict):
                 raise TypeError(f"expected a JSON object, got {type(meta).__name__}")
-            dirs = {_layer_key(k.split(".", 1)[1]): v for k, v in tensors.items()}
+            dirs = {layer_key(k.split(".", 1)[1]): v for k, v in tensors.items()}
         except (ValueError, IndexError, TypeError, RecursionError) as e:
             raise VectorFileError(f"{path}: malformed steerlab vector metadata ({e})") from e
         vec = cls.from_metadata(dirs, meta, str(path))
@@ -291,24 +267,7 @@ class SteeringVector:
         """A vector from its directions and the object :meth:`metadata` wrote; a malformed
         object is a :class:`VectorFileError` naming ``where``."""
         try:
-            for key in _STRING_META:
-                if not isinstance(meta[key], str):
-                    raise TypeError(f"{key} must be a string, got {type(meta[key]).__name__}")
-            extra = meta.get("extra", {})
-            if not isinstance(extra, dict):
-                raise TypeError(f"extra must be an object, got {type(extra).__name__}")
-            return cls(
-                directions=directions,
-                hook_point=meta["hook_point"],
-                method=meta["method"],
-                model_id=meta["model_id"],
-                raw_norm=_norms(dict(meta), "raw_norm"),
-                mean_resid_norm=_norms(dict(meta), "mean_resid_norm"),
-                prompts_hash=meta["prompts_hash"],
-                steerlab_version=meta["steerlab_version"],
-                created=meta["created"],
-                extra=extra,
-            )
+            return cls(directions=directions, **fields_of(meta))
         except (
             KeyError,
             ValueError,  # includes SteerlabError
