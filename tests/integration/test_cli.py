@@ -1000,6 +1000,23 @@ BAD: dict[str, Case] = {
         [*sc_args(f), "--select", "foo"],
         "VECTOR=COEFFICIENT",
     ),
+    "select-coefficients: reversed similarity band": lambda f: (
+        [*sc_args(f), "--similarity-band", "0.9,0.1"],
+        "is reversed",
+    ),
+    "select-coefficients: --select of a vector the run lacks": lambda f: (
+        [*sc_args(f), "--select", "nosuch=1"],
+        "names vector 'nosuch', which this run does not have",
+    ),
+    "select-coefficients: --select of a coefficient off the grid": lambda f: (
+        [*sc_args(f), "--select", "contrast=77"],
+        "contrast=77 is not in the coefficient grid",
+    ),
+    "find-layers: strength 0": lambda f: ([*fl_args(f), "--strength", "0"], "strength 0"),
+    "classify: --flip-groups naming no group": lambda f: (
+        [*cl_args(f), "--flip-groups", " , "],
+        "names no vector group",
+    ),
     "select-coefficients: unknown prompt mode": lambda f: (
         [*sc_args(f), "--prompt-mode", "poetry"],
         "--prompt-mode 'poetry'",

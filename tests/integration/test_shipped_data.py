@@ -22,13 +22,15 @@ def _steerlab() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "steerlab.cli"]
 
 
-@pytest.mark.timeout(600)
+# hang detectors, not speed limits: the run takes a few minutes on 2 quiet cores, and the suite
+# must pass on a machine three times slower (speed is measured in benchmarks/)
+@pytest.mark.timeout(3600)
 def test_fast_run_from_outside_the_repository(tmp_path: Path) -> None:
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     cmd = [*_steerlab(), "run", "--fast", "--model", "tiny-llama", "--run-id", "ci", "--quiet"]
-    done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=3000)
     assert done.returncode == 0, done.stderr[-3000:]
 
     run = work / "artifacts" / "runs" / "ci"  # experiment.output_dir: relative to the CWD

@@ -132,9 +132,7 @@ def classify_cmd(
         scale=scale,
         build_position=build_position,
         flip_sign=flip_sign,
-        flip_groups=[g.strip() for g in flip_groups.split(",") if g.strip()]
-        if flip_groups is not None
-        else [],
+        flip_groups=_flip_groups(flip_groups),
         cross_group=cross_group,
         generate=generate,
         max_new_tokens=max_new_tokens,
@@ -144,3 +142,15 @@ def classify_cmd(
     run = execute(Classify(), cfg, executor=spec, progress=not quiet)
     typer.echo(f"run directory: {run.path}")
     typer.echo((run.path / "report.md").read_text(encoding="utf-8"))
+
+
+def _flip_groups(value: str | None) -> list[str]:
+    """``--flip-groups a,b`` as a list; given but naming no group is an error, not a no-op."""
+    if value is None:
+        return []
+    from steerlab.errors import SteerlabError
+
+    groups = [g.strip() for g in value.split(",") if g.strip()]
+    if not groups:
+        raise SteerlabError(f"--flip-groups {value!r} names no vector group: give NAME[,NAME...]")
+    return groups

@@ -166,6 +166,8 @@ def select_coefficients_cmd(
         raise SteerlabError(f"--prompt-mode {prompt_mode!r}: use chat or completion")
     spec = ExecutorSpec(executor, ray_address, workers, threads_per_worker)  # type: ignore[arg-type]
     band = _floats(similarity_band, "--similarity-band", 2)
+    if band[0] > band[1]:
+        raise SteerlabError(f"--similarity-band {similarity_band} is reversed: give MIN,MAX")
     tasks_value, tasks_sha = _tasks_ref(tasks)
     refs = vector_refs(
         [(p, "unknown") for p in vector or []]

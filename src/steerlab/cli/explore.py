@@ -16,6 +16,7 @@ from steerlab.cli.options import (
     ModelOpt,
     model_from_options,
 )
+from steerlab.errors import SteerlabError
 
 
 def register(app: typer.Typer) -> None:
@@ -59,6 +60,11 @@ def find_layers_cmd(
     from steerlab.analysis.layer_finder import find_layers, parse_layers
     from steerlab.vectors import SteeringVector
 
+    if strength == 0:  # the library keeps 0 (the unsteered baseline); as a command it is a typo
+        raise SteerlabError(
+            "--strength 0 steers nothing: every layer would score 0 (use e.g. 1, or -1 to push "
+            "the other way)"
+        )
     chosen = parse_layers(layers) if layers is not None else None
     m = model_from_options(model, device, dtype, chat=chat, backend=backend)
     report = find_layers(

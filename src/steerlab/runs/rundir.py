@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Generic
 
 import pandas as pd
-import yaml
 
 from steerlab._util.io import atomic_write_text
+from steerlab._util.yamlfile import read_yaml
 from steerlab.errors import SteerlabError
 from steerlab.runs.config import C, diff_keys
 from steerlab.runs.shards import read_part
@@ -109,7 +109,14 @@ class RunDir(Generic[C]):
 
     def load_config(self) -> C:
         p = self.path / "config.yaml"
-        return self.config_type.parse(yaml.safe_load(p.read_text(encoding="utf-8")), str(p))
+        try:
+            data = read_yaml(p)
+        except (SteerlabError, OSError) as e:
+            what = str(e) if isinstance(e, SteerlabError) else f"{p}: cannot be read ({e.strerror})"
+            raise SteerlabError(
+                f"{what}; this run directory is damaged: use a new --run-id, or remove {self.path}"
+            ) from e
+        return self.config_type.parse(data, str(p))
 
     def cleanup_temp(self) -> None:
         """Remove temp files a killed run left behind (they are never read). Only the lock holder
@@ -180,8 +187,20 @@ class RunDir(Generic[C]):
     # ------------------------------------------------------------------ json side files
 
     def read_json(self, name: str) -> dict[str, Any]:
+        """A JSON object side file (``{}`` when absent); a damaged one is one sentence."""
         p = self.path / name
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+        if not p.is_file():
+            return {}
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError, OSError) as e:  # JSONDecodeError, bad UTF-8
+            data = e
+        if not isinstance(data, dict):
+            raise SteerlabError(
+                f"{p}: not a JSON object; this run directory is damaged: use a new --run-id, or "
+                f"remove {self.path}"
+            )
+        return data
 
     def update_json(self, name: str, **updates: Any) -> dict[str, Any]:
         data = self.read_json(name)

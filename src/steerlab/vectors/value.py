@@ -75,6 +75,10 @@ class SteeringVector:
                 "holds one direction per layer: give the point, e.g. 'mlp_out', not "
                 "'blocks.3.hook_mlp_out')"
             )
+        for layer, t in self.directions.items():
+            if not torch.is_tensor(t) or not t.is_floating_point():
+                kind = t.dtype if torch.is_tensor(t) else type(t).__name__
+                raise SteerlabError(f"the direction at layer {layer} is {kind}, not floating point")
         dims = {tuple(t.shape) for t in self.directions.values()}
         if len(dims) != 1 or len(next(iter(dims))) != 1:
             raise SteerlabError(f"every direction must be 1-D with the same size, got {dims}")

@@ -11,6 +11,7 @@ reopened after a vector or task file changed is refused instead of mixing two ve
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +63,15 @@ class SelectionCfg(Strict):
     min_similarity: float = Field(default=0.4, ge=0, le=1)
     max_similarity: float = Field(default=1.0, ge=0, le=1)
     override: dict[str, float] = {}  # noqa: RUF012 - pydantic copies defaults
+
+    @model_validator(mode="after")
+    def _band(self) -> SelectionCfg:
+        if self.min_similarity > self.max_similarity:
+            raise ValueError(
+                f"the similarity band [{self.min_similarity:g}, {self.max_similarity:g}] is "
+                "reversed: give MIN,MAX"
+            )
+        return self
 
 
 class CodeConfig(ModelRunConfig):
@@ -119,6 +129,24 @@ class CodeConfig(ModelRunConfig):
             raise ValueError(
                 "the names 'correct' and 'incorrect' are the baseline vectors': rename the files"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _overrides_exist(self) -> CodeConfig:
+        names = self.vector_names()
+        for name, value in self.selection.override.items():
+            if name not in names:
+                raise ValueError(
+                    f"selection.override names vector {name!r}, which this run does not have "
+                    f"(it has: {', '.join(names) or 'none'})"
+                )
+            if not any(
+                math.isclose(value, c, rel_tol=1e-9, abs_tol=1e-12) for c in self.coefficients
+            ):
+                raise ValueError(
+                    f"selection.override {name}={value:g} is not in the coefficient grid "
+                    f"({', '.join(f'{c:g}' for c in self.coefficients)})"
+                )
         return self
 
     def vector_names(self) -> list[str]:

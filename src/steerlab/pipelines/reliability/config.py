@@ -16,11 +16,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, StrictInt, field_validator
 
 from steerlab._util.resources import local_path, resolve
 from steerlab._util.strict import Strict
+from steerlab._util.yamlfile import read_yaml
 from steerlab.errors import SteerlabError
 from steerlab.pipelines._shared import EvalModelCfg
 from steerlab.runs.config import RunConfig
@@ -192,19 +192,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     """
     with local_path("configs", resolve("configs", path)) as file:
         where = str(file)
-        try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            raise SteerlabError(f"{where}: not valid UTF-8 ({e.reason})") from e
-        except RecursionError as e:
-            raise SteerlabError(f"{where}: malformed YAML (nested too deeply)") from e
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            problem = " ".join(str(getattr(e, "problem", None) or e).split())
-            raise SteerlabError(f"{where}{line}: malformed YAML ({problem})") from e
-        if data is None:  # an empty file
-            data = {}
+        data = read_yaml(file)  # a key written twice, bad bytes, bad YAML: one line each
+        if data is None:  # an empty file would silently start the full default run
+            raise SteerlabError(
+                f"{where}: the config file is empty; write the keys to change, or use "
+                "--config default for the shipped defaults"
+            )
         if not isinstance(data, dict):
             raise SteerlabError(
                 f"{where}: the config must be a YAML mapping, got {_yaml_kind(data)}"
