@@ -1000,6 +1000,31 @@ BAD: dict[str, Case] = {
         [*sc_args(f), "--select", "foo"],
         "VECTOR=COEFFICIENT",
     ),
+    "eval-questions: infinite temperature": lambda f: (
+        [*eq_args(f), "--temperature", "inf"],
+        "invalid temperature: Input should be a finite number",
+    ),
+    "eval-questions: top-p 0": lambda f: ([*eq_args(f), "--top-p", "0"], "invalid top_p"),
+    "eval-questions: a seed beyond 64 bits": lambda f: (
+        [*eq_args(f), "--seed", "99999999999999999999999"],
+        "invalid seed",
+    ),
+    "select-coefficients: --select of a NaN coefficient": lambda f: (
+        [*sc_args(f), "--select", "contrast=nan"],
+        "invalid override.contrast: Input should be a finite number",
+    ),
+    "select-coefficients: similarity band outside [0, 1]": lambda f: (
+        [*sc_args(f), "--similarity-band", "2,3"],
+        "invalid min_similarity",
+    ),
+    "select-coefficients: NaN similarity band": lambda f: (
+        [*sc_args(f), "--similarity-band", "nan,nan"],
+        "Input should be a finite number",
+    ),
+    "select-coefficients: negative layer with --vector-from-baseline": lambda f: (
+        sc_args(f, "--vector-from-baseline", "--layer", -1),
+        "invalid layer",
+    ),
     "select-coefficients: reversed similarity band": lambda f: (
         [*sc_args(f), "--similarity-band", "0.9,0.1"],
         "is reversed",

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 
 from steerlab.cli import classify as cli_classify
 from steerlab.cli import code as cli_code
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
             code, message = 2, f"error: {_one_line(e.format_message())}"
         except (SteerlabError, OSError) as e:
             code, message = 2, f"error: {_one_line(str(e))}"
+        except ValidationError as e:  # a command's settings checked by their pydantic model
+            code, message = 2, f"error: {_validation_line(e)}"
         except typer.Exit as e:
             code = e.exit_code
         if received:  # whatever was being unwound, a signal decides the exit code
@@ -134,6 +137,18 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(message, err=True)
     if code:
         sys.exit(code)
+
+
+def _validation_line(e: ValidationError) -> str:
+    """The first failed setting of a pydantic check as one line: ``invalid temperature: ...``."""
+    errors = e.errors()
+    if not errors:
+        return _one_line(str(e))
+    first = errors[0]
+    loc = ".".join(str(part) for part in first.get("loc", ()))
+    msg = str(first.get("msg", "")).removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return _one_line(f"invalid {loc or e.title}: {msg}{more}")
 
 
 def _one_line(text: str) -> str:
