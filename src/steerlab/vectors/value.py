@@ -285,6 +285,19 @@ class SteeringVector:
 
     # ------------------------------------------------------------------ other tools' formats
 
+    @classmethod
+    def _imported(
+        cls,
+        directions: Mapping[int, torch.Tensor],
+        hook_point: str,
+        method: str,
+        model_id: str,
+        extra: Mapping[str, Any],
+    ) -> SteeringVector:
+        """A vector another tool built: its directions as given are the construction output."""
+        raw = {k: float(v.norm()) for k, v in directions.items()}
+        return cls(directions, hook_point, method, model_id, raw_norm=raw, extra=extra)
+
     def llama_cpp_problem(self) -> str | None:
         """Why llama.cpp would not apply this vector as steerlab does; ``None`` when it would.
 
@@ -345,12 +358,12 @@ class SteeringVector:
             vec = cls.from_metadata(contents.directions, contents.steerlab_metadata, str(path))
         else:
             try:
-                vec = cls(
-                    directions=contents.directions,
-                    hook_point="resid_post",
-                    method="control_vector",
-                    raw_norm={k: float(v.norm()) for k, v in contents.directions.items()},
-                    extra={
+                vec = cls._imported(
+                    contents.directions,
+                    "resid_post",
+                    "control_vector",
+                    "unknown",
+                    {
                         "source": "gguf",
                         "model_hint": contents.model_hint,
                         **({"stored_as": "F16"} if contents.f16 else {}),
@@ -371,14 +384,8 @@ class SteeringVector:
         from steerlab.vectors.tool_objects import repeng_parts
 
         dirs, model_type = repeng_parts(control_vector)
-        return cls(
-            directions=dirs,
-            hook_point="resid_post",
-            method="repeng",
-            model_id=model_id,
-            raw_norm={k: float(v.norm()) for k, v in dirs.items()},
-            extra={"source": "repeng", "model_hint": model_type},
-        )
+        extra = {"source": "repeng", "model_hint": model_type}
+        return cls._imported(dirs, "resid_post", "repeng", model_id, extra)
 
     def to_repeng(self) -> Any:
         """This vector as a repeng ``ControlVector`` (``resid_post`` vectors only)."""
@@ -403,14 +410,8 @@ class SteeringVector:
         from steerlab.vectors.tool_objects import steering_vectors_parts
 
         dirs, point = steering_vectors_parts(steering_vector)
-        return cls(
-            directions=dirs,
-            hook_point=point,
-            method="steering_vectors",
-            model_id=model_id,
-            raw_norm={k: float(v.norm()) for k, v in dirs.items()},
-            extra={"source": "steering-vectors"},
-        )
+        extra = {"source": "steering-vectors"}
+        return cls._imported(dirs, point, "steering_vectors", model_id, extra)
 
     def to_steering_vectors(self) -> Any:
         """This vector as a steering-vectors ``SteeringVector`` (resid_post, attn_out or
