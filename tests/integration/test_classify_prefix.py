@@ -126,9 +126,12 @@ def count_fed(model: Model) -> Iterator[dict[str, int]]:
         handle.remove()
 
 
-def test_a_last_prompt_grid_feeds_each_prefix_once(
-    tiny_llama: Model, make_vector: VectorFactory
+@pytest.mark.parametrize(("positions", "tail"), [("last-prompt", 1), ("window:-3:", 3)])
+def test_a_grid_steering_the_prompt_end_feeds_each_prefix_once(
+    tiny_llama: Model, make_vector: VectorFactory, positions: str, tail: int
 ) -> None:
+    """``last-prompt`` feeds one token a row; a window over the last three prompt tokens (as
+    CAA steers the tokens after the instruction) feeds those three."""
     model = tiny_llama
     texts = [f"{PREFIX}sample {i}: is it safe? Answer:" for i in range(4)]  # one length
     (n_tok,) = {len(model.encode(t)) for t in texts}
@@ -137,7 +140,7 @@ def test_a_last_prompt_grid_feeds_each_prefix_once(
     for v in vecs:
         for layer in range(model.n_layers):
             for alpha in (-4.0, 2.0, 8.0):
-                settings.append((Intervention(v, layer, "add", alpha, positions="last-prompt"),))
+                settings.append((Intervention(v, layer, "add", alpha, positions=positions),))
     prompts = [t for t in texts for _ in settings]
     ivs = settings * len(texts)
     batch_size = 5
@@ -147,8 +150,8 @@ def test_a_last_prompt_grid_feeds_each_prefix_once(
     with count_fed(model) as whole:
         off = score(model, prompts, ivs, batch_size, False)
     torch.testing.assert_close(on.logp, off.logp, rtol=0, atol=1e-4)
-    # each text's prefix once, then one token per row (equal lengths: no padding anywhere)
-    want = len(texts) * (n_tok - 1) + len(prompts)
+    # each text's prefix once, then the tail per row (equal lengths: no padding anywhere)
+    want = len(texts) * (n_tok - tail) + tail * len(prompts)
     assert shared["positions"] == stats["positions_run"] == want
     assert stats["prompt_tokens_computed"] == want
     assert whole["positions"] == len(prompts) * n_tok

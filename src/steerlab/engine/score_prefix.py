@@ -5,12 +5,14 @@ A classification grid scores each example under many settings (vector x layer x 
 with ``last-prompt`` steering every position but the last is unsteered, so all rows of one
 example compute the same activations there. Those positions are computed once.
 
-**Sharing.** A row's *prefix* is its prompt minus the last token. A causal model's activations on
-the prefix depend only on the prefix tokens and on the steering applied at them, which
-:func:`steerlab.engine.prefill.prefix_key` summarises (empty when no intervention touches the
-prefix). Rows with the same prefix tokens and the same key get the same prefix KV cache by
+**Sharing.** A row's *prefix* is its prompt minus its *tail*: the last token, or the last few
+when a row of the same prompt steers a short window at the prompt end (``window:-2:`` steers the
+last two prompt tokens, so they form the tail; see :func:`tail_length`). A causal model's
+activations on the prefix depend only on the prefix tokens and on the steering applied at them,
+which :func:`steerlab.engine.prefill.prefix_key` summarises (empty when no intervention touches
+the prefix). Rows with the same prefix tokens and the same key get the same prefix KV cache by
 construction: it is computed once (keys batched together, left-padded, steered with the
-interventions that touch the prefix), then each row feeds only its last token on a copy of it, with
+interventions that touch the prefix), then each row feeds only its tail on a copy of it, with
 its own steering and its full prompt length, so every position keeps its place relative to the
 prompt end. Rows whose steering reaches into the prefix (``all``, ``prompt``, a window starting
 before the last token) share only with rows steered the same way there; a row that shares with
@@ -34,11 +36,14 @@ from steerlab.backends.kvcache import KV, select_columns, select_rows
 from steerlab.engine.batch import left_pad
 from steerlab.engine.forward import local_backend, steered_forward, steering_for
 from steerlab.engine.prefill import prefix_key
-from steerlab.interventions import Intervention
+from steerlab.interventions import Intervention, Window
 from steerlab.models import Model
 
 RowIvs = tuple[Intervention, ...]
 Batches = Iterator[tuple[list[int], torch.Tensor]]
+
+#: the longest tail of prompt tokens fed per row on a shared prefix (see :func:`tail_length`)
+MAX_TAIL = 8
 
 STAT_KEYS = (
     "rows",
@@ -81,29 +86,49 @@ def next_token_batches(
 
 def split_rows(
     encoded: Sequence[Sequence[int]], ivs: Sequence[RowIvs]
-) -> tuple[list[int], list[list[int]]]:
+) -> tuple[list[int], list[tuple[int, list[int]]]]:
     """``(plain, groups)``: rows that share their prefix with no other row (or have none), and
-    groups of rows with the same prefix tokens and prefix steering (each of two rows or more)."""
-    by_key: dict[tuple[object, ...], list[int]] = {}
-    plain: list[int] = []
-    prefixes: dict[int, tuple[int, ...]] = {}  # one tuple per distinct prompt object
+    groups ``(tail, rows)`` of rows with the same prefix tokens, tail length and prefix steering
+    (each of two rows or more). A prompt's tail (see :func:`tail_length`), the tokens each row
+    feeds on a copy of the prefix, is the same for all its rows."""
+    by_prompt: dict[int, list[int]] = {}
     for i, toks in enumerate(encoded):
-        n = len(toks) - 1
+        by_prompt.setdefault(id(toks), []).append(i)
+    by_key: dict[tuple[object, ...], tuple[int, list[int]]] = {}
+    plain: list[int] = []
+    for rows in by_prompt.values():
+        toks = encoded[rows[0]]
+        k = tail_length([ivs[i] for i in rows], len(toks))
+        n = len(toks) - k
         if n < 1:
-            plain.append(i)
+            plain.extend(rows)
             continue
-        ids = prefixes.get(id(toks))
-        if ids is None:
-            ids = prefixes[id(toks)] = tuple(toks[:n])
-        by_key.setdefault((ids, prefix_key(ivs[i], n + 1, n)), []).append(i)
-    groups: list[list[int]] = []
-    for rows in by_key.values():
+        ids = tuple(toks[:n])
+        for i in rows:
+            by_key.setdefault((ids, k, prefix_key(ivs[i], n + k, n)), (k, []))[1].append(i)
+    groups: list[tuple[int, list[int]]] = []
+    for k, rows in by_key.values():
         if len(rows) > 1:
-            groups.append(rows)
+            groups.append((k, rows))
         else:
             plain.extend(rows)
     plain.sort()
     return plain, groups
+
+
+def tail_length(ivs: Sequence[RowIvs], prompt_len: int) -> int:
+    """How many last prompt tokens the rows of one prompt feed on a copy of the shared prefix:
+    1, or the most that any row's steering reaches back from the prompt end (``last-prompt`` is
+    1, ``window:-3:`` is 3), up to :data:`MAX_TAIL` and the prompt minus one token. Steering that
+    reaches further (``all``, ``prompt``) stays in the prefix key: such rows share only with rows
+    steered the same way there."""
+    k = 1
+    for row in ivs:
+        for iv in row:
+            start = Window.parse(iv.positions).bounds[0]
+            if -MAX_TAIL <= start < 0:
+                k = max(k, -start)
+    return max(1, min(k, prompt_len - 1))
 
 
 # ----------------------------------------------------------------------------- one forward
@@ -160,30 +185,37 @@ def _shared_batches(
     model: Model,
     encoded: Sequence[Sequence[int]],
     ivs: Sequence[RowIvs],
-    groups: Sequence[Sequence[int]],
+    groups: Sequence[tuple[int, Sequence[int]]],
     batch_size: int,
     st: dict[str, int],
 ) -> Batches:
-    """The rows of ``groups``: each group's prefix once, then every row's last token alone."""
+    """The rows of ``groups``: each group's prefix once, then every row's tail alone (groups of
+    one tail length at a time, so a batch feeds tails of one width)."""
     dev = model.device
     # Longest prefixes first; a chunk holds the prefix caches of at most batch_size groups.
-    ordered = sorted(groups, key=lambda g: (-len(encoded[g[0]]), g[0]))
-    for start in range(0, len(ordered), batch_size):
-        chunk = ordered[start : start + batch_size]
-        got = _prefixes(model, encoded, ivs, [g[0] for g in chunk], st)
+    ordered = sorted(groups, key=lambda g: (g[0], -len(encoded[g[1][0]]), g[1][0]))
+    chunks: list[list[tuple[int, Sequence[int]]]] = []
+    for g in ordered:
+        if chunks and chunks[-1][0][0] == g[0] and len(chunks[-1]) < batch_size:
+            chunks[-1].append(g)
+        else:
+            chunks.append([g])
+    for c, chunk in enumerate(chunks):
+        tail = chunk[0][0]
+        got = _prefixes(model, encoded, ivs, [g[1][0] for g in chunk], tail, st)
         if got is None:  # this backend's cache does not come apart after all
-            rest = sorted(r for g in ordered[start:] for r in g)
+            rest = sorted(r for later in chunks[c:] for g in later for r in g[1])
             yield from _plain_batches(model, encoded, ivs, rest, batch_size, st)
             return
         kv, pmask = got  # KV (k, H, W, D); pmask (k, W)
         st["shared_prefixes"] += len(chunk)
-        pairs = [(r, j) for j, g in enumerate(chunk) for r in g]  # (row, its group in chunk)
+        pairs = [(r, j) for j, g in enumerate(chunk) for r in g[1]]  # (row, its group in chunk)
         st["shared_rows"] += len(pairs)
         for s in range(0, len(pairs), batch_size):
             part = pairs[s : s + batch_size]
             idx = [r for r, _ in part]
             which = torch.tensor([j for _, j in part], device=dev)
-            yield idx, _last_tokens(model, encoded, ivs, idx, kv, pmask, which, st)
+            yield idx, _tails(model, encoded, ivs, idx, kv, pmask, which, tail, st)
 
 
 def _prefixes(
@@ -191,18 +223,20 @@ def _prefixes(
     encoded: Sequence[Sequence[int]],
     ivs: Sequence[RowIvs],
     reps: Sequence[int],
+    tail: int,
     st: dict[str, int],
 ) -> tuple[KV, torch.Tensor] | None:
-    """The KV cache of rows ``reps``' prefixes, computed together (left-padded), and its mask
-    (k, W); None when the backend's cache cannot be taken apart.
+    """The KV cache of rows ``reps``' prefixes (each prompt minus its last ``tail`` tokens),
+    computed together (left-padded), and its mask (k, W); None when the backend's cache cannot
+    be taken apart.
 
     Each prefix is steered by the row's interventions that touch it, at the positions they take
     in the full prompt (the group's key says those are the same for every row of the group).
     """
     plens = [len(encoded[r]) for r in reps]
-    ids, mask = left_pad([encoded[r][:-1] for r in reps], model.pad_token_id, model.device)
+    ids, mask = left_pad([encoded[r][:-tail] for r in reps], model.pad_token_id, model.device)
     steer = [
-        tuple(iv for iv in ivs[r] if prefix_key((iv,), n, n - 1))
+        tuple(iv for iv in ivs[r] if prefix_key((iv,), n, n - tail))
         for r, n in zip(reps, plens, strict=True)
     ]
     backend = local_backend(model)
@@ -214,7 +248,7 @@ def _prefixes(
     return None if kv is None else (kv, mask)
 
 
-def _last_tokens(
+def _tails(
     model: Model,
     encoded: Sequence[Sequence[int]],
     ivs: Sequence[RowIvs],
@@ -222,9 +256,11 @@ def _last_tokens(
     kv: KV,
     pmask: torch.Tensor,
     which: torch.Tensor,
+    tail: int,
     st: dict[str, int],
 ) -> torch.Tensor:
-    """Rows ``idx``: feed each its last prompt token on a copy of prefix ``which[i]``."""
+    """Rows ``idx``: feed each its last ``tail`` prompt tokens on a copy of prefix
+    ``which[i]``."""
     dev = model.device
     with torch.inference_mode():
         mask = pmask.index_select(0, which)  # (b, W)
@@ -233,10 +269,10 @@ def _last_tokens(
         if not bool(used.all()):  # columns that are padding in every row of this batch
             cols = used.nonzero().squeeze(-1)
             rows_kv, mask = select_columns(rows_kv, cols), mask.index_select(1, cols)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (b, W' + 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, tail)], dim=1)
         kv_cache = local_backend(model).kv_cache
         assert kv_cache is not None
         cache = kv_cache.from_tensors(rows_kv)
-    ids = torch.tensor([[encoded[r][-1]] for r in idx], device=dev)  # (b, 1)
+    ids = torch.tensor([list(encoded[r][-tail:]) for r in idx], device=dev)  # (b, tail)
     plens = torch.tensor([len(encoded[r]) for r in idx])
     return _forward(model, ids, mask, cache, [ivs[r] for r in idx], plens, st)
