@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from tests.cli_run import Result, cli
+from tests.integration import behaviour_data
 
 from steerlab.cli import main
 from steerlab.models.tiny import build_tiny_tokenizer
@@ -585,6 +586,48 @@ def cl_args(f: Files, task: Path | None = None) -> list[object]:
     return ["classify", "--model", "tiny-llama", "--task", t, "--out", f.out / "cl", "--quiet"]
 
 
+def _unlink(root: Path, rel: str) -> Path:
+    (root / rel).unlink()
+    return root
+
+
+def _damage(root: Path, raw: bytes) -> Path:
+    (root / "test" / "helping" / "test_dataset_ab.json").write_bytes(raw)
+    return root
+
+
+def beh_args(f: Files, data: Path | str | None = None, *extra: object) -> list[object]:
+    """``steerlab behaviours`` on tiny-llama over a small CAA-layout set (or ``data``), its run
+    directory under ``f.out``."""
+    if data is None:
+        data = behaviour_data.write_caa(f.dir / "caa")
+    return [
+        "behaviours",
+        "--model",
+        "tiny-llama",
+        "--data",
+        data,
+        "--out",
+        f.out / "bh",
+        "--layers",
+        "0",
+        "--quiet",
+        *extra,
+    ]
+
+
+def beh_bad_item(f: Files, name: str, **changes: object) -> Path:
+    """A CAA-layout set whose first test item has ``changes`` applied."""
+    root = behaviour_data.write_caa(f.dir / name, behaviours=("b",))
+    target = root / "test" / "b" / "test_dataset_ab.json"
+    items = json.loads(target.read_text(encoding="utf-8"))
+    items[0] = {**items[0], **changes}
+    behaviour_data.dump(target, items)
+    return root
+
+
+JUDGE = ["--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m"]
+
 BAD: dict[str, Case] = {
     "missing prompts file": lambda f: (
         [*GEN, "--prompts", f.missing, "-o", f.out_jsonl],
@@ -1113,6 +1156,103 @@ BAD: dict[str, Case] = {
     "nothing listens at the ray address": lambda f: (
         [*run_args(f), "--executor", "ray", "--ray-address", "127.0.0.1:1"],
         "cannot start Ray on 127.0.0.1:1",
+    ),
+    "eval-questions: empty judge model": lambda f: (
+        [*eq_args(f), "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", " "],
+        "judge model",
+    ),
+    "eval-questions: judge url ftp": lambda f: (
+        [*eq_args(f), "--judge-url", "ftp://x/v1", "--judge-model", "m"],
+        "judge url",
+    ),
+    "eval-questions: judge url without a scheme": lambda f: (
+        [*eq_args(f), "--judge-url", "127.0.0.1:8000/v1", "--judge-model", "m"],
+        "judge url",
+    ),
+    "eval-questions: judge url file": lambda f: (
+        [*eq_args(f), "--judge-url", "file:///etc/passwd", "--judge-model", "m"],
+        "judge url",
+    ),
+    "eval-questions: empty judge key variable": lambda f: (
+        [*eq_args(f), *JUDGE, "--judge-key-env", ""],
+        "api_key_env",
+    ),
+    "behaviours: no such data": lambda f: (beh_args(f, f.dir / "nope"), "nope"),
+    "behaviours: a split file missing": lambda f: (
+        beh_args(
+            f, _unlink(behaviour_data.write_caa(f.dir / "m"), "test/helping/test_dataset_ab.json")
+        ),
+        "test_dataset_ab.json: missing",
+    ),
+    "behaviours: item without an answer": lambda f: (
+        beh_args(f, beh_bad_item(f, "k", answer_matching_behavior=None)),
+        "item 0",
+    ),
+    "behaviours: answer not a choice": lambda f: (
+        beh_args(f, beh_bad_item(f, "c", answer_matching_behavior="(C)")),
+        "(C) is not one",
+    ),
+    "behaviours: three non-matching answers": lambda f: (
+        beh_args(f, beh_bad_item(f, "l", answer_not_matching_behavior=["(A)", "(B)", "(C)"])),
+        "lists 3 answers",
+    ),
+    "behaviours: malformed json": lambda f: (
+        beh_args(f, _damage(behaviour_data.write_caa(f.dir / "j"), b'[{"question": ')),
+        "malformed JSON",
+    ),
+    "behaviours: non-utf8 json": lambda f: (
+        beh_args(f, _damage(behaviour_data.write_caa(f.dir / "u"), b"[\xff]")),
+        "UTF-8",
+    ),
+    "behaviours: unknown behaviour": lambda f: (
+        beh_args(f, None, "--behaviours", "nosuch"),
+        "'nosuch' is not in",
+    ),
+    "behaviours: empty behaviours": lambda f: (
+        beh_args(f, None, "--behaviours", ","),
+        "names nothing",
+    ),
+    "behaviours: one multiplier": lambda f: (
+        beh_args(f, None, "--multipliers", "1"),
+        "multipliers",
+    ),
+    "behaviours: nan multiplier": lambda f: (
+        beh_args(f, None, "--multipliers", "0,nan"),
+        "multipliers",
+    ),
+    "behaviours: generated positions": lambda f: (
+        beh_args(f, None, "--steer-positions", "generated"),
+        "generated",
+    ),
+    "behaviours: unknown positions": lambda f: (
+        beh_args(f, None, "--steer-positions", "everywhere"),
+        "everywhere",
+    ),
+    "behaviours: layer out of range": lambda f: (beh_args(f, None, "--layers", "9"), "9"),
+    "behaviours: unknown shift": lambda f: (beh_args(f, None, "--shifts", "sideways"), "shifts"),
+    "behaviours: judge url without model": lambda f: (
+        beh_args(f, None, "--judge-url", "http://127.0.0.1:9/v1"),
+        "--judge-model",
+    ),
+    "behaviours: judge url not http": lambda f: (
+        beh_args(f, None, "--judge-url", "ftp://x", "--judge-model", "m"),
+        "judge",
+    ),
+    "behaviours: test fraction 1.5": lambda f: (
+        beh_args(f, None, "--test-fraction", "1.5"),
+        "--test-fraction",
+    ),
+    "behaviours: hub reference without a file": lambda f: (
+        beh_args(f, "hf://datasets/Anthropic/model-written-evals"),
+        "hf://datasets/",
+    ),
+    "behaviours: descriptions with an unknown key": lambda f: (
+        beh_args(f, behaviour_data.write_caa(f.dir / "y", info="helping:\n  colour: red\n")),
+        "behaviours.yaml",
+    ),
+    "behaviours: read position": lambda f: (
+        beh_args(f, None, "--read-position", "middle"),
+        "read_position",
     ),
 }
 

@@ -48,7 +48,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 #: are independent of each other.
 PIPELINE_LAYERS: tuple[tuple[str, ...], ...] = (
     ("_shared",),
-    ("classify", "code", "questions", "reliability", "jobs", "demo"),
+    ("behaviours", "classify", "code", "questions", "reliability", "jobs", "demo"),
 )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
+from steerlab.cli import behaviours as cli_behaviours
 from steerlab.cli import classify as cli_classify
 from steerlab.cli import code as cli_code
 from steerlab.cli import explore as cli_explore
@@ -56,6 +57,7 @@ for _group in (
     cli_sae,  # sae-train
     cli_sae_features,  # sae-features
     cli_classify,  # classify
+    cli_behaviours,  # behaviours
 ):
     _group.register(app)
 

@@ -116,3 +116,39 @@ def single(
     return make_vector(
         model, dirs, stats, hook_point, "single", phash, {"position": position, "chat": chat}
     )
+
+
+def contrast_sequences(
+    model: Model,
+    positives: Sequence[Sequence[int]],
+    negatives: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    hook_point: str = "resid_post",
+    method: str = "contrast",
+    extra: dict[str, Any] | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> BuildResult:
+    """Mean over pairs of act(positive) - act(negative), read at each token sequence's last
+    token, at every layer of ``layers`` in one recording pass per side (CAA's A/B vectors: the
+    question followed by the matching / non-matching answer letter)."""
+    if len(positives) != len(negatives):
+        raise SteerlabError(
+            f"contrast pairs need as many positives as negatives ({len(positives)} vs "
+            f"{len(negatives)})"
+        )
+    if not positives:
+        raise SteerlabError("contrast needs at least one pair")
+    layers = check_layers(model, layers)
+    last = [[-1]] * len(positives)
+    args = (layers, hook_point, batch_size, progress)
+    pos = record(model, positives, last, *args, "positive")
+    neg = record(model, negatives, last, *args, "negative")
+    dirs, stats = {}, {}
+    for layer in layers:
+        diffs = pos.acts[layer] - neg.acts[layer]  # (N, d)
+        dirs[layer] = diffs.mean(0)
+        stats[layer] = diff_stats(diffs, dirs[layer], mean_resid(pos, neg, layer=layer), batch_size)
+    phash = prompts_hash(method, [list(p) for p in positives], [list(n) for n in negatives])
+    info = {"position": "last", "n_pairs": len(positives), **(extra or {})}
+    return make_vector(model, dirs, stats, hook_point, method, phash, info)

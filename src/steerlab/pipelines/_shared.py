@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from pydantic import BeforeValidator, WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from steerlab._util.strict import Strict
@@ -25,6 +25,7 @@ from steerlab.runs.config import RunConfig
 from steerlab.runs.runner import Runtime, Workflow
 
 if TYPE_CHECKING:
+    from steerlab.judge.client import JudgeConfig
     from steerlab.models import Model
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,29 @@ class EvalModelCfg(Strict):
     #: opt-in CPU speed mode: linear layers multiply in bf16, residual/steering stay in dtype
     matmul_dtype: Literal["bf16"] | None = None
     chat: bool = True
+
+
+class JudgeCfg(Strict):
+    """An OpenAI-compatible judge endpoint (see :class:`steerlab.judge.client.JudgeConfig`)."""
+
+    url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(default=8, ge=1)
+
+
+def judge_config(cfg: JudgeCfg, cache_path: Path | None = None) -> JudgeConfig:
+    """The judge client's settings for ``cfg`` (checks the URL, model and key variable: call it
+    in a workflow's ``check`` so a bad judge is refused before anything is written)."""
+    from steerlab.judge.client import JudgeConfig
+
+    return JudgeConfig(
+        url=cfg.url,
+        model=cfg.model,
+        api_key_env=cfg.api_key_env,
+        concurrency=cfg.concurrency,
+        cache_path=cache_path,
+    )
 
 
 class ModelRunConfig(RunConfig):

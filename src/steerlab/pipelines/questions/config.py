@@ -19,6 +19,7 @@ from steerlab._util.strict import Strict
 from steerlab.errors import SteerlabError
 from steerlab.pipelines._shared import EvalModelCfg as EvalModelCfg
 from steerlab.pipelines._shared import FileRef, ModelRunConfig
+from steerlab.pipelines._shared import JudgeCfg as JudgeCfg
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
@@ -33,13 +34,6 @@ class EvalGenerationCfg(Strict):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int = Field(default=0, ge=SEED_MIN, le=SEED_MAX)
     batch_size: int = Field(default=32, ge=1)
-
-
-class JudgeCfg(Strict):
-    url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = Field(default=8, ge=1)
 
 
 class EvalConfig(ModelRunConfig):

@@ -22,7 +22,7 @@ import pandas as pd
 
 from steerlab._util.io import atomic_path, atomic_write_text
 from steerlab.errors import SteerlabError
-from steerlab.pipelines._shared import ModelWorkflow
+from steerlab.pipelines._shared import ModelWorkflow, judge_config
 from steerlab.pipelines.questions.config import EvalConfig
 from steerlab.pipelines.questions.results import answers
 from steerlab.runs.runner import Runtime
@@ -166,6 +166,8 @@ class EvalQuestions(ModelWorkflow[EvalConfig]):
 
         if not read_questions(cfg):
             raise SteerlabError(f"{cfg.questions.path}: no questions")
+        if cfg.judge is not None:
+            judge_config(cfg.judge)  # a bad URL, model or key variable: before anything is written
         for ref in cfg.steering:
             load_steering_config(ref.path)
 
@@ -204,7 +206,7 @@ def judge_stage(rt: Runtime[EvalConfig]) -> None:
     cfg = rt.cfg
     if cfg.judge is None:
         return
-    from steerlab.judge import Judge, JudgeConfig, fill
+    from steerlab.judge import Judge, fill
 
     t0 = time.perf_counter()
     df = answers(rt.run.path)
@@ -214,15 +216,7 @@ def judge_stage(rt: Runtime[EvalConfig]) -> None:
         q = questions[r.question_id]
         for metric, template in dict(q.judge_prompts).items():
             jobs.append((i, metric, fill(template, r.paraphrase, r.answer)))
-    judge = Judge(
-        JudgeConfig(
-            url=cfg.judge.url,
-            model=cfg.judge.model,
-            api_key_env=cfg.judge.api_key_env,
-            concurrency=cfg.judge.concurrency,
-            cache_path=rt.run.path / "judge_cache.jsonl",
-        )
-    )
+    judge = Judge(judge_config(cfg.judge, rt.run.path / "judge_cache.jsonl"))
     results = judge.score_many([p for _, _, p in jobs], progress=rt.progress)
     out = df[["question_id", "paraphrase_index", "sample", "config"]].copy()
     for (i, metric, _), res in zip(jobs, results, strict=True):
