@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -217,4 +218,64 @@ def test_model_written_evals_jsonl_runs_unchanged(words: bool, tmp_path: Path, c
     assert base["item_id"].nunique() == 5  # half of the 10 items are scored
     # Yes/No answers have no choice lines to swap: that shift is left out, the others run
     shifted = set(df["condition"]) - {BASE}
-    assert shifted == ({"system-toward", "system-against"} if words else {*shifted, "swapped"})
+    want = {"system-toward", "system-against"}
+    assert shifted == (want if words else {*want, "swapped"})
+
+
+def test_open_ended_answers_are_judged_and_the_judge_is_cached(
+    caa_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``--judge-url/--judge-model`` every open-ended answer gets a 0-100 score for its
+    behaviour, the report has the mean score per behaviour x multiplier, and a rerun with the
+    judge server gone reads every score from ``judge_cache.jsonl``."""
+    from tests.fake_openai import FakeOpenAI, Reply, logprobs_reply
+
+    scores = {"helping": 20, "hedging": 85}
+
+    def respond(body: dict[str, Any]) -> Reply:
+        prompt = body["messages"][-1]["content"]
+        (name,) = [b for b in scores if f"'{b}'" in prompt]  # the default description names it
+        return logprobs_reply({str(scores[name]): 1.0})
+
+    out = tmp_path / "run"
+    with FakeOpenAI(respond) as fake:
+        args = ["behaviours", "--out", out, "--data", caa_dir, *FAST, "--shifts", "none"]
+        args += ["--judge-url", fake.url, "--judge-model", "fake-judge"]
+        r = cli(capsys, *args)
+        assert r.code == 0, r.err
+        n_requests = len(fake.requests)
+    assert all(req.body["model"] == "fake-judge" for req in fake.requests)
+    judged = pd.read_parquet(out / "open_ended_judged.parquet")
+    # 2 behaviours x 1 open-ended question x the open-ended multipliers -1, 0, 1
+    assert len(judged) == 2 * 3
+    assert set(zip(judged["item_id"], judged["multiplier"], strict=True)) == {
+        (f"{b}/open/0", m) for b in scores for m in (-1.0, 0.0, 1.0)
+    }
+    assert judged["judge_score"].notna().all()
+    assert judged["judge_score"].between(0, 100).all()
+    assert (judged["judge_kind"] == "score").all() and (judged["judge_model"] == "fake-judge").all()
+    for b, want in scores.items():
+        assert (judged[judged["behaviour"] == b]["judge_score"] == want).all()
+    # equal prompts are sent once: at most one request per open-ended row
+    assert 2 <= n_requests <= len(judged)
+
+    report = (out / "report.md").read_text(encoding="utf-8")
+    section = report.split("## Open-ended answers", 1)[1].split("\n## ", 1)[0]
+    assert "| behaviour | multiplier | mean judge score (0-100) | scored |" in section
+    for b, want in scores.items():
+        for m in ("-1", "0", "1"):
+            assert f"| {b} | {m} | {want:.1f} | 1 |" in section
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["judge"] == {"url": fake.url, "model": "fake-judge"}
+
+    # the judge server is gone: the rerun scores nothing anew and finishes from the cache
+    cache = (out / "judge_cache.jsonl").read_bytes()
+    assert len(cache.splitlines()) == n_requests
+    parts = {p: p.stat().st_mtime_ns for p in (out / "parts").rglob("*.parquet")}
+    r = cli(capsys, *args)
+    assert r.code == 0, r.err
+    assert (out / "judge_cache.jsonl").read_bytes() == cache
+    assert {p: p.stat().st_mtime_ns for p in parts} == parts  # nothing generated again
+    again = pd.read_parquet(out / "open_ended_judged.parquet")
+    pd.testing.assert_frame_equal(again, judged)
+    assert (out / "report.md").read_text(encoding="utf-8") == report

@@ -1177,6 +1177,22 @@ BAD: dict[str, Case] = {
         [*eq_args(f), *JUDGE, "--judge-key-env", ""],
         "api_key_env",
     ),
+    "behaviours: hook point with a layer": lambda f: (
+        beh_args(f, None, "--hook-point", "blocks.1.hook_resid_post"),
+        "without a layer",
+    ),
+    "behaviours: unknown hook point": lambda f: (
+        beh_args(f, None, "--hook-point", "nowhere"),
+        "nowhere",
+    ),
+    "behaviours: multipliers without 0": lambda f: (
+        beh_args(f, None, "--multipliers", "1,2"),
+        "0 among them",
+    ),
+    "behaviours: open multiplier 1e300": lambda f: (
+        beh_args(f, None, "--open-multipliers", "1e300"),
+        "1e6",
+    ),
     "behaviours: no such data": lambda f: (beh_args(f, f.dir / "nope"), "nope"),
     "behaviours: a split file missing": lambda f: (
         beh_args(

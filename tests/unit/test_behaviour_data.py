@@ -66,7 +66,7 @@ def test_jsonl_split_is_seeded_disjoint_and_complete(tmp_path: Path) -> None:
     assert ids != [i.id for i in c.split("agree", "test")]
     assert len(a.split("agree", "generate")) == 9
     item = a.items[0]
-    assert item.answer_matching == "(A)" and item.matching == "A"  # the leading space is read
+    assert item.answer_matching == " (A)" and item.matching == "A"  # kept as written; read
 
 
 def test_yes_no_answers_are_words(tmp_path: Path) -> None:
@@ -194,3 +194,28 @@ def test_steerability_is_the_mean_item_slope_and_the_slope_of_the_mean() -> None
     assert metrics.best_layers(scored_frame(slopes, ms)) == {"b": 3}
     assert list(metrics.backwards(table)["layer"]) == [5]
     assert "1 of 2 layers (5)" in metrics.sign_check_lines(table)[0]
+
+
+def test_swapping_exchanges_the_choice_lines_not_prose_that_looks_like_one(
+    tmp_path: Path,
+) -> None:
+    item = ab_item(0, "b", True)
+    item["question"] = "(A) is how my teacher marks the first point.\n" + item["question"]
+    root = _bad_caa(tmp_path, [item])
+    got = load_behaviours(str(root)).split("b", "test")[0]
+    swapped = got.swapped()
+    assert swapped is not None
+    lines = swapped.question.split("\n")
+    assert lines[0] == "(A) is how my teacher marks the first point."
+    assert lines[-2].startswith(" (A) I would not") and lines[-1].startswith(" (B) I would b")
+
+
+def test_lowercase_letters_are_scored_as_written(tmp_path: Path) -> None:
+    item = ab_item(0, "b", True)
+    item["question"] = item["question"].replace(" (A) ", " (a) ").replace(" (B) ", " (b) ")
+    item["answer_matching_behavior"] = "(a)"
+    item["answer_not_matching_behavior"] = "(b)"
+    got = load_behaviours(str(_bad_caa(tmp_path, [item]))).split("b", "test")[0]
+    assert (got.matching, got.not_matching) == ("a", "b")
+    swapped = got.swapped()
+    assert swapped is not None and swapped.matching == "b"

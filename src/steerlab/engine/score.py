@@ -20,8 +20,8 @@ is refused. The scores therefore equal the distribution of the first generated t
 :func:`steerlab.generate` with the same rows.
 
 A grid scores each prompt under many settings; rows of one prompt whose steering differs only at
-the last token (``last-prompt``) compute the rest of the prompt once and feed their last token
-alone on a copy of its KV cache (:mod:`steerlab.engine.score_prefix`), with the same scores. The
+the last token (``last-prompt``), or the last few (``window:-3:``), compute the rest of the prompt
+once and feed those tokens alone on a copy of its KV cache (:mod:`steerlab.engine.score_prefix`), with the same scores. The
 rows go through the model's runner (:meth:`~steerlab.engine.runner.Runner.score`).
 """
 
@@ -141,7 +141,8 @@ def answer_margins(
     (batch, vocab) row of logits; only (N, labels) is kept.
 
     ``share_prefix``: rows with the same prompt whose steering leaves everything but the last
-    token alike (``last-prompt`` grids) compute that prefix once (see
+    token or last few tokens alike (``last-prompt`` or ``window:-3:`` grids) compute that prefix
+    once (see
     :mod:`steerlab.engine.score_prefix`); the scores are the same either way. ``stats``, when
     given, is filled with counts of the work done (``prompt_tokens``, ``prompt_tokens_computed``,
     ``positions_run``, ``forwards``, ``shared_prefixes``, ``shared_rows``).

@@ -19,7 +19,7 @@ before the last token) share only with rows steered the same way there; a row th
 nobody (and a one-token prompt) runs the whole prompt in one forward.
 
 Memory stays that of a plain batch: the prefixes of at most ``batch_size`` keys are held at a
-time, and each last-token forward copies the prefix cache of at most ``batch_size`` rows.
+time, and each tail forward copies the prefix cache of at most ``batch_size`` rows.
 
 Sharing needs a KV cache that comes apart into tensors
 (:attr:`~steerlab.backends.base.Backend.kv_cache`); otherwise (TransformerLens's own cache) every

@@ -67,9 +67,11 @@ class BehaviourDataError(SteerlabError):
 class ABItem:
     """One A/B question.
 
-    ``matching`` / ``not_matching`` are the answers' scored texts: the letter (``"A"``) of a
-    lettered answer, after ``opening`` (``"("``), or the answer word (``"Yes"``, ``opening``
-    empty). ``answer_matching`` / ``answer_not_matching`` are the answers as written.
+    ``matching`` / ``not_matching`` are the answers' scored texts: the letter (``"A"``, case as
+    written) of a lettered answer, after ``opening`` (``"("``), or the answer word (``"Yes"``,
+    ``opening`` empty). ``answer_matching`` / ``answer_not_matching`` are the answers as written
+    (model-written-evals' leading space kept: without a chat template a word answer is scored
+    with it, as the file's own prompts end just before it).
     """
 
     id: str
@@ -94,11 +96,11 @@ class ABItem:
         if not self.lettered:
             return None
         lines = self.question.split("\n")
-        at: dict[str, int] = {}
-        for i, line in enumerate(lines):
-            m = _CHOICE.match(line)
-            if m and m.group(2).upper() in (self.matching, self.not_matching):
-                at.setdefault(m.group(2).upper(), i)
+        at = {
+            m.group(2): i
+            for i, m in _choice_lines(lines)
+            if m.group(2) in (self.matching, self.not_matching)
+        }
         if len(at) != 2:
             return None
         a, b = at[self.matching], at[self.not_matching]
@@ -283,10 +285,11 @@ def _jsonl_files(
     seed: int,
 ) -> BehaviourData:
     by_name = {p.stem: p for p in paths}
-    names = _keep(sorted(by_name), keep, root)
+    named = paths[0] if len(paths) == 1 else root  # what messages name
+    names = _keep(sorted(by_name), keep, named)
     items: list[ABItem] = []
     for name in names:
-        _check_name(name, root)
+        _check_name(name, named)
         path = by_name[name]
         if path.suffix == ".json":
             rows = [(f"{path}: item {i}", obj) for i, obj in enumerate(_json_list(path))]
@@ -368,26 +371,24 @@ def _item(obj: Any, name: str, split: Split, index: int, where: str) -> ABItem:
         raise BehaviourDataError(f"{where}: 'question' must be a non-empty string")
     yes = _answer(obj["answer_matching_behavior"], "answer_matching_behavior", where)
     no = _answer(obj["answer_not_matching_behavior"], "answer_not_matching_behavior", where)
-    ly, ln = _LETTER.fullmatch(yes), _LETTER.fullmatch(no)
+    ly, ln = _LETTER.fullmatch(yes.strip()), _LETTER.fullmatch(no.strip())
     if (ly is None) != (ln is None):
         raise BehaviourDataError(
             f"{where}: one answer is a letter like (A) and the other is not ({yes!r}, {no!r})"
         )
     if ly is not None and ln is not None:
-        opening, matching, not_matching = "(", ly.group(1).upper(), ln.group(1).upper()
-        letters = {
-            m.group(2).upper() for line in question.split("\n") if (m := _CHOICE.match(line))
-        }
+        opening, matching, not_matching = "(", ly.group(1), ln.group(1)
+        letters = {m.group(2) for _, m in _choice_lines(question.split("\n"))}
         for letter, answer in ((matching, yes), (not_matching, no)):
             if letters and letter not in letters:
                 raise BehaviourDataError(
-                    f"{where}: answer {answer} is not one of the question's choices "
+                    f"{where}: answer {answer.strip()} is not one of the question's choices "
                     f"({', '.join(f'({x})' for x in sorted(letters))})"
                 )
     else:
-        opening, matching, not_matching = "", yes, no
+        opening, matching, not_matching = "", yes.strip(), no.strip()
     if matching == not_matching:
-        raise BehaviourDataError(f"{where}: both answers are {yes!r}")
+        raise BehaviourDataError(f"{where}: both answers are {yes.strip()!r}")
     return ABItem(
         id=f"{name}/{split}/{index}",
         behaviour=name,
@@ -412,7 +413,17 @@ def _answer(value: Any, key: str, where: str) -> str:
         )
     if not isinstance(value, str) or not value.strip():
         raise BehaviourDataError(f"{where}: {key!r} must be a non-empty string like '(A)'")
-    return value.strip()
+    return value
+
+
+def _choice_lines(lines: Sequence[str]) -> Iterator[tuple[int, re.Match[str]]]:
+    """``(index, match)`` of the choice lines ``(X) text`` after the last ``Choices:`` line (or
+    anywhere when there is none); a letter listed twice counts at its last line."""
+    start = max((i for i, line in enumerate(lines) if line.strip() == "Choices:"), default=-1)
+    for i in range(start + 1, len(lines)):
+        m = _CHOICE.match(lines[i])
+        if m:
+            yield i, m
 
 
 def _open_items(objs: list[Any], name: str, path: str) -> list[OpenItem]:

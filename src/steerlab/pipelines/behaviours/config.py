@@ -22,8 +22,9 @@ BASE = "base"
 #: two answers' option texts exchanged so the matching answer sits under the other letter
 Shift = Literal["system-toward", "system-against", "swapped"]
 ALL_SHIFTS: tuple[Shift, ...] = ("system-toward", "system-against", "swapped")
-#: CAA's steered positions: from the last token of the chat template before the answer (its
-#: ``[/INST]``) onward: the answer's opening ``(``, and every generated token
+#: CAA's steered positions: from the last token of the chat template before the answer (the last
+#: token of ``[/INST]`` in CAA's Llama 2 prompts; of the assistant header in ChatML) onward: the
+#: answer's opening ``(``, and every generated token
 AFTER_INSTRUCTION = "after-instruction"
 DEFAULT_MULTIPLIERS = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
 
@@ -64,21 +65,18 @@ class BehavioursConfig(ModelRunConfig):
     @field_validator("multipliers")
     @classmethod
     def _multipliers(cls, v: list[float]) -> list[float]:
-        if len(v) < 2 or len(set(v)) != len(v) or not all(math.isfinite(x) for x in v):
+        v = _grid(v)
+        if len(v) < 2 or 0.0 not in v:
             raise ValueError(
-                "give at least two distinct, finite multipliers (steerability is the slope "
-                "over them)"
+                "give at least two multipliers, 0 among them (steerability is the slope over "
+                "them, and 0 is the unsteered point)"
             )
-        if max(abs(x) for x in v) > 1e6:
-            raise ValueError("multipliers beyond 1e6 push every activation out of range")
-        return sorted(v)
+        return v
 
     @field_validator("open_multipliers")
     @classmethod
     def _open_multipliers(cls, v: list[float]) -> list[float]:
-        if not v or len(set(v)) != len(v) or not all(math.isfinite(x) for x in v):
-            raise ValueError("give distinct, finite multipliers")
-        return sorted(v)
+        return _grid(v)
 
     @field_validator("layers")
     @classmethod
@@ -104,5 +102,10 @@ class BehavioursConfig(ModelRunConfig):
     def resolved_layers(self, n_layers: int) -> list[int]:
         return list(self.layers) if self.layers is not None else list(range(n_layers))
 
-    def steered(self, multiplier: float) -> bool:
-        return multiplier != 0.0
+
+def _grid(v: list[float]) -> list[float]:
+    if not v or len(set(v)) != len(v) or not all(math.isfinite(x) for x in v):
+        raise ValueError("give distinct, finite multipliers")
+    if max(abs(x) for x in v) > 1e6:
+        raise ValueError("multipliers beyond 1e6 push every activation out of range")
+    return sorted(v)

@@ -55,13 +55,34 @@ def _plain(model: Model, text: str) -> list[int]:
 
 
 def continuation(model: Model, opening: str, text: str) -> tuple[list[int], list[int]]:
-    """``(opening ids, ids that text adds after them)``."""
+    """``(opening ids, ids that text adds after them)``; when the tokenizer merges the opening
+    with the text (``(A`` one token), ``([], ids of opening + text)``: the merged token is then
+    the one scored, read where the assistant's answer starts."""
     op = _plain(model, opening) if opening else []
     full = _plain(model, opening + text)
-    rest = full[len(op) :] if full[: len(op)] == op else _plain(model, text)
+    if full[: len(op)] != op or len(full) == len(op):
+        op = []
+    rest = full[len(op) :]
     if not rest:
         raise SteerlabError(f"the answer {text!r} encodes to zero tokens")
     return op, rest
+
+
+def _answers(model: Model, item: ABItem) -> tuple[list[int], list[int], list[int]]:
+    """``(opening ids, matching ids, non-matching ids)`` after the formatted question, the two
+    answers cut at the same opening (errors name the item)."""
+    words_raw = not item.lettered and not (model.chat and model.has_chat_template)
+    yes_text = item.answer_matching if words_raw else item.matching
+    no_text = item.answer_not_matching if words_raw else item.not_matching
+    try:
+        op, yes = continuation(model, item.opening, yes_text)
+        op_no, no = continuation(model, item.opening, no_text)
+        if op != op_no:  # one answer merges with the opening: score both merged
+            op, yes = continuation(model, "", item.opening + yes_text)
+            _, no = continuation(model, "", item.opening + no_text)
+    except SteerlabError as e:
+        raise SteerlabError(f"{item.where}: {e}") from None
+    return op, yes, no
 
 
 def system_of(data: BehaviourData, item: ABItem | OpenItem, condition: str) -> str | None:
@@ -87,8 +108,7 @@ def encode(model: Model, data: BehaviourData, item: ABItem, condition: str = BAS
     head = model.encode(
         model.format_prompt(asked.question, system=system_of(data, item, condition))
     )
-    op, yes = continuation(model, asked.opening, asked.matching)
-    _, no = continuation(model, asked.opening, asked.not_matching)
+    op, yes, no = _answers(model, asked)
     if yes[0] == no[0]:
         raise SteerlabError(
             f"{item.where}: the answers {asked.answer_matching!r} and "
@@ -103,22 +123,23 @@ def answer_sequences(model: Model, item: ABItem, read_position: str) -> tuple[li
     answer), each ending at the read position: the answer's scored token (``answer``) or the
     last token of the answer as written (``answer-end``, the ``)`` of ``(A)``)."""
     head = model.encode(model.format_prompt(item.question))
+    op, yes, no = _answers(model, item)
+    if read_position == "answer":
+        return head + op + yes[:1], head + op + no[:1]
+    if not item.lettered:  # a word answer ends where its own tokens end
+        return head + op + yes, head + op + no
     out = []
     for scored, written in (
         (item.matching, item.answer_matching),
         (item.not_matching, item.answer_not_matching),
     ):
-        if read_position == "answer":
-            op, rest = continuation(model, item.opening, scored)
-            out.append(head + op + rest[:1])
-        else:
-            tail = (
-                written[written.index(item.opening) + len(item.opening) :]
-                if item.opening
-                else written
-            )
-            op, rest = continuation(model, item.opening, tail)
-            out.append(head + op + rest)
+        rest = written.strip()[len(item.opening) + len(scored) :] if item.lettered else ""
+        opening, text = (item.opening, scored) if op else ("", item.opening + scored)
+        try:
+            _, ids = continuation(model, opening, text + rest)
+        except SteerlabError as e:
+            raise SteerlabError(f"{item.where}: {e}") from None
+        out.append(head + op + ids)
     return out[0], out[1]
 
 

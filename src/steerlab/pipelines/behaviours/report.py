@@ -18,6 +18,13 @@ from steerlab.pipelines.behaviours import metrics, plots
 from steerlab.pipelines.behaviours.config import AFTER_INSTRUCTION, BASE, BehavioursConfig
 from steerlab.pipelines.behaviours.prompts import data_of
 from steerlab.runs.shards import stage_results
+from steerlab.tasks.behaviours import BehaviourData
+
+SCALE_WORDS = {
+    "diff": "1 adds the vector as built",
+    "resid": "1 adds a vector as long as the mean residual norm at its layer",
+    "absolute": "1 adds the unit direction",
+}
 
 
 def _ci(row: Any, col: str, fmt: str = "+.3f") -> str:
@@ -113,7 +120,7 @@ def _at(curve: pd.DataFrame, name: str, cond: str, layer: int, m: float) -> str:
 
 
 def _headline(
-    data: Any,
+    data: BehaviourData,
     table: pd.DataFrame,
     curve: pd.DataFrame,
     best: dict[str, int],
@@ -159,7 +166,9 @@ def _headline(
     ]
 
 
-def _shifts(data: Any, table: pd.DataFrame, curve: pd.DataFrame, best: dict[str, int]) -> list[str]:
+def _shifts(
+    data: BehaviourData, table: pd.DataFrame, curve: pd.DataFrame, best: dict[str, int]
+) -> list[str]:
     conds = [c for c in table["condition"].unique() if c != BASE]
     if not conds:
         return []
@@ -219,7 +228,9 @@ def _per_layer(table: pd.DataFrame) -> list[str]:
     return ["## Steerability per layer", "", *_table(header, rows), ""]
 
 
-def _anti_steerable(data: Any, slopes: pd.DataFrame, best: dict[str, int], k: int = 5) -> list[str]:
+def _anti_steerable(
+    data: BehaviourData, slopes: pd.DataFrame, best: dict[str, int], k: int = 5
+) -> list[str]:
     out = ["## Most anti-steerable items (at the best layer)", ""]
     for name in data.behaviours:
         s = slopes[
@@ -265,7 +276,7 @@ def _open_section(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def _method(data: Any, cfg: BehavioursConfig, manifest: dict[str, Any]) -> list[str]:
+def _method(data: BehaviourData, cfg: BehavioursConfig, manifest: dict[str, Any]) -> list[str]:
     model = manifest.get("model", {}).get("name", cfg.model.name)
     counts = ", ".join(
         f"{b} {len(data.split(b, 'generate'))}/{len(data.split(b, 'test'))}"
@@ -292,7 +303,7 @@ def _method(data: Any, cfg: BehavioursConfig, manifest: dict[str, Any]) -> list[
         f"minus after the non-matching one, over the generate items, at `{cfg.hook_point}`; the "
         "question is the user turn of the chat template and the answer starts the assistant turn.",
         f"- Steering: `add` at {steer}; multipliers {', '.join(f'{m:g}' for m in cfg.multipliers)} "
-        f"(scale `{cfg.scale}`: 1 adds the vector as built).",
+        f"(scale `{cfg.scale}`: {SCALE_WORDS[cfg.scale]}).",
         "- Scoring: next-token log-probabilities where the answer letter comes; P(matching) is "
         "normalized over the two answers; the logit difference is matching minus non-matching.",
         f"- CIs: 95%, bootstrap over items ({cfg.n_boot} resamples); anti-steerable fractions: "

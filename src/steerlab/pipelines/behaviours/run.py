@@ -226,7 +226,10 @@ class Describe:
 
     def __call__(self, model: Model) -> dict[str, Any]:
         from steerlab.pipelines.behaviours.prompts import check_answers
+        from steerlab.sites import Site
 
+        for layer in range(model.n_layers):  # the vectors are read at every layer
+            model.backend.check_site(Site(layer, self.cfg.hook_point))
         check_answers(model, data_of(self.cfg), [BASE, *self.cfg.shifts])
         return describe_model(model)
 
@@ -247,9 +250,16 @@ class Behaviours(ModelWorkflow[BehavioursConfig]):
     def check(self, cfg: BehavioursConfig, stages: Sequence[str]) -> None:
         from steerlab.interventions import Window
         from steerlab.pipelines.behaviours.config import AFTER_INSTRUCTION
+        from steerlab.sites import parse_point
 
         self._cfg = cfg
         data_of(cfg)  # loads and validates the data before a model loads
+        layer, _ = parse_point(cfg.hook_point)
+        if layer is not None:
+            raise SteerlabError(
+                f"--hook-point {cfg.hook_point}: vectors are built at every layer; give the "
+                "point without a layer (resid_post, mlp_out, ...)"
+            )
         if cfg.judge is not None:
             judge_config(cfg.judge)
         if (
@@ -360,7 +370,10 @@ def open_rows(rt: Runtime[BehavioursConfig]) -> list[ORow]:
 def judge_stage(rt: Runtime[BehavioursConfig]) -> None:
     """Score each open-ended answer 0-100 for its behaviour; without a judge, nothing."""
     cfg = rt.cfg
-    if cfg.judge is None or not (rt.run.path / "parts" / "open-ended").is_dir():
+    if cfg.judge is None:
+        return
+    if not (rt.run.path / "parts" / "open-ended").is_dir():
+        logger.warning("judge: no open-ended answers to judge (--no-open-ended, or no items)")
         return
     from steerlab.judge.client import Judge
     from steerlab.judge.scoring import fill
