@@ -21,7 +21,8 @@ is refused. The scores therefore equal the distribution of the first generated t
 
 A grid scores each prompt under many settings; rows of one prompt whose steering differs only at
 the last token (``last-prompt``), or the last few (``window:-3:``), compute the rest of the prompt
-once and feed those tokens alone on a copy of its KV cache (:mod:`steerlab.engine.score_prefix`), with the same scores. The
+once and feed those tokens alone on a copy of its KV cache
+(:mod:`steerlab.engine.score_prefix`), with the same scores. The
 rows go through the model's runner (:meth:`~steerlab.engine.runner.Runner.score`).
 """
 
