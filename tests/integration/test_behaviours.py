@@ -190,6 +190,8 @@ def test_caa_layout_end_to_end_and_resume(caa_dir: Path, tmp_path: Path, capsys)
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Headline per behaviour" in report and "Sign check" in report
     assert "## Open-ended answers" in report
+    reads = report.split("## Does the model read the options?")[1].split("##")[0]
+    assert "| helping | " in reads and " / 6 |" in reads
     for name in ("summary.csv", "steerability.csv", "item_slopes.csv", "open_ended.parquet"):
         assert (out / name).is_file()
     for png in ("p_matching_vs_multiplier", "steerability_vs_layer", "item_slopes_histogram"):

@@ -85,6 +85,7 @@ def write_report(run: Path, cfg: BehavioursConfig) -> None:
     lines = [f"# Behaviour benchmark: {cfg.data} on {model}", ""]
     lines += _sign_check(table)
     lines += _headline(data, table, curve, best, n_layers, cfg)
+    lines += _reads_options(data, full)
     lines += _shifts(data, table, curve, best)
     lines += _per_layer(table)
     lines += _anti_steerable(data, slopes, best)
@@ -162,6 +163,40 @@ def _headline(
         f"unit multiplier. The best layer is the highest of {n_layers} layers on these same test "
         "items, so its steerability is biased upward by the choice and its CI does not account "
         "for it; compare layers with the per-layer table.",
+        "",
+    ]
+
+
+def _reads_options(data: BehaviourData, full: pd.DataFrame) -> list[str]:
+    """Does the model answer by the options' content or by the letter? Unsteered, an item whose
+    options are swapped between the letters should keep its preferred answer: count the items
+    that prefer the matching answer in both orders, and those that keep their answer (matching
+    in both or non-matching in both). A model that picks a letter whatever the options say keeps
+    almost none."""
+    unsteered = full[~full["steered"]].drop_duplicates(["item_id", "condition"])
+    base = unsteered[unsteered["condition"] == BASE].set_index("item_id")["p_matching"]
+    swapped = unsteered[unsteered["condition"] == "swapped"].set_index("item_id")["p_matching"]
+    both = base.to_frame("base").join(swapped.rename("swapped"), how="inner")
+    if both.empty:
+        return []
+    rows = []
+    for name in data.behaviours:
+        ids = [i.id for i in data.split(name, "test") if i.id in both.index]
+        if not ids:
+            continue
+        g = both.loc[ids]
+        matching = int(((g["base"] > 0.5) & (g["swapped"] > 0.5)).sum())
+        kept = matching + int(((g["base"] < 0.5) & (g["swapped"] < 0.5)).sum())
+        rows.append([name, f"{matching} / {len(g)}", f"{kept} / {len(g)}"])
+    header = ["behaviour", "prefer the matching answer in both orders", "keep their answer"]
+    return [
+        "## Does the model read the options? (unsteered, options swapped between letters)",
+        "",
+        *_table(header, rows),
+        "",
+        "An item keeps its answer when the model prefers the same option whichever letter it sits "
+        "under. A model that picks by letter alone keeps almost none; CAA-style vectors need a "
+        "model that reads the options.",
         "",
     ]
 
