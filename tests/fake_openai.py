@@ -28,6 +28,7 @@ class Reply:
     body: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    trickle_s: float = 0.0  # > 0: the body goes out a byte at a time, this long apart
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class FakeOpenAI:
             self._cond.notify_all()
             self._cond.wait_for(lambda: self.max_in_flight >= self.gate, self.gate_timeout_s)
             reply = self.script.pop(0) if self.script else None
+        done = False
         try:
             if h.path != "/v1/chat/completions":
                 reply = Reply(status=404, body={"error": {"message": f"no route {h.path}"}})
@@ -136,9 +138,23 @@ class FakeOpenAI:
             for k, v in reply.headers.items():
                 h.send_header(k, v)
             h.end_headers()
-            h.wfile.write(data)
+            if reply.trickle_s > 0:
+                for i in range(len(data)):
+                    h.wfile.write(data[i : i + 1])
+                    h.wfile.flush()
+                    time.sleep(reply.trickle_s)
+            else:
+                # answered: no longer in flight before the client can see the reply and send
+                # its next request (else a one-at-a-time client would look like two at once)
+                done = self._leave()
+                h.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up first (a timeout test)
         finally:
-            with self._cond:
-                self._in_flight -= 1
+            if not done:
+                self._leave()
+
+    def _leave(self) -> bool:
+        with self._cond:
+            self._in_flight -= 1
+        return True

@@ -1193,6 +1193,22 @@ BAD: dict[str, Case] = {
         beh_args(f, None, "--open-multipliers", "1e300"),
         "1e6",
     ),
+    "eval-questions: judge timeout 0": lambda f: (
+        [*eq_args(f), *JUDGE, "--judge-timeout", "0"],
+        "timeout_s",
+    ),
+    "eval-questions: judge timeout nan": lambda f: (
+        [*eq_args(f), *JUDGE, "--judge-timeout", "nan"],
+        "timeout_s",
+    ),
+    "eval-questions: judge retry budget -1": lambda f: (
+        [*eq_args(f), *JUDGE, "--judge-retry-budget", "-1"],
+        "max_total_s",
+    ),
+    "behaviours: judge timeout inf": lambda f: (
+        beh_args(f, None, *JUDGE, "--judge-timeout", "inf"),
+        "timeout_s",
+    ),
     "behaviours: no such data": lambda f: (beh_args(f, f.dir / "nope"), "nope"),
     "behaviours: a split file missing": lambda f: (
         beh_args(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -358,3 +359,57 @@ def test_bad_prompts_are_rejected_before_any_request(fake: FakeOpenAI) -> None:
         judge.score_many(["ok", "  "])
     assert fake.requests == []
     assert judge.score_many([]) == []
+
+
+# ---- hostile endpoints ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_an_error_naming_where_it_points(fake: FakeOpenAI, status: int) -> None:
+    fake.script = [Reply(status=status, body="", headers={"Location": "http://elsewhere/v1"})]
+    with pytest.raises(JudgeError) as exc:
+        one(fake)
+    msg = str(exc.value)
+    assert f"redirected (HTTP {status}) to http://elsewhere/v1" in msg and "\n" not in msg
+    assert len(fake.requests) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_reply_that_trickles_is_cut_off_by_the_attempt_timeout(fake: FakeOpenAI) -> None:
+    """Every byte arrives well within the socket timeout, the whole reply never does."""
+    slow = logprobs_reply({"50": 1.0})
+    fake.respond = lambda body: Reply(body=slow.body, trickle_s=0.05)
+    t0 = time.monotonic()
+    with pytest.raises(JudgeError) as exc:
+        one(fake, timeout_s=0.5, max_retries=1, backoff_s=0.0, max_backoff_s=0.0)
+    assert "did not answer within 0.5 s" in str(exc.value)
+    assert len(fake.requests) == 2 and time.monotonic() - t0 < 20
+
+
+@pytest.mark.parametrize("retry_after", ["86400", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_retry_after_of_hours_stops_at_the_retry_budget(
+    fake: FakeOpenAI, sleeps: list[float], retry_after: str
+) -> None:
+    fake.respond = lambda body: Reply(status=503, body="busy", headers={"Retry-After": retry_after})
+    with pytest.raises(JudgeError) as exc:
+        one(fake, max_retries=10, max_backoff_s=3600.0, max_total_s=120.0)
+    msg = str(exc.value)
+    assert "retry budget is 120 s" in msg and "HTTP 503" in msg and "\n" not in msg
+    assert sleeps == [] and len(fake.requests) == 1  # waiting an hour would break the budget
+
+
+@pytest.mark.parametrize(
+    "dist",
+    [{"150": 0.9, "20": 0.1}, {"200": 1.0}],
+    ids=["mostly-150", "only-200"],
+)
+def test_scores_outside_0_to_100_are_not_scores(fake: FakeOpenAI, dist: dict[str, float]) -> None:
+    fake.script = [logprobs_reply(dist)]
+    r = one(fake)
+    assert r.kind == "unparsed" and r.score is None
+
+
+@pytest.mark.parametrize("lp", [float("nan"), 0.7, float("inf")], ids=["nan", "positive", "inf"])
+def test_a_logprob_that_is_not_one_makes_the_reply_unparsed(lp: float) -> None:
+    r = parse_logprobs([("80", lp), ("20", -2.0)])
+    assert r.kind == "unparsed" and r.score is None and "invalid logprob" in r.raw

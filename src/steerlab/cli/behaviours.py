@@ -13,6 +13,9 @@ import typer
 from steerlab.cli.options import (
     BackendOpt,
     ExecutorOpt,
+    JudgeBudgetOpt,
+    JudgeRetriesOpt,
+    JudgeTimeoutOpt,
     QuietOpt,
     RayAddressOpt,
     ThreadsOpt,
@@ -136,6 +139,9 @@ def behaviours_cmd(
     judge_key_env: Annotated[
         str, typer.Option(help="environment variable holding the judge's API key")
     ] = "OPENAI_API_KEY",
+    judge_timeout: JudgeTimeoutOpt = 60.0,
+    judge_retries: JudgeRetriesOpt = 4,
+    judge_retry_budget: JudgeBudgetOpt = 600.0,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     quiet: QuietOpt = False,
     executor: ExecutorOpt = "local",
@@ -181,7 +187,14 @@ def behaviours_cmd(
             open_multipliers=_numbers(open_multipliers, "--open-multipliers"),
             max_new_tokens=max_new_tokens,
             judge=(
-                JudgeCfg(url=judge_url, model=judge_model, api_key_env=judge_key_env)
+                JudgeCfg(
+                    url=judge_url,
+                    model=judge_model,
+                    api_key_env=judge_key_env,
+                    timeout_s=judge_timeout,
+                    max_retries=judge_retries,
+                    max_total_s=judge_retry_budget,
+                )
                 if judge_url is not None and judge_model is not None
                 else None
             ),

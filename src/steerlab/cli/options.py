@@ -82,3 +82,22 @@ def model_from_options(
     from steerlab.models import load_model
 
     return load_model(model, device=device, dtype=dtype, chat=chat, backend=backend)
+
+
+JudgeTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--judge-timeout",
+        help="seconds one judge request may take (each socket wait, and the whole reply)",
+    ),
+]
+JudgeRetriesOpt = Annotated[
+    int, typer.Option("--judge-retries", min=0, max=100, help="retries of a failed judge request")
+]
+JudgeBudgetOpt = Annotated[
+    float,
+    typer.Option(
+        "--judge-retry-budget",
+        help="seconds one judge prompt may spend on retries and their waits, in all",
+    ),
+]

@@ -13,6 +13,9 @@ import typer
 from steerlab.cli.options import (
     BackendOpt,
     ExecutorOpt,
+    JudgeBudgetOpt,
+    JudgeRetriesOpt,
+    JudgeTimeoutOpt,
     QuietOpt,
     RayAddressOpt,
     ThreadsOpt,
@@ -67,6 +70,9 @@ def eval_questions_cmd(
     judge_key_env: Annotated[
         str, typer.Option(help="environment variable holding the judge's API key")
     ] = "OPENAI_API_KEY",
+    judge_timeout: JudgeTimeoutOpt = 60.0,
+    judge_retries: JudgeRetriesOpt = 4,
+    judge_retry_budget: JudgeBudgetOpt = 600.0,
     judge_concurrency: Annotated[int, typer.Option(min=1)] = 8,
     quiet: QuietOpt = False,
     executor: ExecutorOpt = "local",
@@ -114,6 +120,9 @@ def eval_questions_cmd(
                 url=judge_url,
                 model=judge_model,
                 api_key_env=judge_key_env,
+                timeout_s=judge_timeout,
+                max_retries=judge_retries,
+                max_total_s=judge_retry_budget,
                 concurrency=judge_concurrency,
             )
             if judge_url is not None and judge_model is not None

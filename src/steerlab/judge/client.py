@@ -63,10 +63,13 @@ class JudgeConfig:
 
     ``url`` is the base URL (``http://127.0.0.1:8000/v1``). ``api_key_env`` names the environment
     variable holding the key; when it is unset no ``Authorization`` header is sent (local vLLM and
-    llama.cpp servers accept that). ``timeout_s`` bounds each socket operation of one attempt.
-    A failed attempt is retried up to ``max_retries`` times, after ``backoff_s * 2**attempt``
-    seconds with jitter, or after the server's ``Retry-After``; either wait is capped at
-    ``max_backoff_s``. ``cache_path`` is a JSONL file (None = no cache on disk).
+    llama.cpp servers accept that). ``timeout_s`` bounds one attempt: each socket operation, and
+    reading the whole reply (a server that trickles bytes is cut off). A failed attempt is retried
+    up to ``max_retries`` times, after ``backoff_s * 2**attempt`` seconds with jitter, or after
+    the server's ``Retry-After``; either wait is capped at ``max_backoff_s``, and no retry starts
+    once one prompt has used ``max_total_s`` (its retry budget). A redirect is an error naming
+    where it points (a POST must not silently become a GET elsewhere). ``cache_path`` is a JSONL
+    file (None = no cache on disk).
     """
 
     url: str
@@ -78,6 +81,7 @@ class JudgeConfig:
     cache_path: str | Path | None = None
     backoff_s: float = 1.0
     max_backoff_s: float = 60.0
+    max_total_s: float = 600.0
 
     def __post_init__(self) -> None:
         parts = urllib.parse.urlsplit(self.url) if isinstance(self.url, str) else None
@@ -95,6 +99,7 @@ class JudgeConfig:
         _check_seconds("timeout_s", self.timeout_s, allow_zero=False)
         _check_seconds("backoff_s", self.backoff_s, allow_zero=True)
         _check_seconds("max_backoff_s", self.max_backoff_s, allow_zero=True)
+        _check_seconds("max_total_s", self.max_total_s, allow_zero=False)
         if self.max_backoff_s < self.backoff_s:
             raise SteerlabError("max_backoff_s must be at least backoff_s")
         if self.cache_path is not None and not isinstance(self.cache_path, str | Path):
@@ -129,6 +134,29 @@ def _retry_delay(cfg: JudgeConfig, attempt: int, retry_after: float | None, u: f
 
 def _sleep(seconds: float) -> None:
     time.sleep(seconds)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib then raises the 3xx as an :class:`urllib.error.HTTPError`."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+_CHUNK = 1 << 16
+
+
+def _read_by(response: Any, deadline: float) -> bytes:
+    """The whole body, or :class:`TimeoutError` once ``deadline`` (monotonic) passes."""
+    parts: list[bytes] = []
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        chunk = response.read1(_CHUNK) if hasattr(response, "read1") else response.read(_CHUNK)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
 
 
 def _first_line(body: bytes) -> str:
@@ -264,13 +292,20 @@ class Judge:
             headers["Authorization"] = f"Bearer {key}"
         attempts = self.cfg.max_retries + 1
         failure = ""
+        start = time.monotonic()
         for attempt in range(attempts):
             retry_after: float | None = None
             try:
                 request = urllib.request.Request(url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
-                    raw = response.read()
+                with _OPENER.open(request, timeout=self.cfg.timeout_s) as response:
+                    raw = _read_by(response, time.monotonic() + self.cfg.timeout_s)
             except urllib.error.HTTPError as e:
+                if 300 <= e.code < 400:
+                    where = e.headers.get("Location", "?")
+                    raise JudgeError(
+                        f"judge endpoint {url} redirected (HTTP {e.code}) to {where}: give the "
+                        "URL it should be reached at"
+                    ) from e
                 try:
                     line = _first_line(e.read())
                 except (OSError, HTTPException):
@@ -295,5 +330,13 @@ class Judge:
                     line = _first_line(raw)
                     raise JudgeError(f"judge endpoint {url} returned non-JSON: {line}") from e
             if attempt + 1 < attempts:
-                _sleep(_retry_delay(self.cfg, attempt, retry_after, self._rng.random()))
+                wait = _retry_delay(self.cfg, attempt, retry_after, self._rng.random())
+                spent = time.monotonic() - start
+                if spent + wait > self.cfg.max_total_s:
+                    raise JudgeError(
+                        f"judge endpoint {url} {failure}; gave up after {attempt + 1} "
+                        f"attempt(s) and {spent:.0f} s (the retry budget is "
+                        f"{self.cfg.max_total_s:g} s a prompt; the next wait was {wait:.0f} s)"
+                    )
+                _sleep(wait)
         raise JudgeError(f"judge endpoint {url} {failure} on all {attempts} attempt(s)")

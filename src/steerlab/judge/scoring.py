@@ -22,6 +22,8 @@ METHODS: tuple[Method, ...] = ("logprobs", "text")
 
 # below this total probability on integer tokens the judge did not really give a number
 MIN_PROB_MASS = 0.25
+# a log-probability above this (+inf included) or NaN is not one: the reply is unparsed
+LOGPROB_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,14 @@ def parse_logprobs(top: Sequence[tuple[str, float]]) -> JudgeResult:
 
     The most probable entry decides ``code``/``refusal``; otherwise the score is
     ``sum(n * p_n) / sum(p_n)`` over tokens that are integers 0..100 (after stripping whitespace,
-    equal tokens adding up), or ``unparsed`` when that mass is below ``MIN_PROB_MASS``.
+    equal tokens adding up), or ``unparsed`` when that mass is below ``MIN_PROB_MASS``. A
+    logprob that is NaN or positive (+inf included) makes the reply ``unparsed`` (``raw`` says
+    so).
     """
-    probs = [(tok, math.exp(lp)) for tok, lp in top if not math.isnan(lp)]
+    bad = next((lp for _, lp in top if math.isnan(lp) or lp > LOGPROB_TOLERANCE), None)
+    if bad is not None:  # not a log-probability: nothing in this reply can be trusted
+        return JudgeResult(None, "unparsed", f"invalid logprob {bad!r}", "logprobs", None)
+    probs = [(tok, math.exp(lp)) for tok, lp in top]
     if not probs:
         return JudgeResult(None, "unparsed", "", "logprobs", None)
     raw = max(probs, key=lambda tp: tp[1])[0]

@@ -70,6 +70,9 @@ class JudgeCfg(Strict):
     model: str
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)  # one attempt
+    max_retries: int = Field(default=4, ge=0, le=100)
+    max_total_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)  # a prompt's retry budget
 
 
 def judge_config(cfg: JudgeCfg, cache_path: Path | None = None) -> JudgeConfig:
@@ -82,6 +85,9 @@ def judge_config(cfg: JudgeCfg, cache_path: Path | None = None) -> JudgeConfig:
         model=cfg.model,
         api_key_env=cfg.api_key_env,
         concurrency=cfg.concurrency,
+        timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries,
+        max_total_s=cfg.max_total_s,
         cache_path=cache_path,
     )
 
