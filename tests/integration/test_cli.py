@@ -1209,6 +1209,14 @@ BAD: dict[str, Case] = {
         beh_args(f, None, *JUDGE, "--judge-timeout", "inf"),
         "timeout_s",
     ),
+    "select-coefficients: prompt and budget beyond the model": lambda f: (
+        [*sc_args(f), "--max-new-tokens", 600],
+        "positions",
+    ),
+    "build-vector: prompt longer than the model": lambda f: (
+        [*BUILD, "--layer", 1, "--positive", "word " * 700, "--negative", "b", "-o", f.out_vec],
+        "positions",
+    ),
     "behaviours: no such data": lambda f: (beh_args(f, f.dir / "nope"), "nope"),
     "behaviours: a split file missing": lambda f: (
         beh_args(

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from steerlab.backends.base import SiteFn
 from steerlab.engine.batch import left_pad
 from steerlab.engine.forward import local_backend, steered_forward
+from steerlab.engine.generate import model_max_positions
 from steerlab.errors import SteerlabError
 from steerlab.models import Model
 from steerlab.sites import Site, parse_point
@@ -60,6 +61,13 @@ def record(
         raise SteerlabError("sequences and positions differ in length")
     for layer in layers:
         model.check_layer(layer)
+    max_positions = model_max_positions(model)
+    for i, seq in enumerate(sequences):
+        if max_positions is not None and len(seq) > max_positions:
+            raise SteerlabError(
+                f"sequence {i}: {len(seq)} tokens > the model's {max_positions} positions; "
+                "shorten the text"
+            )
     sites = {layer: Site(layer, point) for layer in layers}
     for site in sites.values():
         model.backend.check_site(site)

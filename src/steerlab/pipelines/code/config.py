@@ -164,10 +164,13 @@ def vector_refs(paths: list[tuple[Path, Intent]]) -> list[VectorRef]:
         if not p.is_file():
             raise SteerlabError(f"--vector: {p}: no such file")
         base = p.name.split(".")[0] or "vector"
-        seen[base] = seen.get(base, 0) + 1
-        name = base if seen[base] == 1 else f"{base}-{seen[base]}"
-        if name == NOISE:
-            name = "vector-none"
+        if base == NOISE:
+            base = "vector-none"
+        name, n = base, 1
+        while name in seen:  # a repeated stem, or a stem like another's numbered name
+            n += 1
+            name = f"{base}-{n}"
+        seen[name] = 1
         out.append(
             VectorRef(
                 path=str(p.resolve()),

@@ -28,7 +28,7 @@ import pandas as pd
 
 from steerlab._util.io import atomic_path
 from steerlab.errors import SteerlabError
-from steerlab.pipelines._shared import ModelWorkflow
+from steerlab.pipelines._shared import ModelWorkflow, describe_model
 from steerlab.pipelines.code.config import NOISE, CodeConfig
 from steerlab.pipelines.code.results import baseline_path, load_baseline
 from steerlab.runs.runner import Runtime
@@ -192,13 +192,42 @@ def _build_from_baseline(
     return res.vector
 
 
+@dataclass(frozen=True)
+class Describe:
+    """Runs on a worker: checks that every task's prompt and the token budget fit the model's
+    positions (before the run directory exists), then describes the model."""
+
+    cfg: CodeConfig
+
+    def __call__(self, model: Model) -> dict[str, Any]:
+        from steerlab.engine.generate import check_fits
+        from steerlab.tasks.code import build_prompt
+
+        def chat(text: str) -> str:
+            return model.format_prompt(text, chat=True)
+
+        fmt = chat if self.cfg.model.chat else None
+        for task in task_list(self.cfg):
+            prompt = build_prompt(task, self.cfg.prompt_mode, fmt)
+            check_fits(model, len(model.encode(prompt)), self.cfg.max_new_tokens, task.task_id)
+        return describe_model(model)
+
+
 class SelectCoefficients(ModelWorkflow[CodeConfig]):
     name = "select-coefficients"
     stages: ClassVar[tuple[str, ...]] = STAGES
     driver_stages: ClassVar[frozenset[str]] = frozenset({"report"})
     config_type = CodeConfig
 
+    def __init__(self) -> None:
+        self._cfg: CodeConfig | None = None
+
+    def describe(self) -> Any:
+        assert self._cfg is not None  # check() runs first
+        return Describe(self._cfg)
+
     def check(self, cfg: CodeConfig, stages: Sequence[str]) -> None:
+        self._cfg = cfg
         if not cfg.vector_names() and any(s in stages for s in ("vectors", "grid")):
             raise SteerlabError(
                 "give a vector file (--vector, --correct-vector, --incorrect-vector) or "
