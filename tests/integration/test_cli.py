@@ -1217,6 +1217,21 @@ BAD: dict[str, Case] = {
         [*BUILD, "--layer", 1, "--positive", "word " * 700, "--negative", "b", "-o", f.out_vec],
         "positions",
     ),
+    "eval-questions: ten million samples": lambda f: (
+        eq_args(
+            f,
+            f._write(
+                "q_many.yaml",
+                "- id: q1\n  type: free_form\n  paraphrases: [Hi]\n"
+                "  samples_per_paraphrase: 10000000\n",
+            ),
+        ),
+        "more than 1,000,000",
+    ),
+    "eval-questions: --n-per-question 100000000": lambda f: (
+        [*eq_args(f), "--n-per-question", "100000000"],
+        "more than 1,000,000",
+    ),
     "behaviours: no such data": lambda f: (beh_args(f, f.dir / "nope"), "nope"),
     "behaviours: a split file missing": lambda f: (
         beh_args(

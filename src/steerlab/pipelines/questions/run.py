@@ -66,6 +66,10 @@ def read_questions(cfg: EvalConfig) -> list[Question]:
         return load_questions(path)
 
 
+#: more answers than this in one run is a typo (a sample count with extra zeros), not a plan
+MAX_ROWS = 1_000_000
+
+
 def expand(cfg: EvalConfig, questions: Sequence[Question]) -> list[QRow]:
     configs = [BASELINE] + [s.name for s in cfg.steering]
     rows = []
@@ -164,8 +168,20 @@ class EvalQuestions(ModelWorkflow[EvalConfig]):
     def check(self, cfg: EvalConfig, stages: Sequence[str]) -> None:
         from steerlab.steering_config import load_steering_config
 
-        if not read_questions(cfg):
+        questions = read_questions(cfg)
+        if not questions:
             raise SteerlabError(f"{cfg.questions.path}: no questions")
+        n_configs = 1 + len(cfg.steering)
+        total = sum(
+            len(q.paraphrases) * (cfg.n_per_question or q.samples_per_paraphrase) * n_configs
+            for q in questions
+        )
+        if total > MAX_ROWS:
+            raise SteerlabError(
+                f"{cfg.questions.path}: {total:,} answers to generate (questions x paraphrases x "
+                f"samples x {n_configs} configs) is more than {MAX_ROWS:,}; lower "
+                "samples_per_paraphrase or --n-per-question, or split the question file"
+            )
         if cfg.judge is not None:
             judge_config(cfg.judge)  # a bad URL, model or key variable: before anything is written
         for ref in cfg.steering:
