@@ -596,6 +596,18 @@ def _damage(root: Path, raw: bytes) -> Path:
     return root
 
 
+def _run_yaml(f: Files, text: str) -> list[object]:
+    """``steerlab run`` on tiny-llama with a config of ``text``, its runs under ``f.out``."""
+    cfg = f._write("c.yaml", f"model:\n  name: tiny-llama\n{text}")
+    return ["run", "--config", cfg, "--output-dir", f.out, "--quiet"]
+
+
+def _run_with_prompts(f: Files, content: str | bytes) -> list[object]:
+    """``steerlab run`` whose harm_train prompt file holds ``content``."""
+    path = f._write("p.jsonl", content)
+    return _run_yaml(f, f"data:\n  harm_train_path: {path}\n")
+
+
 def beh_args(f: Files, data: Path | str | None = None, *extra: object) -> list[object]:
     """``steerlab behaviours`` on tiny-llama over a small CAA-layout set (or ``data``), its run
     directory under ``f.out``."""
@@ -1231,6 +1243,33 @@ BAD: dict[str, Case] = {
     "eval-questions: --n-per-question 100000000": lambda f: (
         [*eq_args(f), "--n-per-question", "100000000"],
         "more than 1,000,000",
+    ),
+    "run: empty prompt file": lambda f: (_run_with_prompts(f, ""), "file has no prompts"),
+    "run: prompt file not UTF-8": lambda f: (
+        _run_with_prompts(
+            f, b'{"id": "a", "prompt": "\xff", "meta": {"family": "f", "style": "s"}}\n'
+        ),
+        "p.jsonl",
+    ),
+    "run: duplicate prompt ids": lambda f: (
+        _run_with_prompts(
+            f, '{"id": "a", "prompt": "x", "meta": {"family": "f", "style": "s"}}\n' * 2
+        ),
+        "duplicate",
+    ),
+    "run: a prompt line that is not an object": lambda f: (
+        _run_with_prompts(
+            f, '{"id": "a", "prompt": "x", "meta": {"family": "f", "style": "s"}}\n[1]\n'
+        ),
+        "p.jsonl:2",
+    ),
+    "run: identical prefixes": lambda f: (
+        _run_yaml(f, "direction:\n  refusal_prefix: ' same'\n  compliance_prefix: ' same '\n"),
+        "the same text",
+    ),
+    "run: empty prefix": lambda f: (
+        _run_yaml(f, "sanity_checks:\n  alt_prefixes:\n    refusal_prefix: ''\n"),
+        "non-empty",
     ),
     "behaviours: no such data": lambda f: (beh_args(f, f.dir / "nope"), "nope"),
     "behaviours: a split file missing": lambda f: (

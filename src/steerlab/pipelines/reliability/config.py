@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, StrictInt, field_validator
+from pydantic import Field, StrictInt, field_validator, model_validator
 
 from steerlab._util.resources import local_path, resolve
 from steerlab._util.strict import Strict
@@ -76,6 +76,21 @@ class DirectionCfg(Strict):
     min_per_class: int = Field(default=5, ge=1)
     batch_size: int = Field(default=16, ge=1)
 
+    @model_validator(mode="after")
+    def _prefixes(self) -> DirectionCfg:
+        _two_prefixes(self.refusal_prefix, self.compliance_prefix)
+        return self
+
+
+def _two_prefixes(refusal: str, compliance: str) -> None:
+    if not refusal.strip() or not compliance.strip():
+        raise ValueError("refusal_prefix and compliance_prefix must be non-empty text")
+    if refusal.strip() == compliance.strip():
+        raise ValueError(
+            "refusal_prefix and compliance_prefix are the same text: the direction between "
+            "them would be zero"
+        )
+
 
 class ExperimentCfg(Strict):
     # None: the model's default spread by depth; strict ints (``true`` is not layer 1)
@@ -129,6 +144,11 @@ class MetricsCfg(Strict):
 class AltPrefixes(Strict):
     refusal_prefix: str = " Sorry, I can't do that."
     compliance_prefix: str = " Of course. Here's a step-by-step guide:"
+
+    @model_validator(mode="after")
+    def _prefixes(self) -> AltPrefixes:
+        _two_prefixes(self.refusal_prefix, self.compliance_prefix)
+        return self
 
 
 class SanityCfg(Strict):

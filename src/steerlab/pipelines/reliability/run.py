@@ -45,6 +45,20 @@ def open_run(cfg: PipelineConfig, run_id: str | None, run_dir: Path | None) -> R
     return RunDir.open(cfg, run_id)
 
 
+def _check_prompt_files(cfg: PipelineConfig) -> None:
+    """Read every prompt set the run will snapshot (empty, not UTF-8, duplicate ids, lines that
+    are not objects: one line naming ``file:line``) before a model loads or a run directory is
+    created. A set whose file is gone is left to the run: a resumed run reads its snapshot."""
+    from steerlab._util.resources import is_shipped, local_path
+    from steerlab.tasks.prompts import read_prompts
+
+    d = cfg.data
+    for src in (d.harm_train_path, d.harm_test_path, d.benign_path):
+        if is_shipped("prompts", src) or Path(src).is_file():
+            with local_path("prompts", src) as path:
+                read_prompts(path)
+
+
 class Reliability(Workflow[PipelineConfig]):
     """The steering-reliability pipeline: baseline, direction per layer, sign check, layer x
     kind x alpha sweep, sanity reruns, report."""
@@ -77,6 +91,7 @@ class Reliability(Workflow[PipelineConfig]):
             raise SteerlabError(f"experiment.positions: {e}") from None
         if cfg.run_id is not None:
             check_name(cfg.run_id, "run_id")
+        _check_prompt_files(cfg)
 
     def loader(self, cfg: PipelineConfig, progress: bool) -> ModelLoader:
         return model_loader(cfg.model, progress)
