@@ -1271,6 +1271,9 @@ BAD: dict[str, Case] = {
         _run_yaml(f, "sanity_checks:\n  alt_prefixes:\n    refusal_prefix: ''\n"),
         "non-empty",
     ),
+    "report on a fresh directory": lambda f: (run_args(f, "report"), "no run directory yet"),
+    "sweep on a fresh directory": lambda f: (run_args(f, "sweep"), "no run directory yet"),
+    "sanity on a fresh directory": lambda f: (run_args(f, "sanity"), "no run directory yet"),
     "behaviours: no such data": lambda f: (beh_args(f, f.dir / "nope"), "nope"),
     "behaviours: a split file missing": lambda f: (
         beh_args(

@@ -137,8 +137,23 @@ class Workflow(ABC, Generic[C]):
     def check_resource(self, cfg: C, info: dict[str, Any]) -> None:
         """Checks that need the model (layer ranges), before the run directory is created."""
 
+    def check_run_path(self, cfg: C, stages: Sequence[str], path: Path) -> None:
+        """Checks of where the run directory goes (a later stage alone needs an existing one),
+        before a model loads or anything is created."""
+        if stages and wf_needs_existing(self, stages) and not path.is_dir():
+            raise SteerlabError(
+                f"{path}: no run directory yet, and stage {stages[0]!r} needs the earlier "
+                f"stages' results; run them first (stages in order: {', '.join(self.stages)})"
+            )
+
     def on_open(self, rt: Runtime[C]) -> None:
         """The run directory is ours: write the manifest."""
+
+
+def wf_needs_existing(wf: Workflow[Any], stages: Sequence[str]) -> bool:
+    """Whether ``stages`` start after the workflow's first stage, so they read what earlier
+    stages wrote (a stage command such as ``report`` on its own)."""
+    return wf.stages[0] not in stages and not set(stages) >= set(wf.stages)
 
 
 def execute(
@@ -162,6 +177,7 @@ def execute(
             check_name(rid, what)
     wf.check(cfg, stages)
     path = run_dir if run_dir is not None else wf.run_path(cfg, run_id)
+    wf.check_run_path(cfg, stages, path)
     if run_dir is not None:
         wf.run_type.existing(
             run_dir, wf.config_type
