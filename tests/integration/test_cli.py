@@ -559,7 +559,8 @@ def sc_args(f: Files, *vector: object) -> list[object]:
     vec = list(vector) if vector else ["--vector", f.vec, "--layer", 1]
     return [
         "select-coefficients", "--model", "tiny-llama", "--tasks", _code_tasks(f),
-        "--prompt-mode", "completion", "--out", f.out / "sc", "--quiet", *vec,
+        "--prompt-mode", "completion", "--max-new-tokens", 8, "--out", f.out / "sc", "--quiet",
+        *vec,
     ]  # fmt: skip
 
 
@@ -594,6 +595,12 @@ def _unlink(root: Path, rel: str) -> Path:
 def _damage(root: Path, raw: bytes) -> Path:
     (root / "test" / "helping" / "test_dataset_ab.json").write_bytes(raw)
     return root
+
+
+def _zero_vector(f: Files) -> Path:
+    path = f.dir / "zero.safetensors"
+    SteeringVector(directions={1: torch.zeros(64)}).save(path)
+    return path
 
 
 def _run_yaml(f: Files, text: str) -> list[object]:
@@ -1274,6 +1281,18 @@ BAD: dict[str, Case] = {
     "report on a fresh directory": lambda f: (run_args(f, "report"), "no run directory yet"),
     "sweep on a fresh directory": lambda f: (run_args(f, "sweep"), "no run directory yet"),
     "sanity on a fresh directory": lambda f: (run_args(f, "sanity"), "no run directory yet"),
+    "select-coefficients: unknown positions": lambda f: (
+        [*sc_args(f), "--positions", "everywhere"],
+        "everywhere",
+    ),
+    "select-coefficients: unknown hook point": lambda f: (
+        [*sc_args(f), "--hook-point", "nowhere"],
+        "nowhere",
+    ),
+    "select-coefficients: a zero vector": lambda f: (
+        sc_args(f, "--vector", _zero_vector(f), "--layer", 1),
+        "is zero",
+    ),
     "behaviours: no such data": lambda f: (beh_args(f, f.dir / "nope"), "nope"),
     "behaviours: a split file missing": lambda f: (
         beh_args(

@@ -235,8 +235,20 @@ class SelectCoefficients(ModelWorkflow[CodeConfig]):
             )
         if not task_list(cfg):
             raise SteerlabError(f"{cfg.tasks}: no code tasks")
+        from steerlab.interventions import Window
+        from steerlab.sites import parse_point
+
+        Window.parse(cfg.positions)  # an unknown mode: one line, before anything is written
+        if cfg.hook_point is not None:
+            parse_point(cfg.hook_point)
         for ref in cfg.vectors:
-            _load_vector(ref.path)
+            vec = _load_vector(ref.path)
+            for layer, d in vec.directions.items():
+                if float(d.norm()) == 0.0:
+                    raise SteerlabError(
+                        f"{ref.path}: the direction at layer {layer} is zero; it has no direction "
+                        "to steer along"
+                    )
         if cfg.baseline is not None:
             _read_baseline(Path(cfg.baseline.path), cfg)
         if any(s in stages for s in ("baseline", "grid")):
