@@ -413,6 +413,7 @@ class Files:
 
     def _write(self, name: str, data: str | bytes) -> Path:
         path = self.dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(data, bytes):
             path.write_bytes(data)
         else:
@@ -645,6 +646,7 @@ def beh_bad_item(f: Files, name: str, **changes: object) -> Path:
     return root
 
 
+SAE_TRAIN = ["sae-train", *MODEL, "--site", "resid_post", "--layer", 1, "--quiet"]
 JUDGE = ["--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m"]
 
 BAD: dict[str, Case] = {
@@ -1292,6 +1294,26 @@ BAD: dict[str, Case] = {
     "select-coefficients: a zero vector": lambda f: (
         sc_args(f, "--vector", _zero_vector(f), "--layer", 1),
         "is zero",
+    ),
+    "sae-train: one token": lambda f: (
+        [*SAE_TRAIN, "--tokens", 1, "-o", f.out / "sae"],
+        "more than the training tokens",
+    ),
+    "sae-train: batch above the tokens": lambda f: (
+        [*SAE_TRAIN, "--tokens", 200, "--batch-size", 5000, "-o", f.out / "sae"],
+        "more than the training tokens",
+    ),
+    "sae-train: out folder holds other files": lambda f: (
+        [
+            *SAE_TRAIN,
+            "--tokens",
+            200,
+            "--batch-size",
+            100,
+            "-o",
+            f._write("x/notes.txt", "mine").parent,
+        ],
+        "holds other files (notes.txt)",
     ),
     "behaviours: no such data": lambda f: (beh_args(f, f.dir / "nope"), "nope"),
     "behaviours: a split file missing": lambda f: (

@@ -60,7 +60,7 @@ def sae_train_cmd(
     same settings again reuse the result."""
     from steerlab.models import load_model
     from steerlab.sae_training.corpus import CorpusConfig
-    from steerlab.sae_training.train import SAETrainConfig, train_sae
+    from steerlab.sae_training.train import SAETrainConfig, check_out, train_sae
     from steerlab.sites import parse_site
 
     logging.getLogger("steerlab").setLevel(logging.WARNING if quiet else logging.INFO)
@@ -80,6 +80,8 @@ def sae_train_cmd(
         seed=seed,
         corpus=CorpusConfig(context=context, generations=generations, seed=seed),
     )
+    if out is not None:
+        check_out(out)  # before a model loads or anything is trained
     m = load_model(model, device=device)
     m.backend.check_site(where)
     cfg.d_sae(m.d_model)

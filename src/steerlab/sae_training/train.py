@@ -140,6 +140,12 @@ class SAETrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise SteerlabError(f"{name} must be at least 1, got {value}")
+        if self.batch_size > self.tokens:
+            raise SteerlabError(
+                f"batch_size ({self.batch_size}) is more than the training tokens "
+                f"({self.tokens}): not one training step; collect more tokens or use smaller "
+                "batches"
+            )
         if self.architecture == "topk" and self.width is not None and self.k > self.width:
             raise SteerlabError(f"k ({self.k}) cannot exceed the SAE width ({self.width})")
         if not self.outlier_factor > 1:
@@ -696,13 +702,29 @@ def _atomic_dir(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+OUT_FILES = (CFG_FILE, WEIGHTS_FILE, METRICS_FILE, TRAINING_FILE)
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a folder holding files other than an SAE's (a
+    previous SAE is replaced; someone else's files are never written among)."""
+    if out.exists() and not out.is_dir():
+        raise SteerlabError(f"--out {out} exists and is not a directory")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in OUT_FILES)
+        if others:
+            raise SteerlabError(
+                f"--out {out} holds other files ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}): give an empty or new folder"
+            )
+
+
 def _copy_out(src: Path, out: Path) -> Path:
     if out.resolve() == src.resolve():
         return out
-    if out.exists() and not out.is_dir():
-        raise SteerlabError(f"--out {out} exists and is not a directory")
+    check_out(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in (CFG_FILE, WEIGHTS_FILE, METRICS_FILE, TRAINING_FILE):
+    for name in OUT_FILES:
         shutil.copyfile(src / name, out / name)
     return out
 
