@@ -97,3 +97,26 @@ def test_vector_file_of_integer_tensors_is_refused(
     save_file({"layer.0": torch.arange(4)}, str(path), metadata={"steerlab": json.dumps(meta)})
     r = cli(capsys, "info", path)
     assert r.code == 2 and "not floating point" in r.err and str(path) in r.err, r.err
+
+
+def test_a_part_file_of_another_schema_is_named(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from steerlab.runs.shards import stage_results
+
+    parts = tmp_path / "parts" / "grid"
+    parts.mkdir(parents=True)
+    pd.DataFrame({"a": [1], "b": [2]}).to_parquet(parts / "part-00000-aaaaaaaaaa.parquet")
+    pd.DataFrame({"a": [1], "c": [2]}).to_parquet(parts / "part-00001-bbbbbbbbbb.parquet")
+    with pytest.raises(SteerlabError, match=r"part-00001-bbbbbbbbbb.parquet: its columns differ"):
+        stage_results(tmp_path, "grid")
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1]", b"\xff"])
+def test_a_damaged_sanity_file_stops_the_report(tmp_path: Path, content: bytes) -> None:
+    from steerlab.pipelines.reliability.report import _read_json
+
+    path = tmp_path / "sanity.json"
+    path.write_bytes(content)
+    with pytest.raises(SteerlabError, match=r"sanity.json: (damaged|expected a JSON object)"):
+        _read_json(path)

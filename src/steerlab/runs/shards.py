@@ -89,4 +89,13 @@ def stage_results(run: Path, stage: str) -> pd.DataFrame:
     files = sorted((run / "parts" / stage).glob("part-*.parquet"))
     if not files:
         raise SteerlabError(f"{run}: no {stage} rows yet; run the {stage} stage first")
-    return pd.concat([read_part(f, stage) for f in files], ignore_index=True)
+    frames = [read_part(f, stage) for f in files]
+    want = list(frames[0].columns)
+    for f, df in zip(files, frames, strict=True):
+        if list(df.columns) != want:
+            odd = sorted(set(df.columns) ^ set(want)) or ["(column order)"]
+            raise SteerlabError(
+                f"{f}: its columns differ from {files[0].name}'s ({', '.join(map(str, odd[:4]))}): "
+                f"a part file from another version or run; delete it and rerun the {stage} stage"
+            )
+    return pd.concat(frames, ignore_index=True)

@@ -63,8 +63,15 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         log.info("%s missing; treating it as empty", path)
         return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SteerlabError(
+            f"{path}: damaged ({type(e).__name__}); restore it or rerun the stage that writes it"
+        ) from None
+    if not isinstance(data, dict):
+        raise SteerlabError(f"{path}: expected a JSON object; restore it or rerun its stage")
+    return data
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
