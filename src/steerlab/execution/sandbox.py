@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from steerlab.errors import SteerlabError
+from steerlab.execution.seccomp import filter_program
 
 STATUSES = ("pass", "fail", "error", "syntax_error", "timeout", "oom", "sandbox_error")
 MODES = ("bubblewrap", "unsafe")
@@ -122,7 +123,27 @@ def _tmpfs_size_supported(bwrap: str) -> bool:
     return "--size" in out.stdout + out.stderr
 
 
-def _bwrap_argv(bwrap: str, limits: Limits) -> list[str]:
+def _third_party_dirs(py: _Python) -> list[str]:
+    """Where third-party packages of the base interpreter live, as paths inside the sandbox
+    (each is covered with an empty read-only tmpfs: the program gets the standard library
+    only, even if it puts these directories on ``sys.path`` itself)."""
+    roots = [("/usr", "/usr")]
+    if py.relocated:
+        roots.append((py.host_prefix, _SANDBOX_PYTHON))
+    found: list[str] = []
+    for host, inside in roots:
+        for pattern in ("lib/python3*/site-packages", "lib/python3*/dist-packages"):
+            for d in sorted(Path(host).glob(pattern)):
+                found.append(inside + str(d)[len(host) :])
+        if host == "/usr":
+            for d in sorted(Path("/usr/local").glob("lib/python3*/dist-packages")):
+                found.append(str(d))
+            for d in sorted(Path("/usr/local").glob("lib/python3*/site-packages")):
+                found.append(str(d))
+    return [d for d in dict.fromkeys(found) if Path(d).is_dir() or d.startswith(_SANDBOX_PYTHON)]
+
+
+def _bwrap_argv(bwrap: str, limits: Limits, seccomp_fd: int | None) -> list[str]:
     py = _python()
     argv = [bwrap, "--die-with-parent", "--new-session"]
     if os.geteuid() == 0:  # no user namespace: the runner drops to its own uid instead
@@ -142,11 +163,28 @@ def _bwrap_argv(bwrap: str, limits: Limits) -> list[str]:
     if py.relocated:
         argv += ["--perms", "0755", "--dir", "/opt"]
         argv += ["--ro-bind", py.host_prefix, _SANDBOX_PYTHON]
+    for d in _third_party_dirs(py):
+        argv += ["--tmpfs", d, "--remount-ro", d]
     argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777"]
     if _tmpfs_size_supported(bwrap):
         argv += ["--size", str(limits.file_size_mb * 1024 * 1024)]
-    argv += ["--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp", "--"]
-    return argv + _python_argv(py.executable)
+    argv += ["--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    return [*argv, "--", *_python_argv(py.executable)]
+
+
+def _seccomp_fd(stack: contextlib.ExitStack) -> int | None:
+    """A file descriptor holding the seccomp filter (closed with ``stack``); None where this
+    machine's architecture has none (see :mod:`steerlab.execution.seccomp`)."""
+    program = filter_program()
+    if program is None:
+        return None
+    fd = os.memfd_create("steerlab-seccomp", os.MFD_CLOEXEC)
+    stack.callback(os.close, fd)
+    os.write(fd, program)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 _slot_lock = threading.Lock()
@@ -218,7 +256,7 @@ def _communicate(launch: _Launch, data: bytes, pipe: tuple[int, int], limits: Li
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=(status_w,),
+            pass_fds=(status_w, *launch.pass_fds),
             env=launch.env,
             cwd=launch.cwd,
             start_new_session=True,
@@ -346,6 +384,7 @@ class _Launch(NamedTuple):
     argv: list[str]
     env: dict[str, str]
     cwd: str | None
+    pass_fds: tuple[int, ...] = ()
 
 
 def _launch(mode: str, limits: Limits, stack: contextlib.ExitStack) -> _Launch:
@@ -362,7 +401,9 @@ def _launch(mode: str, limits: Limits, stack: contextlib.ExitStack) -> _Launch:
     env.update(HOME="/tmp", TMPDIR="/tmp")
     if _python().relocated:  # a shared libpython lives in the prefix, now at /opt/python
         env["LD_LIBRARY_PATH"] = _SANDBOX_PYTHON + "/lib"
-    return _Launch(_bwrap_argv(bwrap, limits), env, None)
+    seccomp = _seccomp_fd(stack)
+    fds = () if seccomp is None else (seccomp,)
+    return _Launch(_bwrap_argv(bwrap, limits, seccomp), env, None, fds)
 
 
 def run_program(source: str, limits: Limits = Limits(), mode: str = "bubblewrap") -> ExecResult:
