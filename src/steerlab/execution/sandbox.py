@@ -412,8 +412,8 @@ def run_program(source: str, limits: Limits = Limits(), mode: str = "bubblewrap"
     ``mode`` is ``"bubblewrap"`` (the sandbox) or ``"unsafe"`` (no confinement); get it from
     :func:`~steerlab.execution.pool.sandbox_mode`. A harness failure is an ``ExecResult`` with
     status ``sandbox_error``, never an exception. The program runs as the module
-    ``__candidate__`` with the standard library only; ``sys.exit(0)`` counts as a pass,
-    ``os._exit`` as an error.
+    ``__candidate__`` with the standard library only; ``pass`` means it reached its last
+    statement; ``sys.exit`` (any code) or ``os._exit`` before that is an ``error``.
     """
     if mode not in MODES:
         raise SteerlabError(f"Unknown execution mode {mode!r}; expected one of {MODES}.")
