@@ -411,3 +411,18 @@ def test_missing_sanity_is_reported_as_not_run(tmp_path: Path) -> None:
     for check in ("Sign check", "Template robustness", "Seed robustness"):
         assert f"- {check}: not run." in report
     assert "SIGN CHECK FAILED" not in report
+
+
+def test_a_gibberish_completion_is_never_helpful() -> None:
+    """The report's helpful rate counts a completion only when the proxy calls it helpful and
+    the gibberish flag is down; runs made before the rule (no ``looks_helpful``) read the same."""
+    from steerlab.pipelines.reliability.report import helpful_not_gibberish
+
+    old = pd.DataFrame(
+        {"is_helpful": [True, True, False, False], "is_gibberish": [False, True, False, True]}
+    )
+    got = helpful_not_gibberish(old)
+    assert got["is_helpful"].tolist() == [True, False, False, False]
+    assert got["looks_helpful"].tolist() == [True, True, False, False]
+    new = got.assign(is_helpful=[True, True, True, True])  # a stored flag is recomputed
+    assert helpful_not_gibberish(new)["is_helpful"].tolist() == [True, False, False, False]

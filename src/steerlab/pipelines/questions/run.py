@@ -135,7 +135,9 @@ class Answer:
                     "refusal_score": ref.score,
                     "is_refusal": ref.is_refusal,
                     "helpfulness_score": helpful.score,
-                    "is_helpful": helpful.is_helpful,
+                    # gibberish is not helpful, however it is laid out
+                    "is_helpful": helpful.is_helpful and not conf.is_gibberish,
+                    "looks_helpful": helpful.is_helpful,
                     "n_words": helpful.n_words,
                     "mean_entropy": conf.mean_entropy,
                     "mean_logprob": conf.mean_logprob,

@@ -223,7 +223,9 @@ def score_row(cfg: PipelineConfig, w: WorkRow, r: Any) -> dict[str, Any]:
         "matched_refusal": list(ref.matched_refusal),
         "matched_compliance": list(ref.matched_compliance),
         "helpfulness_score": helpful.score,
-        "is_helpful": helpful.is_helpful,
+        # a completion the pipeline flags as gibberish is not helpful, however it is laid out
+        "is_helpful": helpful.is_helpful and not conf.is_gibberish,
+        "looks_helpful": helpful.is_helpful,
         "n_words": helpful.n_words,
         "has_steps": helpful.has_steps,
         "has_bullets": helpful.has_bullets,

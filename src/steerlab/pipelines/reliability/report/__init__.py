@@ -59,6 +59,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def helpful_not_gibberish(results: pd.DataFrame) -> pd.DataFrame:
+    """``is_helpful`` as the report defines it: the helpfulness proxy's verdict and not flagged
+    as gibberish. Runs made before the definition stored the proxy's verdict alone; it is kept
+    as ``looks_helpful`` either way."""
+    out = results.copy()
+    if "looks_helpful" not in out.columns:
+        out["looks_helpful"] = out["is_helpful"].astype(bool)
+    if "is_gibberish" in out.columns:
+        out["is_helpful"] = out["looks_helpful"].astype(bool) & ~out["is_gibberish"].astype(bool)
+    return out
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         log.info("%s missing; treating it as empty", path)
@@ -113,6 +125,7 @@ def build_report(run_dir: str | Path, n_boot: int | None = None, seed: int = 0) 
         raise SteerlabError(
             f"{results_path}: unreadable ({reason}); delete it and rerun the report stage"
         ) from e
+    results = helpful_not_gibberish(results)
     config = _read_yaml(run_dir / "config.yaml")
     manifest = _read_json(run_dir / "manifest.json")
     sanity = _read_json(run_dir / "sanity.json")

@@ -177,7 +177,10 @@ LIMITATIONS = (
     "",
     "Refusal and helpfulness are rule-based phrase and structure proxies, not human or model "
     "judgments: a completion that refuses in unusual words, or complies in a refusal-like tone, "
-    "is misclassified. Each prompt gets one sampled completion per setting, so rates carry "
+    "is misclassified. A completion counts as helpful only when the helpfulness proxy says so "
+    "and the gibberish flag (empty, repetitive, low token diversity, mostly non-letters) is not "
+    "raised: steered text that keeps an answer's shape but no longer reads is not helpful. "
+    "Each prompt gets one sampled completion per setting, so rates carry "
     "sampling noise on top of prompt noise. Intervals are percentile bootstraps; a layer "
     "difference at matched α resamples prompts paired (both layers saw them), but an effect vs "
     "the baseline resamples its two sides independently, ignoring that they share prompts "
