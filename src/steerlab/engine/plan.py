@@ -9,6 +9,7 @@ batches, such as vLLM), token for token the same.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -170,12 +171,27 @@ def compile_plan(
 
 
 _WARNED: set[tuple[str, str]] = set()
+_HUB_CACHE = re.compile(r"models--[^/\\]+--([^/\\]+)")
+
+
+def model_key(name: str) -> str:
+    """What identifies a model across the ways it is named: a hub id (``owner/name``), a local
+    folder, a Hugging Face cache snapshot (``.../models--owner--name/snapshots/<hash>``, the
+    path an nnsight ``LanguageModel`` may report) all come down to ``name``, case-folded."""
+    m = _HUB_CACHE.search(name)
+    if m:
+        return m.group(1).casefold()
+    return name.replace("\\", "/").rstrip("/").split("/")[-1].casefold()
+
+
+def same_model(a: str, b: str) -> bool:
+    return a == b or model_key(a) == model_key(b)
 
 
 def _warn_foreign(vector: SteeringVector, model_name: str) -> None:
     """Warn once per (vector model, target model) when a vector crosses models."""
     src = vector.model_id
-    if src in ("unknown", "", model_name) or (src, model_name) in _WARNED:
+    if src in ("unknown", "") or same_model(src, model_name) or (src, model_name) in _WARNED:
         return
     _WARNED.add((src, model_name))
     warnings.warn(

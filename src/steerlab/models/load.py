@@ -19,6 +19,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -363,14 +364,21 @@ def wrap(
 def _hf_name(hf: Any) -> str:
     config = getattr(hf, "config", None)
     path = str(getattr(config, "_name_or_path", "") or "")
-    return path.rstrip("/").split("/")[-1] or str(getattr(config, "model_type", "model"))
+    return _short_name(path) or str(getattr(config, "model_type", "model"))
+
+
+def _short_name(path: str) -> str:
+    """A model's name from how it was loaded: ``owner/name``, a folder, or a Hugging Face cache
+    snapshot (``.../models--owner--name/snapshots/<hash>``) all give ``name``."""
+    m = re.search(r"models--[^/]+--([^/]+)", path)
+    return m.group(1) if m else path.rstrip("/").split("/")[-1]
 
 
 def _wrapped(be: Backend, tok: Any, hf: Any, name: str | None, chat: bool) -> Model:
     if tok is None:
         raise ModelLoadError(f"the {be.name} model has no tokenizer: pass tokenizer=...")
     tok = prepare_tokenizer(tok)
-    label = name or be.label
+    label = name or (_short_name(be.label) if "/" in be.label else be.label)
     be.label = label
     return Model(
         backend=be,
