@@ -220,3 +220,19 @@ def test_read_baseline_splits_by_status(tmp_path: Path) -> None:
         write_baseline(tmp_path / "baseline.parquet", baseline_frame(PASSING, FAILING))
     )
     assert (b.passed, b.failed, b.n_ignored) == (PASSING, FAILING, 1)
+
+
+def test_an_sae_of_another_model_and_more_exports_than_reported_are_refused(
+    setup: tuple[Path, Path, dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    sae_dir, base, _ = setup
+    out = tmp_path / "features"
+    with pytest.raises(SteerlabError, match="--export-top 50 is more than --top 2"):
+        sae_features_cmd(sae=str(sae_dir), baseline=base, out=out, top=2, export_top=50, quiet=True)
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    cfg["metadata"]["model_name"] = "SmolLM2-360M-Instruct"
+    (sae_dir / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(SteerlabError, match="trained on 'SmolLM2-360M-Instruct'") as e:
+        sae_features_cmd(sae=str(sae_dir), baseline=base, out=out, model="tiny-llama", quiet=True)
+    assert "\n" not in str(e.value)
+    assert not out.exists()

@@ -131,6 +131,7 @@ def sae_features_cmd(
         feature_scores,
         write_results,
     )
+    from steerlab.engine.plan import same_model
     from steerlab.models import load_model
     from steerlab.sae.load import load_sae
 
@@ -139,9 +140,20 @@ def sae_features_cmd(
         raise SteerlabError(f"--position {position!r}: use one of {', '.join(POSITIONS)}")
     if out.exists() and not out.is_dir():
         raise SteerlabError(f"--out {out} exists and is not a directory")
+    if export_top > top:
+        raise SteerlabError(
+            f"--export-top {export_top} is more than --top {top}: the exported features are the "
+            "best of those reported; raise --top or lower --export-top"
+        )
     base = read_baseline(baseline)
     m = load_model(model, device=device, dtype=dtype, backend=backend)
     s = load_sae(sae, sae_id, hook=hook, model=m)
+    s.check_model(m)
+    if s.model_name != "unknown" and not same_model(s.model_name, m.name):
+        raise SteerlabError(
+            f"{s.describe()} was trained on {s.model_name!r}, but --model is {m.name!r}: its "
+            "features read another model's activations"
+        )
     acts = encode_prompts(
         m,
         s,
