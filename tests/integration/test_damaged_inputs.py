@@ -120,3 +120,24 @@ def test_a_damaged_sanity_file_stops_the_report(tmp_path: Path, content: bytes) 
     path.write_bytes(content)
     with pytest.raises(SteerlabError, match=r"sanity.json: (damaged|expected a JSON object)"):
         _read_json(path)
+
+
+def test_a_vector_that_cannot_be_written_is_one_line_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """safetensors reports a full disk with its own exception type: it becomes an OSError
+    naming the file (the command line prints it as one line), and no temp file is left."""
+    import safetensors.torch
+
+    from steerlab.vectors import SteeringVector
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    out = tmp_path / "v.safetensors"
+    with pytest.raises(OSError, match=r"cannot write .*v.safetensors: No space left on device"):
+        SteeringVector(directions={1: torch.ones(4)}).save(out)
+    assert list(tmp_path.iterdir()) == []

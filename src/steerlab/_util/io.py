@@ -13,12 +13,14 @@ from pathlib import Path
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
-    On an exception the temporary file is removed and ``path`` is left untouched, so readers
-    never see a half-written file.
+    On an exception the temporary file is removed, ``path`` is left untouched (readers never see
+    a half-written file) and the folders made for it are removed again.
     """
     path = Path(path)
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp: Path | None = None
+    done = False
     try:
         # inside the try, so an interrupt (SIGINT/SIGTERM) right after mkstemp leaves no file
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -30,10 +32,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        done = True
     except OSError as e:
         # the temp name is ours, not the user's: report the path they asked for (os.replace
         # names both; mkstemp fails before ``tmp`` is set, naming a candidate temp name)
         ours = str(tmp) if tmp is not None else None
+        if e.filename is None and e.errno is not None:  # a failed write names no file
+            raise type(e)(e.errno, e.strerror, str(path)) from e
         if isinstance(e.filename, str) and (
             e.filename == ours or Path(e.filename).name.startswith(f".{path.name}.")
         ):
@@ -42,6 +47,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+        if not done:
+            for folder in made:  # deepest first; one still holding something stays
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def _umask() -> int:

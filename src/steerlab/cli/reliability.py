@@ -4,6 +4,7 @@ prompt sets the pipeline reads."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -149,6 +150,15 @@ def make_prompts_cmd(
         typer.echo(f"wrote {len(rows)} prompts to {out_dir / f'{split}.jsonl'}")
         return
     sets = generate_prompt_sets(n_train, n_test, n_benign, seed)
+    new = [out_dir / f"{name}.jsonl" for name in sets if not (out_dir / f"{name}.jsonl").exists()]
+    try:
+        for name, rows in sets.items():
+            write_prompts(rows, out_dir / f"{name}.jsonl")
+    except BaseException:
+        for path in new:  # all three sets or none: a half-written set is removed again
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            out_dir.rmdir()  # only when it is empty (it was made for them)
+        raise
     for name, rows in sets.items():
-        write_prompts(rows, out_dir / f"{name}.jsonl")
         typer.echo(f"wrote {len(rows)} prompts to {out_dir / f'{name}.jsonl'}")

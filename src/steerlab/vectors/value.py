@@ -223,8 +223,15 @@ class SteeringVector:
 
         path = Path(path)
         tensors = {f"layer.{k}": v.contiguous() for k, v in self.directions.items()}
+        meta = {_META_KEY: json.dumps(self.metadata())}
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(self.metadata())})
+            try:
+                save_file(tensors, str(tmp), metadata=meta)
+            except OSError:
+                raise
+            except Exception as e:  # safetensors reports a failed write (a full disk) its own way
+                reason = str(e).split("I/O error: ", 1)[-1]
+                raise OSError(f"cannot write {path}: {reason}") from None
         return path
 
     @classmethod
