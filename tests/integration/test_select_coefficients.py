@@ -122,3 +122,17 @@ def test_baseline_is_reused_from_another_run(
     a = pd.read_parquet(first / "baseline.parquet")
     b = pd.read_parquet(second / "baseline.parquet")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_task_whose_reference_fails_its_tests_is_left_out(
+    tmp_path: Path, vector_file: Path
+) -> None:
+    broken = {**TASKS[0], "task_id": 99, "code": "def f1(x):\n    return x"}  # fails f1(1) == 2
+    tasks = tmp_path / "mixed.jsonl"
+    tasks.write_text("".join(json.dumps(t) + "\n" for t in [*TASKS[:4], broken]))
+    out = tmp_path / "run"
+    _run(out, tasks, "--vector", str(vector_file), "--layer", "1")
+    check = json.loads((out / "reference_check.json").read_text())
+    assert check["checked"] == 5 and list(check["failing"]) == ["mixed/99"]
+    base = pd.read_parquet(out / "baseline.parquet")
+    assert sorted(base["task_id"]) == ["mixed/1", "mixed/2", "mixed/3", "mixed/4"]

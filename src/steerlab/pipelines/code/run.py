@@ -17,6 +17,7 @@ Stages:
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
-from steerlab._util.io import atomic_path
+from steerlab._util.io import atomic_path, atomic_write_text
 from steerlab.errors import SteerlabError
 from steerlab.pipelines._shared import ModelWorkflow, describe_model
 from steerlab.pipelines.code.config import NOISE, CodeConfig
@@ -364,7 +365,8 @@ def baseline_stage(rt: Runtime[CodeConfig]) -> None:
         df = _read_baseline(Path(cfg.baseline.path), cfg)
         source = cfg.baseline.path
     else:
-        rows = [CRow(t.task_id) for t in task_list(cfg)]
+        valid = checked_tasks(rt)
+        rows = [CRow(t.task_id) for t in valid]
         rt.map("baseline", rows, Generate(cfg), cfg.shard_size)
         df = stage_results(rt.run.path, "baseline")
         source = "generated"
@@ -373,6 +375,45 @@ def baseline_stage(rt: Runtime[CodeConfig]) -> None:
     n_pass = int((df["status"] == "pass").sum())
     logger.info("baseline: %d of %d tasks pass (%s)", n_pass, len(df), source)
     rt.run.update_json("manifest.json", baseline={"source": source, "n": len(df), "pass": n_pass})
+
+
+def checked_tasks(rt: Runtime[CodeConfig]) -> list[CodeTask]:
+    """The run's tasks whose reference solution passes its own tests in the sandbox (once per
+    run: the verdicts are kept in ``reference_check.json``). A task whose reference fails is
+    left out and named in the log and the manifest: a model cannot be scored against tests that
+    the reference itself does not pass."""
+    from steerlab.execution import Limits, run_batch
+
+    cfg = rt.cfg
+    tasks = task_list(cfg)
+    path = rt.run.path / "reference_check.json"
+    if path.is_file():
+        bad = set(rt.run.read_json("reference_check.json").get("failing", {}))
+    else:
+        ex = cfg.execution
+        limits = Limits(cpu_s=ex.cpu_s, wall_s=ex.wall_s, memory_mb=ex.memory_mb)
+        checked = [t for t in tasks if t.reference.strip()]
+        batch = run_batch(
+            [t.reference_program() for t in checked], limits, _mode(ex.unsafe), ex.workers
+        )
+        failing = {
+            t.task_id: f"{r.status}: {r.detail}"[:200]
+            for t, r in zip(checked, batch.results, strict=True)
+            if r.status != "pass"
+        }
+        atomic_write_text(path, json.dumps({"checked": len(checked), "failing": failing}) + "\n")
+        bad = set(failing)
+        if bad:
+            logger.warning(
+                "%d of %d tasks left out: their reference solution fails their own tests (%s)",
+                len(bad),
+                len(checked),
+                ", ".join(sorted(bad)[:5]) + (", ..." if len(bad) > 5 else ""),
+            )
+    valid = [t for t in tasks if t.task_id not in bad]
+    if not valid:
+        raise SteerlabError(f"{cfg.tasks}: no task's reference solution passes its own tests")
+    return valid
 
 
 def vector_files(run: Path) -> Path:
