@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -20,23 +20,12 @@ from steerlab.cli.options import (
     RayAddressOpt,
     ThreadsOpt,
     WorkersOpt,
+    parse_numbers,
 )
 
 
 def register(app: typer.Typer) -> None:
     app.command("behaviours")(behaviours_cmd)
-
-
-def _numbers(text: str, what: str, kind: type = float) -> list[Any]:
-    from steerlab.errors import SteerlabError
-
-    try:
-        values = [kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SteerlabError(f"{what} {text!r}: give numbers separated by commas") from None
-    if not values:
-        raise SteerlabError(f"{what} {text!r}: give numbers separated by commas")
-    return values
 
 
 def _names(text: str | None, what: str) -> list[str] | None:
@@ -175,16 +164,16 @@ def behaviours_cmd(
             behaviours=keep,
             test_fraction=test_fraction,
             split_seed=split_seed,
-            layers=_numbers(layers, "--layers", int) if layers is not None else None,
+            layers=parse_numbers(layers, "--layers", int) if layers is not None else None,
             hook_point=hook_point,
             read_position=read_position,
             steer_positions=steer_positions,
-            multipliers=_numbers(multipliers, "--multipliers"),
+            multipliers=parse_numbers(multipliers, "--multipliers"),
             scale=scale,
             shifts=shift_list,
             shift_layers=shift_layers,
             open_ended=open_ended,
-            open_multipliers=_numbers(open_multipliers, "--open-multipliers"),
+            open_multipliers=parse_numbers(open_multipliers, "--open-multipliers"),
             max_new_tokens=max_new_tokens,
             judge=(
                 JudgeCfg(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -17,23 +17,12 @@ from steerlab.cli.options import (
     RayAddressOpt,
     ThreadsOpt,
     WorkersOpt,
+    parse_numbers,
 )
 
 
 def register(app: typer.Typer) -> None:
     app.command("classify")(classify_cmd)
-
-
-def _numbers(text: str, what: str, kind: type = float) -> list[Any]:
-    from steerlab.errors import SteerlabError
-
-    try:
-        values = [kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SteerlabError(f"{what} {text!r}: give numbers separated by commas") from None
-    if not values:
-        raise SteerlabError(f"{what} {text!r}: give numbers separated by commas")
-    return values
 
 
 def _task_ref(task: str) -> tuple[str, str]:
@@ -125,10 +114,10 @@ def classify_cmd(
         model=EvalModelCfg(name=model, backend=backend, chat=True),
         task=stored,
         task_sha256=digest,
-        layers=_numbers(layers, "--layers", int) if layers is not None else None,
+        layers=parse_numbers(layers, "--layers", int) if layers is not None else None,
         positions=positions,
         mode=mode,
-        strengths=_numbers(strengths, "--strengths"),
+        strengths=parse_numbers(strengths, "--strengths"),
         scale=scale,
         build_position=build_position,
         flip_sign=flip_sign,

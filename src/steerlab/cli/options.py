@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -101,3 +101,16 @@ JudgeBudgetOpt = Annotated[
         help="seconds one judge prompt may spend on retries and their waits, in all",
     ),
 ]
+
+
+def parse_numbers(text: str, what: str, kind: type = float) -> list[Any]:
+    """``"1,2,3"`` as numbers of ``kind``; one error naming the option ``what`` otherwise."""
+    from steerlab.errors import SteerlabError
+
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SteerlabError(f"{what} {text!r}: give numbers separated by commas") from None
+    if not values:
+        raise SteerlabError(f"{what} {text!r}: give numbers separated by commas")
+    return values
