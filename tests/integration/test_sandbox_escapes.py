@@ -1,7 +1,8 @@
 """Probe programs that try to get out of the sandbox's limits or read what they should not (the
 hardening round's 60 probes that got through, each now a test): new user namespaces and
 mounts, the kernel keyring, ptrace, memory outside the address-space limit (memfd, SysV shared
-memory), the base interpreter's third-party packages, and verdicts faked by leaving early.
+memory, forked children that each stay under it), the base interpreter's third-party packages,
+and verdicts faked by leaving early.
 
 One limit is documented rather than closed (see the README's sandbox section): the candidate and
 its tests run in one interpreter, so a program written to forge its verdict can reach the
@@ -9,13 +10,16 @@ runner's report channel; the last test keeps that probe and says what it shows."
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import os
 import textwrap
+import uuid
+from pathlib import Path
 
 import pytest
 
-from steerlab.execution import Limits, run_program
+from steerlab.execution import Limits, cgroup, run_program
 from steerlab.execution import sandbox as sb
 from steerlab.execution.seccomp import filter_program
 
@@ -173,6 +177,97 @@ def test_third_party_packages_are_out_of_reach_even_by_path() -> None:
         """
     )
     assert (status, out) == ("pass", "0")
+
+
+def _needs_cgroup() -> cgroup.Hierarchy:
+    h = cgroup.hierarchy()
+    if h is None:
+        pytest.skip(f"no writable cgroup here ({cgroup.unavailable_reason()})")
+    return h
+
+
+FORKED_CHILDREN = """
+import os, time
+kids = []
+for _ in range(7):
+    pid = os.fork()
+    if pid == 0:
+        held = b"\\x01" * (200 * 1024 * 1024)  # written, so resident: 200 MB a child
+        time.sleep(3)
+        os._exit(0)
+    kids.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in kids]
+print(codes)
+assert codes == [0] * 7, codes
+"""
+
+
+def test_forked_children_share_one_memory_limit() -> None:
+    """Each child stays under the 256 MB address-space limit; together they would hold 1.4 GB.
+    The sandbox's cgroup holds them all to 256 MB: the kernel kills children, and the program
+    ends ``oom``."""
+    _needs_cgroup()
+    result = run_program(FORKED_CHILDREN, Limits(wall_s=30.0, cpu_s=20.0, memory_mb=256))
+    assert result.status == "oom", result
+    assert "over the sandbox's memory limit of 256 MB (all its processes together)" in result.detail
+    codes = ast.literal_eval(result.stdout.strip())
+    assert len(codes) == 7 and codes.count(0) <= 1, codes  # one 200 MB child fits, two do not
+
+
+def _our_cgroups(h: cgroup.Hierarchy) -> list[str]:
+    prefix = f"steerlab-{os.getpid()}-"
+    parents = {h.memory, h.pids} - {None}
+    return [d.name for p in parents if p for d in Path(p).iterdir() if d.name.startswith(prefix)]
+
+
+def test_the_process_limit_holds_where_rlimit_nproc_does_not() -> None:
+    """Root ignores RLIMIT_NPROC, and unsafe mode keeps root: only the cgroup bounds the
+    processes there (the program's own ``nproc``, plus the harness's)."""
+    h = _needs_cgroup()
+    if os.geteuid() != 0 or h.pids is None:
+        pytest.skip("needs root (which RLIMIT_NPROC does not bind) and a pids controller")
+    src = (
+        "import threading, time\n"
+        "for _ in range(64):\n"
+        "    threading.Thread(target=time.sleep, args=(2,), daemon=True).start()\n"
+    )
+    result = run_program(src, Limits(wall_s=15.0, nproc=8), mode="unsafe")
+    assert result.status == "error", result
+    assert result.detail == (
+        "RuntimeError: can't start new thread (the sandbox's limit of 8 processes was reached)"
+    )
+
+
+def test_no_cgroup_and_no_process_is_left_behind() -> None:
+    """After a timeout in unsafe mode (no pid namespace), a daemon that left the session is
+    still in the cgroup, and is killed with it; the cgroup is removed."""
+    h = _needs_cgroup()
+    marker = f"steerlab-cgroup-daemon-{uuid.uuid4().hex}"
+    src = (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        os.closerange(0, 1024)\n"
+        f"        argv = [sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}]\n"
+        "        os.execv(sys.executable, argv)\n"
+        "    os._exit(0)\n"
+        "time.sleep(60)\n"
+    )
+    result = run_program(src, Limits(wall_s=2.0), mode="unsafe")
+    assert result.status == "timeout", result
+    assert _our_cgroups(h) == []
+    alive = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if marker.encode() in cmdline and state != "Z":
+                alive.append(entry)
+    assert alive == []
 
 
 HUMANEVAL_0_WRONG = """

@@ -9,6 +9,13 @@ virtual environment are absent. A Python install outside ``/usr`` (pyenv, conda,
 is bound read-only at ``/opt/python``. The runner (``_child.py``) sets the rlimits of
 :class:`Limits`, drops privileges and runs the program; it documents how outcomes are reported.
 
+Memory and processes are limited twice. Each process has ``RLIMIT_AS`` (a single large
+allocation is a ``MemoryError``, status ``oom``) and ``RLIMIT_NPROC``. Where a cgroup is writable
+(:mod:`steerlab.execution.cgroup`), the sandbox as a whole also gets its own cgroup, entered
+before bwrap starts: all its processes together stay under ``memory_mb`` (no swap) and
+``nproc`` processes; a program whose processes the kernel killed there ends ``oom``. Without a
+writable cgroup (logged once) a program that forks can use ``memory_mb`` in each process.
+
 * As root (CI, containers) bwrap makes no user namespace and the runner switches to an
   unprivileged uid/gid of its own, distinct for each sandbox this process runs at once, so
   ``RLIMIT_NPROC`` (counted per real uid) confines a fork bomb to its own sandbox; bwrap sets
@@ -19,8 +26,9 @@ is bound read-only at ``/opt/python``. The runner (``_child.py``) sets the rlimi
 
 The wall timer kills bwrap; ``--die-with-parent`` and the pid namespace take every process of
 the sandbox with it, detached or not. ``unsafe`` mode runs the same runner under the same rlimits
-with no namespaces and no uid change; only its process group is killed at the end, so a program
-that calls ``setsid`` can leave processes behind there.
+with no namespaces and no uid change; at the end its process group is killed, and with a cgroup
+every process left in it, so only without a cgroup can a program that calls ``setsid`` leave
+processes behind there.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from steerlab.errors import SteerlabError
+from steerlab.execution.cgroup import sandbox_cgroup
 from steerlab.execution.seccomp import filter_program
 
 STATUSES = ("pass", "fail", "error", "syntax_error", "timeout", "oom", "sandbox_error")
@@ -60,8 +69,10 @@ _READ = 65536
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-program limits. Memory is the address space (``RLIMIT_AS``) of each process;
-    ``file_size_mb`` bounds each file and also the private ``/tmp`` in total."""
+    """Per-program limits. ``memory_mb`` bounds the address space (``RLIMIT_AS``) of each
+    process and, where a cgroup is writable, the memory of all the program's processes together
+    (``nproc`` likewise); ``file_size_mb`` bounds each file and also the private ``/tmp`` in
+    total."""
 
     cpu_s: float = 10.0  # CPU seconds per process (RLIMIT_CPU), then status timeout
     wall_s: float = 20.0  # the whole sandbox is killed after this, status timeout
@@ -433,15 +444,22 @@ def run_program(source: str, limits: Limits = Limits(), mode: str = "bubblewrap"
             launch = _launch(mode, limits, stack)
         except SteerlabError as exc:
             return _harness_failure(str(exc))
+        try:
+            cg = stack.enter_context(sandbox_cgroup(limits.memory_mb, limits.nproc))
+        except SteerlabError as exc:
+            return _harness_failure(str(exc))
+        argv = launch.argv if cg is None else cg.launcher(launch.argv)
         pipe = os.pipe()
         stack.callback(os.close, pipe[0])
         cfg["status_fd"] = pipe[1]
         payload = json.dumps(cfg).encode() + b"\n" + source.encode("utf-8", "surrogatepass")
         try:
-            outcome = _communicate(launch, payload, pipe, limits)
+            outcome = _communicate(launch._replace(argv=argv), payload, pipe, limits)
         except OSError as exc:
             return _harness_failure(f"could not start {launch.argv[0]}: {exc}")
+        counts = (0, 0) if cg is None else (cg.oom_kills(), cg.refused_forks())
     status, detail = _classify(outcome, nonce, limits, bubblewrap=mode == "bubblewrap")
+    status, detail = _whole_sandbox(status, detail, limits, *counts)
     return ExecResult(
         status=status,
         detail=detail,
@@ -450,6 +468,23 @@ def run_program(source: str, limits: Limits = Limits(), mode: str = "bubblewrap"
         wall_s=outcome.wall_s,
         truncated=bool(outcome.stdout.dropped or outcome.stderr.dropped),
     )
+
+
+def _whole_sandbox(
+    status: str, detail: str, limits: Limits, oom_kills: int, refused_forks: int
+) -> tuple[str, str]:
+    """The verdict with what the sandbox's cgroup saw: processes the kernel killed for memory
+    make a failed program's status ``oom`` (a program that still passed keeps its pass); a fork
+    refused at the process limit is named in an error's detail."""
+    if oom_kills and status in ("fail", "error", "timeout", "oom"):
+        then = "" if status == "oom" else f"; then {status}: {detail}"
+        return "oom", (
+            f"the kernel killed {oom_kills} process(es) for going over the sandbox's memory limit "
+            f"of {limits.memory_mb} MB (all its processes together){then}"
+        )
+    if refused_forks and status == "error":
+        return status, f"{detail} (the sandbox's limit of {limits.nproc} processes was reached)"
+    return status, detail
 
 
 def _harness_failure(detail: str) -> ExecResult:
