@@ -50,8 +50,9 @@ def baseline_frame(passing: list[str], failing: list[str], extra: bool = True) -
 
 
 def write_baseline(path: Path, df: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(path, index=False)
+    from steerlab.pipelines.code.results import write_baseline as write
+
+    write(df, path)
     return path
 
 
@@ -213,6 +214,15 @@ def test_sae_that_does_not_fit_the_model_writes_nothing(
     with pytest.raises(SteerlabError, match="--position"):
         sae_features_cmd(sae="x", baseline=base, out=out, position="first", quiet=True)
     assert not out.exists()
+
+
+def test_a_baseline_from_before_format_stamps_is_refused(tmp_path: Path) -> None:
+    """Its statuses came from a sandbox that counted an early exit as a pass."""
+    path = tmp_path / "baseline.parquet"
+    baseline_frame(PASSING, FAILING).to_parquet(path, index=False)
+    with pytest.raises(SteerlabError, match="has no baseline format stamp") as e:
+        read_baseline(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
 
 
 def test_read_baseline_splits_by_status(tmp_path: Path) -> None:

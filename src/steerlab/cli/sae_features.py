@@ -65,6 +65,9 @@ def read_baseline(path: Path) -> Baseline:
             f"--baseline {path}: unknown status {unknown[0]!r} (expected one of "
             f"{', '.join(STATUSES)})"
         )
+    from steerlab.pipelines.code.results import check_baseline_format
+
+    check_baseline_format(path)  # labels from an earlier sandbox mean something else
     failing = [x for x in STATUSES if x not in (PASS, IGNORED)]
     prompts = df["prompt"]
     bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p]

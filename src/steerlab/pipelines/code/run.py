@@ -27,11 +27,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
-from steerlab._util.io import atomic_path, atomic_write_text
+from steerlab._util.io import atomic_write_text
 from steerlab.errors import SteerlabError
 from steerlab.pipelines._shared import ModelWorkflow, describe_model
 from steerlab.pipelines.code.config import NOISE, CodeConfig
-from steerlab.pipelines.code.results import baseline_path, load_baseline
+from steerlab.pipelines.code.results import (
+    baseline_path,
+    check_baseline_format,
+    load_baseline,
+    write_baseline,
+)
 from steerlab.runs.runner import Runtime
 from steerlab.runs.shards import stage_results
 
@@ -196,13 +201,19 @@ def _build_from_baseline(
 @dataclass(frozen=True)
 class Describe:
     """Runs on a worker: checks that every task's prompt and the token budget fit the model's
-    positions (before the run directory exists), then describes the model."""
+    positions and that the model has the sites vectors are read and applied at (before the run
+    directory exists), then describes the model."""
 
     cfg: CodeConfig
+    points: tuple[str, ...] = ()  # site points vectors are read or applied at
 
     def __call__(self, model: Model) -> dict[str, Any]:
         from steerlab.engine.generate import check_fits
+        from steerlab.sites import Site
         from steerlab.tasks.code import build_prompt
+
+        for point in self.points:  # resid_mid on a parallel-residual block, say
+            model.backend.check_site(Site(0, point))
 
         def chat(text: str) -> str:
             return model.format_prompt(text, chat=True)
@@ -225,7 +236,7 @@ class SelectCoefficients(ModelWorkflow[CodeConfig]):
 
     def describe(self) -> Any:
         assert self._cfg is not None  # check() runs first
-        return Describe(self._cfg)
+        return Describe(self._cfg, _site_points(self._cfg))
 
     def check(self, cfg: CodeConfig, stages: Sequence[str]) -> None:
         self._cfg = cfg
@@ -284,6 +295,21 @@ class SelectCoefficients(ModelWorkflow[CodeConfig]):
 # ----------------------------------------------------------------------------- stages
 
 
+def _site_points(cfg: CodeConfig) -> tuple[str, ...]:
+    """The site points the run reads vectors at (``--vector-from-baseline``) and applies them at
+    (``--hook-point``, else each vector's own)."""
+    from steerlab.sites import parse_point
+
+    points = set()
+    if cfg.hook_point is not None:
+        points.add(parse_point(cfg.hook_point)[1])
+    else:
+        points |= {_load_vector(ref.path).hook_point for ref in cfg.vectors}
+    if cfg.from_baseline is not None:  # read there, and applied there without --hook-point
+        points.add(cfg.from_baseline.hook_point)
+    return tuple(sorted(points))
+
+
 def _load_vector(path: str) -> SteeringVector:
     from steerlab.vectors import SteeringVector
 
@@ -325,6 +351,7 @@ def _read_baseline(path: Path, cfg: CodeConfig) -> pd.DataFrame:
     if unknown:
         raise SteerlabError(f"--baseline {path}: task {unknown[0]!r} is not in {cfg.tasks}")
     _check_baseline_run(path, cfg)
+    check_baseline_format(path)
     return df
 
 
@@ -370,8 +397,7 @@ def baseline_stage(rt: Runtime[CodeConfig]) -> None:
         rt.map("baseline", rows, Generate(cfg), cfg.shard_size)
         df = stage_results(rt.run.path, "baseline")
         source = "generated"
-    with atomic_path(out) as tmp:
-        df.to_parquet(tmp, index=False)
+    write_baseline(df, out)
     n_pass = int((df["status"] == "pass").sum())
     logger.info("baseline: %d of %d tasks pass (%s)", n_pass, len(df), source)
     rt.run.update_json("manifest.json", baseline={"source": source, "n": len(df), "pass": n_pass})
