@@ -389,7 +389,7 @@ def hierarchy() -> Hierarchy | None:
                     why,
                 )
             else:
-                logger.info("code sandbox limits: %s", h.describe())
+                logger.debug("code sandbox limits: %s", h.describe())
             _setup = (h, why)
         return _setup[0]
 
