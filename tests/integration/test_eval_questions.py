@@ -1,7 +1,8 @@
 """``steerlab eval-questions`` end to end on tiny-llama: every (question x paraphrase x sample x
 steering config) row once, the baseline unaffected by steered rows in the same batches, a
 sample's seed shared across configs, the judge joined and cached, resume after SIGKILL, and the
-outputs (results, summary with shifts, report, plot)."""
+outputs (results, summary with shifts, report, plot), and hostile judge endpoints inside a
+whole run (hanging, trickling, Retry-After of hours, redirects, replies that are not scores)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Reply, completion, logprobs_reply, score_from_prompt
 
 from steerlab.cli import main
 
@@ -200,3 +202,151 @@ def test_unknown_question_type_is_one_line(tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "multiple_choice" in err[0] and "wish_json" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+# ---- hostile judge endpoints inside a whole run ------------------------------------------------
+
+HOSTILE = ["--judge-timeout", "0.5", "--judge-retries", "2", "--judge-retry-budget", "3"]
+
+
+def _judged(tmp_path: Path, url: str, *extra: str) -> tuple[list[str], Path]:
+    q, _ = _files(tmp_path)
+    out = tmp_path / "hostile"
+    args = _args(q, out, "--judge-url", url, "--judge-model", "fake-judge", *extra)
+    return args, out
+
+
+def _failed_once(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[str, float]:
+    """Run ``args``, which must fail with exit 2 and one ``error:`` line; that line and the
+    seconds it took."""
+    capsys.readouterr()
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert e.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    return errors[0], took
+
+
+def _generated(out: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in (out / "parts" / "generate").glob("*.parquet")}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("reply", "needle"),
+    [
+        (Reply(delay_s=2.5), "did not answer within 0.5 s"),
+        (Reply(body=logprobs_reply({"50": 1.0}).body, trickle_s=0.05), "within 0.5 s"),
+        (Reply(status=503, body="busy", headers={"Retry-After": "86400"}), "asked to wait 86400 s"),
+        (
+            Reply(
+                status=429, body="slow", headers={"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}
+            ),
+            "retry budget is 3 s",
+        ),
+        (Reply(status=302, body="", headers={"Location": "http://elsewhere/v1"}), "redirected"),
+    ],
+    ids=["hangs", "trickles", "retry-after-a-day", "retry-after-a-date", "redirects"],
+)
+def test_a_judge_that_fails_stops_the_run_in_bounded_time_and_a_rerun_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], reply: Reply, needle: str
+) -> None:
+    """The answers are generated once; the judge's failure is one line, within the configured
+    timeout and retry budget (not the server's hours); a rerun against a working judge reuses
+    the answers and judges them."""
+    with FakeOpenAI() as fake:
+        fake.respond = lambda body: reply
+        args, out = _judged(tmp_path, fake.url, *HOSTILE)
+        line, took = _failed_once(capsys, args)
+        first_requests = len(fake.requests)
+    assert needle in line and fake.url in line, line
+    assert took < 60, took  # model load, generation, then at most the retry budget per prompt
+    assert first_requests <= 3 * 8  # attempts (1 + retries) x prompts, never more
+    generated = _generated(out)
+    assert generated and not (out / "results.parquet").exists()
+    with FakeOpenAI() as good:
+        args[args.index("--judge-url") + 1] = good.url
+        _cli(args)
+    assert _generated(out) == generated  # nothing generated again
+    df = pd.read_parquet(out / "results.parquet")
+    assert len(df) == 8 and (df.judge_aligned_kind == "score").all()
+
+
+@pytest.mark.timeout(300)
+def test_answers_judged_before_a_failure_stay_cached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One prompt at a time: the judge answers three, then hangs; the rerun sends only the
+    rest."""
+    with FakeOpenAI() as fake:
+        answered: list[int] = []
+
+        def respond(body: dict[str, Any]) -> Reply:
+            if len(answered) >= 3:
+                return Reply(delay_s=2.0)
+            answered.append(1)
+            return score_from_prompt(body)
+
+        fake.respond = respond
+        args, out = _judged(tmp_path, fake.url, *HOSTILE, "--judge-concurrency", "1")
+        line, _ = _failed_once(capsys, args)
+    assert "did not answer within 0.5 s" in line
+    cached = (out / "judge_cache.jsonl").read_text().splitlines()
+    assert len(cached) == 3
+    with FakeOpenAI() as good:
+        args[args.index("--judge-url") + 1] = good.url
+        _cli(args)
+        assert len(good.requests) == 8 - 3
+    assert (pd.read_parquet(out / "results.parquet").judge_aligned_kind == "score").all()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "reply",
+    [
+        logprobs_reply({"150": 0.9, "20": 0.1}),
+        logprobs_reply({"200": 1.0}),
+        Reply(
+            body=completion(
+                "80",
+                {"content": [{"token": "80", "logprob": float("nan"), "top_logprobs": []}]},
+            )
+        ),
+        Reply(
+            body=completion(
+                "80",
+                {
+                    "content": [
+                        {
+                            "token": "80",
+                            "logprob": -0.1,
+                            "top_logprobs": [
+                                {"token": "80", "logprob": 0.5},
+                                {"token": "20", "logprob": -2.0},
+                            ],
+                        }
+                    ]
+                },
+            )
+        ),
+    ],
+    ids=["score-150", "score-200", "nan-logprob", "positive-logprob"],
+)
+def test_a_judge_reply_that_is_not_a_score_is_recorded_per_row(
+    tmp_path: Path, reply: Reply
+) -> None:
+    """Scores outside 0-100 and logprobs that are not log-probabilities are not scores: the run
+    finishes, each row records ``unparsed`` with no score, and the summary counts no values."""
+    with FakeOpenAI() as fake:
+        fake.respond = lambda body: reply
+        args, out = _judged(tmp_path, fake.url)
+        _cli(args)
+    df = pd.read_parquet(out / "results.parquet")
+    assert len(df) == 8
+    assert (df.judge_aligned_kind == "unparsed").all() and df.judge_aligned.isna().all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary[summary.metric == "judge_aligned"].n == 0).all()
+    assert (out / "report.md").is_file()

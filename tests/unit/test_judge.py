@@ -398,6 +398,23 @@ def test_retry_after_of_hours_stops_at_the_retry_budget(
     assert sleeps == [] and len(fake.requests) == 1  # waiting an hour would break the budget
 
 
+def test_retry_after_beyond_the_budget_ends_at_once_even_with_capped_waits(
+    fake: FakeOpenAI, sleeps: list[float]
+) -> None:
+    """With the command line's defaults (waits capped at 60 s, a 600 s budget) a server asking
+    for a day used to get four retries a minute apart; what it asked is past the budget."""
+    headers = {"Retry-After": "86400"}
+    fake.respond = lambda body: Reply(status=503, body="busy", headers=headers)
+    with pytest.raises(JudgeError) as exc:
+        one(fake, max_retries=4, max_backoff_s=60.0, max_total_s=600.0)
+    assert "the server asked to wait 86400 s" in str(exc.value)
+    assert sleeps == [] and len(fake.requests) == 1
+    headers["Retry-After"] = "2"  # within the budget: waited as asked
+    fake.script = [Reply(status=503, body="busy", headers=headers)]
+    fake.respond = lambda body: logprobs_reply({"50": 1.0})
+    assert one(fake, max_backoff_s=60.0).score == 50.0 and sleeps == [2.0]
+
+
 @pytest.mark.parametrize(
     "dist",
     [{"150": 0.9, "20": 0.1}, {"200": 1.0}],

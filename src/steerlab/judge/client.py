@@ -67,9 +67,10 @@ class JudgeConfig:
     reading the whole reply (a server that trickles bytes is cut off). A failed attempt is retried
     up to ``max_retries`` times, after ``backoff_s * 2**attempt`` seconds with jitter, or after
     the server's ``Retry-After``; either wait is capped at ``max_backoff_s``, and no retry starts
-    once one prompt has used ``max_total_s`` (its retry budget). A redirect is an error naming
-    where it points (a POST must not silently become a GET elsewhere). ``cache_path`` is a JSONL
-    file (None = no cache on disk).
+    that would take one prompt past ``max_total_s`` (its retry budget), counting a
+    ``Retry-After`` at its full length (a server that asks for hours ends the prompt at once).
+    A redirect is an error naming where it points (a POST must not silently become a GET
+    elsewhere). ``cache_path`` is a JSONL file (None = no cache on disk).
     """
 
     url: str
@@ -332,11 +333,19 @@ class Judge:
             if attempt + 1 < attempts:
                 wait = _retry_delay(self.cfg, attempt, retry_after, self._rng.random())
                 spent = time.monotonic() - start
-                if spent + wait > self.cfg.max_total_s:
+                # a server that asks for more time than the budget has left will not answer
+                # within it: retrying sooner (the wait is capped) would only ignore what it said
+                asked = retry_after if retry_after is not None else wait
+                if spent + max(wait, asked) > self.cfg.max_total_s:
+                    why = (
+                        f"the server asked to wait {asked:.0f} s"
+                        if retry_after is not None
+                        else f"the next wait was {wait:.0f} s"
+                    )
                     raise JudgeError(
                         f"judge endpoint {url} {failure}; gave up after {attempt + 1} "
                         f"attempt(s) and {spent:.0f} s (the retry budget is "
-                        f"{self.cfg.max_total_s:g} s a prompt; the next wait was {wait:.0f} s)"
+                        f"{self.cfg.max_total_s:g} s a prompt; {why})"
                     )
                 _sleep(wait)
         raise JudgeError(f"judge endpoint {url} {failure} on all {attempts} attempt(s)")
