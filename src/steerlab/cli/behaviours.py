@@ -14,12 +14,16 @@ from steerlab.cli.options import (
     BackendOpt,
     ExecutorOpt,
     JudgeBudgetOpt,
+    JudgeKeyEnvOpt,
+    JudgeModelOpt,
     JudgeRetriesOpt,
     JudgeTimeoutOpt,
+    JudgeUrlOpt,
     QuietOpt,
     RayAddressOpt,
     ThreadsOpt,
     WorkersOpt,
+    judge_cfg,
     parse_numbers,
 )
 
@@ -121,13 +125,9 @@ def behaviours_cmd(
         float, typer.Option(help="JSONL data: the fraction of items scored (the rest build)")
     ] = 0.5,
     split_seed: Annotated[int, typer.Option(min=0, help="JSONL data: the split's seed")] = 0,
-    judge_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible base URL of a judge for open-ended")
-    ] = None,
-    judge_model: Annotated[str | None, typer.Option(help="the judge model's name")] = None,
-    judge_key_env: Annotated[
-        str, typer.Option(help="environment variable holding the judge's API key")
-    ] = "OPENAI_API_KEY",
+    judge_url: JudgeUrlOpt = None,
+    judge_model: JudgeModelOpt = None,
+    judge_key_env: JudgeKeyEnvOpt = "OPENAI_API_KEY",
     judge_timeout: JudgeTimeoutOpt = 60.0,
     judge_retries: JudgeRetriesOpt = 4,
     judge_retry_budget: JudgeBudgetOpt = 600.0,
@@ -142,7 +142,6 @@ def behaviours_cmd(
     the test items scored at every layer x multiplier (P(matching) and logit difference),
     steerability with CIs, anti-steerable items, prompt shifts, the sign check, plots and a
     report."""
-    from steerlab.errors import SteerlabError
     from steerlab.pipelines.behaviours.config import BehavioursConfig, EvalModelCfg, JudgeCfg
     from steerlab.pipelines.behaviours.run import Behaviours
     from steerlab.runs.executor import ExecutorSpec
@@ -150,8 +149,15 @@ def behaviours_cmd(
 
     logging.getLogger("steerlab").setLevel(logging.INFO)
     spec = ExecutorSpec(executor, ray_address, workers, threads_per_worker)  # type: ignore[arg-type]
-    if (judge_url is None) != (judge_model is None):
-        raise SteerlabError("--judge-url and --judge-model go together")
+    judge = judge_cfg(
+        JudgeCfg,
+        judge_url,
+        judge_model,
+        judge_key_env,
+        judge_timeout,
+        judge_retries,
+        judge_retry_budget,
+    )
     keep = _names(behaviours, "--behaviours")
     stored, digest = _data_ref(data, keep, test_fraction, split_seed)
     shift_list = [] if shifts.strip() == "none" else _names(shifts, "--shifts")
@@ -175,18 +181,7 @@ def behaviours_cmd(
             open_ended=open_ended,
             open_multipliers=parse_numbers(open_multipliers, "--open-multipliers"),
             max_new_tokens=max_new_tokens,
-            judge=(
-                JudgeCfg(
-                    url=judge_url,
-                    model=judge_model,
-                    api_key_env=judge_key_env,
-                    timeout_s=judge_timeout,
-                    max_retries=judge_retries,
-                    max_total_s=judge_retry_budget,
-                )
-                if judge_url is not None and judge_model is not None
-                else None
-            ),
+            judge=judge,
             batch_size=batch_size,
         ),
         "behaviours",

@@ -1,9 +1,11 @@
-"""Command-line option types shared by the command modules of :mod:`steerlab.cli`, and
-:func:`model_from_options`, which loads the model those options name (lazily: no torch here)."""
+"""Command-line option types shared by the command modules of :mod:`steerlab.cli`;
+:func:`model_from_options`, which loads the model those options name (lazily: no torch here);
+:func:`judge_cfg`, the judge options as a run config's judge; :func:`parse_numbers`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -11,6 +13,8 @@ from steerlab.backends.registry import BACKENDS, unknown_backend
 
 if TYPE_CHECKING:
     from steerlab.models import Model
+
+T = TypeVar("T")
 
 
 def _known_backend(value: str) -> str:
@@ -84,6 +88,16 @@ def model_from_options(
     return load_model(model, device=device, dtype=dtype, chat=chat, backend=backend)
 
 
+# The judge's options, the same on every command that can call a judge; judge_cfg builds them.
+JudgeUrlOpt = Annotated[
+    str | None,
+    typer.Option(help="the judge: an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"),
+]
+JudgeModelOpt = Annotated[str | None, typer.Option(help="the judge model's name")]
+JudgeKeyEnvOpt = Annotated[
+    str, typer.Option(help="environment variable holding the judge's API key")
+]
+JudgeConcurrencyOpt = Annotated[int, typer.Option(min=1, help="judge requests at once")]
 JudgeTimeoutOpt = Annotated[
     float,
     typer.Option(
@@ -101,6 +115,38 @@ JudgeBudgetOpt = Annotated[
         help="seconds one judge prompt may spend on retries and their waits, in all",
     ),
 ]
+
+
+def judge_cfg(
+    cfg_type: Callable[..., T],
+    url: str | None,
+    model: str | None,
+    key_env: str,
+    timeout_s: float,
+    retries: int,
+    retry_budget_s: float,
+    concurrency: int | None = None,
+) -> T | None:
+    """The run config's judge (a ``cfg_type``, the workflow's ``JudgeCfg``) from the judge
+    options, None without ``--judge-url``; one error line when only one of ``--judge-url`` and
+    ``--judge-model`` is given, or a value is out of range. ``concurrency`` None: the config's
+    default."""
+    from steerlab.errors import SteerlabError
+
+    if (url is None) != (model is None):
+        raise SteerlabError("--judge-url and --judge-model go together")
+    if url is None or model is None:
+        return None
+    extra = {} if concurrency is None else {"concurrency": concurrency}
+    return cfg_type(
+        url=url,
+        model=model,
+        api_key_env=key_env,
+        timeout_s=timeout_s,
+        max_retries=retries,
+        max_total_s=retry_budget_s,
+        **extra,
+    )
 
 
 def parse_numbers(text: str, what: str, kind: type = float) -> list[Any]:

@@ -14,12 +14,17 @@ from steerlab.cli.options import (
     BackendOpt,
     ExecutorOpt,
     JudgeBudgetOpt,
+    JudgeConcurrencyOpt,
+    JudgeKeyEnvOpt,
+    JudgeModelOpt,
     JudgeRetriesOpt,
     JudgeTimeoutOpt,
+    JudgeUrlOpt,
     QuietOpt,
     RayAddressOpt,
     ThreadsOpt,
     WorkersOpt,
+    judge_cfg,
 )
 
 
@@ -63,17 +68,13 @@ def eval_questions_cmd(
         int, typer.Option(min=1, help="rows per part file (the unit of resume)")
     ] = 64,
     chat: Annotated[bool, typer.Option(help="format questions with the chat template")] = True,
-    judge_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    ] = None,
-    judge_model: Annotated[str | None, typer.Option(help="the judge model's name")] = None,
-    judge_key_env: Annotated[
-        str, typer.Option(help="environment variable holding the judge's API key")
-    ] = "OPENAI_API_KEY",
+    judge_url: JudgeUrlOpt = None,
+    judge_model: JudgeModelOpt = None,
+    judge_key_env: JudgeKeyEnvOpt = "OPENAI_API_KEY",
     judge_timeout: JudgeTimeoutOpt = 60.0,
     judge_retries: JudgeRetriesOpt = 4,
     judge_retry_budget: JudgeBudgetOpt = 600.0,
-    judge_concurrency: Annotated[int, typer.Option(min=1)] = 8,
+    judge_concurrency: JudgeConcurrencyOpt = 8,
     quiet: QuietOpt = False,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
@@ -82,7 +83,6 @@ def eval_questions_cmd(
 ) -> None:
     """Ask every question N times, unsteered and under each steering config, in shared batches;
     score with rule-based metrics and, with --judge-url/--judge-model, an LLM judge."""
-    from steerlab.errors import SteerlabError
     from steerlab.pipelines.questions.config import (
         EvalConfig,
         EvalGenerationCfg,
@@ -97,8 +97,16 @@ def eval_questions_cmd(
     from steerlab.runs.runner import execute
 
     logging.getLogger("steerlab").setLevel(logging.INFO)
-    if (judge_url is None) != (judge_model is None):
-        raise SteerlabError("--judge-url and --judge-model go together")
+    judge = judge_cfg(
+        JudgeCfg,
+        judge_url,
+        judge_model,
+        judge_key_env,
+        judge_timeout,
+        judge_retries,
+        judge_retry_budget,
+        judge_concurrency,
+    )
     spec = ExecutorSpec(executor, ray_address, workers, threads_per_worker)  # type: ignore[arg-type]
     qpath, qhash = file_ref("questions", questions, "--questions")
     cfg = EvalConfig(
@@ -115,19 +123,7 @@ def eval_questions_cmd(
             batch_size=batch_size,
         ),
         shard_size=shard_size,
-        judge=(
-            JudgeCfg(
-                url=judge_url,
-                model=judge_model,
-                api_key_env=judge_key_env,
-                timeout_s=judge_timeout,
-                max_retries=judge_retries,
-                max_total_s=judge_retry_budget,
-                concurrency=judge_concurrency,
-            )
-            if judge_url is not None and judge_model is not None
-            else None
-        ),
+        judge=judge,
     )
     run = execute(EvalQuestions(), cfg, executor=spec, progress=not quiet)
     typer.echo(f"run directory: {run.path}")
