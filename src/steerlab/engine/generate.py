@@ -105,7 +105,11 @@ def _check_seeds(rows: Sequence[Row]) -> None:
 
 def model_max_positions(model: Model) -> int | None:
     """How many positions (prompt + generated tokens) the model was built for, from its config
-    (``max_position_embeddings``, or ``n_positions`` on GPT-2); None when unknown."""
+    (``max_position_embeddings``, or ``n_positions`` on GPT-2), or the length its engine serves
+    (vLLM's ``max_model_len``); None when unknown."""
+    served = getattr(model.backend, "max_model_len", None)
+    if isinstance(served, int) and served > 0:
+        return served
     config = getattr(model.hf, "config", None)
     for name in ("max_position_embeddings", "n_positions"):
         value = getattr(config, name, None)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from steerlab.backends.base import SiteFn
+from steerlab.backends.base import Backend, SiteFn
 from steerlab.engine.batch import left_pad
 from steerlab.engine.forward import local_backend, steered_forward
 from steerlab.engine.generate import model_max_positions
+from steerlab.engine.runner import runner_for
 from steerlab.errors import SteerlabError
 from steerlab.models import Model
 from steerlab.sites import Site, parse_point
@@ -71,6 +72,8 @@ def record(
     sites = {layer: Site(layer, point) for layer in layers}
     for site in sites.values():
         model.backend.check_site(site)
+    if not isinstance(model.backend, Backend):  # an engine of its own (vLLM): its workers read
+        return _record_in_engine(model, sequences, positions, sites, batch_size)
     deepest = max(sites.values(), key=lambda s: s.order)
     backend = local_backend(model)
     dev = model.device
@@ -108,6 +111,32 @@ def record(
         acts={k: torch.cat(v) for k, v in acts.items()},
         norms={k: torch.cat(v) for k, v in norms.items()},
     )
+
+
+def _weights(seq: Sequence[int], pos: Sequence[int], i: int) -> dict[int, float]:
+    """``{token index: 1/k}`` for the k chosen positions of sequence ``i`` (negative indices count
+    from its end)."""
+    idx = [p if p >= 0 else len(seq) + p for p in pos]
+    if not idx or any(not 0 <= p < len(seq) for p in idx):
+        raise SteerlabError(f"sequence {i}: positions {list(pos)} out of range")
+    out: dict[int, float] = {}
+    for p in idx:
+        out[p] = out.get(p, 0.0) + 1.0 / len(idx)
+    return out
+
+
+def _record_in_engine(
+    model: Model,
+    sequences: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+    sites: dict[int, Site],
+    batch_size: int,
+) -> Recording:
+    weights = [_weights(s, p, i) for i, (s, p) in enumerate(zip(sequences, positions, strict=True))]
+    acts, norms = runner_for(model).record_means(
+        sequences, weights, list(sites.values()), batch_size
+    )
+    return Recording(acts={k: acts[k] for k in sites}, norms={k: norms[k] for k in sites})
 
 
 def _grab(sink: dict[int, torch.Tensor], layer: int) -> SiteFn:

@@ -15,6 +15,7 @@ import torch
 from steerlab.engine.rows import GenerationConfig, OnFinish, Request, RowResult
 from steerlab.errors import SteerlabError
 from steerlab.interventions import Intervention
+from steerlab.sites import Site
 
 #: ``(indices, logp)``: a batch of prompts and their (b, V) float32 next-token log-probabilities
 ScoreBatches = Iterator[tuple[list[int], torch.Tensor]]
@@ -49,3 +50,16 @@ class Runner(abc.ABC):
         next-token log-probabilities after prompt ``encoded[i]`` steered by
         ``interventions[i]``."""
         raise SteerlabError(f"the {self.name} runner cannot score next-token logits")
+
+    def record_means(
+        self,
+        sequences: Sequence[Sequence[int]],
+        weights: Sequence[dict[int, float]],
+        sites: Sequence[Site],
+        batch_size: int,
+    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """Weighted sums of activations per sequence at each site (unsteered): ``weights[i]``
+        maps token indices of ``sequences[i]`` to weights; returns ``(acts, norms)`` by layer,
+        (N, d_model) and (N,) float32 on the CPU (the local loops record through
+        :mod:`steerlab.engine.record` instead)."""
+        raise SteerlabError(f"the {self.name} runner cannot record activations")

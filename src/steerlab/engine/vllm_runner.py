@@ -37,6 +37,7 @@ from steerlab.engine.vllm_worker import EXTRA_KEY
 from steerlab.errors import SteerlabError
 from steerlab.interventions import Intervention, feature_of
 from steerlab.models import Model
+from steerlab.sites import Site
 
 _IDS = itertools.count()
 
@@ -77,9 +78,11 @@ class VLLMRunner(Runner):
         config: GenerationConfig,
         want_logp: bool,
         on_finish: OnFinish | None,
-    ) -> tuple[list[RowResult], dict[int, Any]]:
-        from vllm import SamplingParams
+        read: tuple[list[Site], list[dict[int, float]]] | None = None,
+    ) -> tuple[list[RowResult], dict[int, Any], Any]:
         from vllm.inputs import TokensPrompt
+
+        from vllm import SamplingParams
 
         rows = [list(r.interventions) for r in requests] + [[]]  # last row: nobody's
         plan: SteeringPlan = compile_plan(self.model, rows, device=torch.device("cpu"))
@@ -89,7 +92,11 @@ class VLLMRunner(Runner):
         results: list[RowResult | None] = [None] * len(requests)
         logps: dict[int, Any] = {}
         ids: dict[str, int] = {}
-        self.llm.collective_rpc("steerlab_begin", args=(call, pickle.dumps(plan), want_logp))
+        spec = None
+        if read is not None:  # rows by request index
+            spec = pickle.dumps((read[0], dict(enumerate(read[1]))))
+        self.llm.collective_rpc("steerlab_begin", args=(call, pickle.dumps(plan), want_logp, spec))
+        recorded = None
         try:
             for i, req in enumerate(requests):
                 params = SamplingParams(
@@ -103,7 +110,8 @@ class VLLMRunner(Runner):
                     extra_args={EXTRA_KEY: [call, i]},
                 )
                 prompt = TokensPrompt(prompt_token_ids=list(req.ids))
-                salt = steering_salt(req.interventions)
+                # a recorded prompt is computed in full: no cached block may stand in for it
+                salt = f"{call}-{i}" if read is not None else steering_salt(req.interventions)
                 if salt is not None:
                     prompt["cache_salt"] = salt
                 rid = f"steerlab-{next(_IDS)}"
@@ -130,11 +138,15 @@ class VLLMRunner(Runner):
                     finished.append(res)
                 if on_finish is not None:
                     on_finish(idx, finished)
+            if read is not None:
+                recorded = pickle.loads(
+                    self.llm.collective_rpc("steerlab_recorded", args=(call,))[0]
+                )
         finally:
             if engine.has_unfinished_requests():
                 engine.abort_request(list(ids))
             self.llm.collective_rpc("steerlab_end", args=(call,))
-        return [r for r in results if r is not None], logps
+        return [r for r in results if r is not None], logps, recorded
 
     def _result(
         self, req: Request, out: Any, st: Any, eos: set[int], config: GenerationConfig
@@ -168,7 +180,7 @@ class VLLMRunner(Runner):
     ) -> list[RowResult]:
         if not requests:
             return []
-        results, _ = self._run(requests, config, False, on_finish)
+        results, _, _ = self._run(requests, config, False, on_finish)
         if stats is not None:
             stats["rows"] = len(requests)
             stats["tokens_generated"] = sum(len(r.token_ids) for r in results)
@@ -186,8 +198,33 @@ class VLLMRunner(Runner):
         for start in range(0, len(encoded), max(1, batch_size) * 8):
             idx = list(range(start, min(len(encoded), start + max(1, batch_size) * 8)))
             requests = [Request(list(encoded[i]), tuple(interventions[i]), 0, 1) for i in idx]
-            _, logps = self._run(requests, config, True, None)
+            _, logps, _ = self._run(requests, config, True, None)
             rows = [logps[j] for j in range(len(idx))]
             if any(r is None for r in rows):
                 raise SteerlabError("the vllm runner got no next-token distribution for a prompt")
             yield idx, torch.stack(rows)
+
+    def record_means(
+        self,
+        sequences: Sequence[Sequence[int]],
+        weights: Sequence[dict[int, float]],
+        sites: Sequence[Site],
+        batch_size: int,
+    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        config = GenerationConfig(max_new_tokens=1, stop_at_eos=False)
+        acts: dict[int, list[torch.Tensor]] = {s.layer: [] for s in sites}
+        norms: dict[int, list[torch.Tensor]] = {s.layer: [] for s in sites}
+        step = max(1, batch_size) * 8
+        for start in range(0, len(sequences), step):
+            chunk = range(start, min(len(sequences), start + step))
+            requests = [Request(list(sequences[i]), (), 0, 1) for i in chunk]
+            _, _, (a, n) = self._run(
+                requests, config, False, None, read=(list(sites), [weights[i] for i in chunk])
+            )
+            for s in sites:
+                acts[s.layer].append(a[s.layer][: len(chunk)])
+                norms[s.layer].append(n[s.layer][: len(chunk)])
+        return (
+            {k: torch.cat(v) for k, v in acts.items()},
+            {k: torch.cat(v) for k, v in norms.items()},
+        )

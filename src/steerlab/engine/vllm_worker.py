@@ -75,11 +75,17 @@ class _Call:
         self._logp: torch.Tensor | None = None
         self._entropy: torch.Tensor | None = None
         self._undo: list[Callable[[], None]] = []
+        #: recording: the sites read, each row's {absolute position: weight}, and the sums
+        self.read: tuple[Site, ...] = ()
+        self.read_weights: dict[int, dict[int, float]] = {}
+        self.weight: torch.Tensor | None = None  # (N,) each fed token's weight in its row's mean
+        self.acts: dict[int, torch.Tensor] = {}  # layer -> (rows, d) float32
+        self.norms: dict[int, torch.Tensor] = {}  # layer -> (rows,)
 
     # ------------------------------------------------------------------ install / remove
     def install(self) -> None:
         try:
-            for site in self.plan.sites:
+            for site in sorted(set(self.plan.sites) | set(self.read), key=lambda s: s.order):
                 self._hook(site)
             self._wrap_forward()
             self._hook_sampler()
@@ -152,31 +158,53 @@ class _Call:
         pos = positions.to("cpu", torch.long)
         row = torch.full((n,), self.null, dtype=torch.long)
         plen = torch.zeros(n, dtype=torch.long)
+        weight = torch.zeros(n) if self.read else None
         self.sample_rows = []
         for i, req_id in enumerate(batch.req_ids[:n_reqs]):
             r, n_prompt = self._row_of(req_id)
             a, b = starts[i], starts[i + 1]
             row[a:b] = r
             plen[a:b] = n_prompt
+            wanted = self.read_weights.get(r)
+            if weight is not None and wanted:
+                for t, p in enumerate(pos[a:b].tolist()):
+                    weight[a + t] = wanted.get(p, 0.0)
             # the token sampled after this step's last token of the request, as an index among
             # the generated tokens (negative: a prompt chunk whose sample vLLM discards)
             self.sample_rows.append((r, int(pos[b - 1]) + 1 - n_prompt if b > a else -1))
         device = positions.device
         self.row = row.to(device)
         self.rel = (pos - plen).to(device)
+        self.weight = None if weight is None else weight.to(device)
 
     # ------------------------------------------------------------------ the edits
     def _apply(self, site: Site, h: torch.Tensor) -> torch.Tensor:
         row, rel = self.row, self.rel
         if row is None or rel is None or row.shape[0] != h.shape[0]:
             raise RuntimeError(f"steerlab: {site.name} ran before the batch was located")
-        out = self.plan.apply_tokens(site, h, row, rel)
-        bad = ~torch.isfinite(out.float().pow(2).sum(-1))  # (N,)
-        if bool(bad.any()):
-            for r in row[bad].unique().tolist():
-                if r != self.null:
-                    self.stats.setdefault(int(r), _RowStats()).overflow = True
+        out = h
+        if site in self.plan.sites:
+            out = self.plan.apply_tokens(site, h, row, rel)
+            bad = ~torch.isfinite(out.float().pow(2).sum(-1))  # (N,)
+            if bool(bad.any()):
+                for r in row[bad].unique().tolist():
+                    if r != self.null:
+                        self.stats.setdefault(int(r), _RowStats()).overflow = True
+        if site in self.read and self.weight is not None:
+            self._accumulate(site.layer, out, row, self.weight)
         return out
+
+    def _accumulate(
+        self, layer: int, h: torch.Tensor, row: torch.Tensor, weight: torch.Tensor
+    ) -> None:
+        """Add each token's weighted activation and norm to its row's sums at ``layer``."""
+        rows = self.plan.batch_size
+        if layer not in self.acts:
+            self.acts[layer] = torch.zeros(rows, h.shape[-1], device=h.device)
+            self.norms[layer] = torch.zeros(rows, device=h.device)
+        x = h.float()
+        self.acts[layer].index_add_(0, row, weight[:, None] * x)
+        self.norms[layer].index_add_(0, row, weight * x.norm(dim=-1))
 
     def _steer_tensor(self, site: Site, out: Any) -> Any:
         if isinstance(out, torch.Tensor):
@@ -317,8 +345,11 @@ class SteeringExtension:
             "model_type": str(getattr(cfg, "model_type", "")),
         }
 
-    def steerlab_begin(self, call: str, plan: bytes, want_logp: bool) -> None:
-        """Start steering ``call``'s requests with the pickled plan (see the module doc)."""
+    def steerlab_begin(
+        self, call: str, plan: bytes, want_logp: bool, read: bytes | None = None
+    ) -> None:
+        """Start steering ``call``'s requests with the pickled plan (see the module doc).
+        ``read``: pickled ``(sites, {row: {absolute position: weight}})`` to record."""
         self.steerlab_end(None)
         runner, layers = self._steerlab_parts()
         compiled = pickle.loads(plan)
@@ -326,8 +357,19 @@ class SteeringExtension:
             raise RuntimeError("steerlab: the plan did not arrive")
         state = _Call(runner, layers, call, compiled.to(runner.device))
         state.want_logp = want_logp
+        if read is not None:
+            sites, weights = pickle.loads(read)
+            state.read, state.read_weights = tuple(sites), dict(weights)
         state.install()
         self._steerlab_call = state
+
+    def steerlab_recorded(self, call: str) -> bytes:
+        """The recorded sums, pickled: ``({layer: (rows, d)}, {layer: (rows,)})`` on the CPU."""
+        state = self._steerlab_call
+        if state is None or state.call != call:
+            return pickle.dumps(({}, {}))
+        acts = {k: v.cpu() for k, v in state.acts.items()}
+        return pickle.dumps((acts, {k: v.cpu() for k, v in state.norms.items()}))
 
     def steerlab_take(self, call: str, rows: list[int]) -> bytes:
         """Hand over (and forget) the sampled-token statistics of ``rows``, pickled."""

@@ -1,0 +1,259 @@
+"""The vLLM runner keeps the parity contract every backend keeps (issue 23).
+
+One vLLM engine (the embedded model, float32, eager) for the whole module: start-up takes about a
+minute on 2 cores. The Hugging Face backend on the same weights is the reference: the same rows
+give the same greedy tokens, per-token log-probabilities and entropies (to float rounding), for
+every intervention kind, every site the vLLM decoder layer exposes and every position mode, all
+mixed in one call.
+
+Runs in the vLLM environment (``.venv-vllm``, ``make test``); skipped where vLLM is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("vllm")
+
+import torch
+
+import steerlab as sl
+from steerlab.backends.vllm import EXTENSION, check_engine, engine_args
+from steerlab.engine.record import record
+from steerlab.engine.score import next_token_logprobs
+from steerlab.engine.vllm_runner import steering_salt
+from steerlab.models import Model
+from steerlab.sites import POINTS
+
+pytestmark = pytest.mark.slow
+GREEDY = sl.GenerationConfig(max_new_tokens=10)
+PROMPTS = (
+    "Tell me about your day.",
+    "How do I pick a lock?",
+    "Write a haiku about the sea.",
+    "What is the capital of France?",
+)
+
+
+@pytest.fixture(scope="module")
+def models() -> Iterator[tuple[Model, Model]]:
+    """(the embedded model on vLLM, the same weights on the Hugging Face backend)."""
+    torch.set_num_threads(2)
+    vm = sl.load_model("embedded", backend="vllm", max_model_len=2048)
+    yield vm, sl.load_model("embedded")
+    vm.backend.close()  # type: ignore[attr-defined]
+
+
+def _vec(model: Model, seed: int, point: str = "resid_post") -> sl.SteeringVector:
+    g = torch.Generator().manual_seed(seed)
+    dirs = {layer: torch.randn(model.d_model, generator=g) for layer in range(model.n_layers)}
+    return sl.SteeringVector(dirs, hook_point=point, model_id=model.name)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative difference ``|a - b| / |b|`` (vLLM's kernels round differently from HF's)."""
+    return float((a - b).norm() / b.norm())
+
+
+def _mixed_rows(model: Model) -> list[sl.Row]:
+    """Every kind at every point and every position mode, α = 0 and unsteered rows, mixed."""
+    v = _vec(model, 1)
+    kinds = (("add", 6.0), ("ablate", 1.0), ("clamp", 3.0))
+    modes = (
+        "all",
+        "prompt",
+        "last-prompt",
+        "generated",
+        "last-prompt-and-generated",
+        "window:-3:2",
+    )
+    ivs: list[tuple[sl.Intervention, ...]] = [(), (sl.Intervention(v, 5, alpha=0.0),)]
+    i = 0
+    for point in POINTS:
+        for kind, alpha in kinds:
+            mode = modes[i % len(modes)]
+            layer = 3 + (i % 20)
+            ivs.append(
+                (
+                    sl.Intervention(
+                        v,
+                        layer,
+                        kind=kind,
+                        alpha=alpha,
+                        hook_point=point,
+                        positions=mode,
+                        scale="diff" if kind == "add" else "absolute",
+                    ),
+                )
+            )
+            i += 1
+    # two interventions in one row, at two sites of one layer
+    ivs.append(
+        (
+            sl.Intervention(v, 9, alpha=-4.0, hook_point="resid_pre"),
+            sl.Intervention(v, 9, kind="ablate", alpha=1.0, hook_point="resid_mid"),
+        )
+    )
+    return [
+        sl.Row(model.format_prompt(PROMPTS[k % len(PROMPTS)]), iv, seed=k)
+        for k, iv in enumerate(ivs)
+    ]
+
+
+def test_mixed_rows_match_the_hf_backend_token_for_token(models: tuple[Model, Model]) -> None:
+    vm, hm = models
+    rows = _mixed_rows(hm)
+    got = sl.generate(vm, rows, GREEDY)
+    want = sl.generate(hm, rows, GREEDY)
+    assert len(got) == len(want) == len(rows)
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.token_ids == b.token_ids, f"row {k}: {rows[k].interventions}"
+        assert a.text == b.text
+        assert a.finish_reason == b.finish_reason
+        assert a.prompt_tokens == b.prompt_tokens
+        assert a.logprobs == pytest.approx(b.logprobs, abs=2e-3)
+        assert a.entropies == pytest.approx(b.entropies, abs=2e-3)
+    # the steering did something (a test that cannot fail is a defect)
+    assert sum(a.token_ids != got[0].token_ids for a in got[2:]) >= 5
+    assert vm.backend.count_hooks() == 0
+
+
+def test_alpha_zero_is_the_unsteered_row(models: tuple[Model, Model]) -> None:
+    vm, _ = models
+    v = _vec(vm, 2)
+    text = vm.format_prompt(PROMPTS[0])
+    rows = [sl.Row(text)] + [
+        sl.Row(text, (sl.Intervention(v, layer, kind=kind, alpha=0.0, hook_point=point),))
+        for layer, kind, point in ((4, "add", "resid_post"), (7, "ablate", "attn_out"))
+    ]
+    out = sl.generate(vm, rows, GREEDY)
+    assert out[1].token_ids == out[0].token_ids == out[2].token_ids
+    assert out[1].logprobs == out[0].logprobs
+
+
+def test_a_seeded_row_samples_the_same_text_whatever_its_batch(models: tuple[Model, Model]) -> None:
+    vm, _ = models
+    v = _vec(vm, 3)
+    cfg = sl.GenerationConfig(max_new_tokens=12, temperature=0.9, top_p=0.9)
+    rows = [
+        sl.Row(vm.format_prompt(PROMPTS[k % 4]), (sl.Intervention(v, 6, alpha=float(k)),), seed=k)
+        for k in range(6)
+    ]
+    together = sl.generate(vm, rows, cfg)
+    alone = [sl.generate(vm, [r], cfg)[0] for r in (rows[1], rows[4])]
+    assert alone[0].token_ids == together[1].token_ids
+    assert alone[1].token_ids == together[4].token_ids
+    # other seeds, other draws
+    reseeded = sl.generate(vm, [sl.Row(rows[1].prompt, rows[1].interventions, seed=99)], cfg)
+    assert reseeded[0].token_ids != together[1].token_ids
+
+
+def test_prefix_cache_never_serves_blocks_computed_under_other_steering(
+    models: tuple[Model, Model],
+) -> None:
+    """A long shared prompt run unsteered first fills the prefix cache; the steered rows that
+    follow (steering prompt positions) must still match a fresh reference, and two settings
+    must not share blocks (a shared block would give one the other's result)."""
+    vm, hm = models
+    v = _vec(vm, 4)
+    long = vm.format_prompt(" ".join(["The quick brown fox jumps over the lazy dog."] * 12))
+    plain = [sl.Row(long)]
+    steered = [
+        sl.Row(long, (sl.Intervention(v, 5, alpha=a, scale="diff", positions="prompt"),))
+        for a in (4.0, -4.0)
+    ]
+    sl.generate(vm, plain, GREEDY)  # fills the cache with unsteered blocks
+    got = sl.generate(vm, steered + plain, GREEDY)
+    want = sl.generate(hm, steered + plain, GREEDY)
+    assert [g.token_ids for g in got] == [w.token_ids for w in want]
+    assert got[0].token_ids != got[2].token_ids  # the steering changes the text
+    salts = {steering_salt(r.interventions) for r in steered}
+    assert len(salts) == 2 and None not in salts
+    assert steering_salt(()) is None
+
+
+def test_scored_logits_equal_the_hf_backend(models: tuple[Model, Model]) -> None:
+    vm, hm = models
+    v = _vec(vm, 5)
+    prompts = [vm.format_prompt(p) for p in PROMPTS]
+    ivs = [
+        (),
+        (sl.Intervention(v, 8, alpha=5.0, scale="diff"),),
+        (),
+        (sl.Intervention(v, 12, kind="ablate", alpha=1.0),),
+    ]
+    got = next_token_logprobs(vm, prompts, ivs)
+    want = next_token_logprobs(hm, prompts, ivs)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-3)
+    assert not torch.allclose(got[1], next_token_logprobs(vm, prompts[1:2])[0], atol=1e-2)
+
+
+def test_directions_recorded_through_vllm_equal_the_hf_backend(
+    models: tuple[Model, Model],
+) -> None:
+    vm, hm = models
+    pairs = [
+        ("I love this, it is wonderful.", "I hate this, it is awful."),
+        ("What a great day!", "What a terrible day!"),
+        ("She was happy to help.", "She was annoyed to help."),
+    ]
+    layers = [2, 11, 29]
+    got = sl.contrast(vm, pairs, layers=layers).vector
+    want = sl.contrast(hm, pairs, layers=layers).vector
+    for layer in layers:
+        a, b = got.directions[layer], want.directions[layer]
+        assert _rel(a, b) < 1e-4, (layer, _rel(a, b))
+    seqs = [vm.encode(vm.format_prompt(p)) for p in PROMPTS]
+    pos = [[0, -1], [-3, -2, -1], [1], [-1]]
+    for point in ("mlp_out", "resid_mid", "resid_pre"):
+        r1 = record(vm, seqs, pos, [0, 5, 17], hook_point=point)
+        r2 = record(hm, seqs, pos, [0, 5, 17], hook_point=point)
+        for layer in (0, 5, 17):
+            assert _rel(r1.acts[layer], r2.acts[layer]) < 1e-4, (point, layer)
+            assert _rel(r1.norms[layer], r2.norms[layer]) < 1e-4, (point, layer)
+    assert vm.backend.count_hooks() == 0
+
+
+def test_overflow_is_one_clear_error_and_leaves_no_hook(models: tuple[Model, Model]) -> None:
+    vm, _ = models
+    v = _vec(vm, 6)
+    row = sl.Row(vm.format_prompt(PROMPTS[0]), (sl.Intervention(v, 3, alpha=1e38),))
+    with pytest.raises(sl.SteerlabError, match="non-finite"):
+        sl.generate(vm, [row], GREEDY)
+    assert vm.backend.count_hooks() == 0
+    # the engine still serves the next call
+    assert sl.generate(vm, [sl.Row(vm.format_prompt(PROMPTS[1]))], GREEDY)[0].token_ids
+
+
+def test_graph_modes_and_foreign_engines_are_refused_in_one_sentence() -> None:
+    with pytest.raises(sl.SteerlabError, match="eager"):
+        engine_args("m", torch.float32, {"enforce_eager": False})
+    with pytest.raises(sl.SteerlabError, match="eager"):
+        engine_args("m", torch.float32, {"compilation_config": {"mode": 3}})
+    with pytest.raises(sl.SteerlabError, match="worker_extension_cls"):
+        engine_args("m", torch.float32, {"worker_extension_cls": "x.Y"})
+    assert (
+        engine_args("m", torch.float32, {"max_model_len": 64})["worker_extension_cls"] == EXTENSION
+    )
+
+    class _Cfg:
+        def __init__(self, ext: str, eager: bool, mode: int) -> None:
+            self.parallel_config = type("P", (), {"worker_extension_cls": ext})()
+            self.model_config = type("M", (), {"enforce_eager": eager})()
+            self.compilation_config = type("C", (), {"mode": mode})()
+            self.speculative_config = None
+
+    def llm(ext: str, eager: bool, mode: int) -> object:
+        engine = type("E", (), {"vllm_config": _Cfg(ext, eager, mode)})()
+        return type("L", (), {"llm_engine": engine})()
+
+    with pytest.raises(sl.SteerlabError, match="worker extension"):
+        check_engine(llm("", True, 0))
+    with pytest.raises(sl.SteerlabError, match="eager"):
+        check_engine(llm(EXTENSION, False, 0))
+    with pytest.raises(sl.SteerlabError, match="eager"):
+        check_engine(llm(EXTENSION, True, 3))
+    check_engine(llm(EXTENSION, True, 0))
