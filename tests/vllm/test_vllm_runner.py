@@ -21,11 +21,13 @@ import torch
 
 import steerlab as sl
 from steerlab.backends.vllm import EXTENSION, check_engine, engine_args
+from steerlab.directions import sae as sae_direction
 from steerlab.engine.record import record
 from steerlab.engine.score import next_token_logprobs
 from steerlab.engine.vllm_runner import steering_salt
 from steerlab.models import Model
-from steerlab.sites import POINTS
+from steerlab.sae import SparseAutoencoder
+from steerlab.sites import POINTS, Site
 
 pytestmark = pytest.mark.slow
 GREEDY = sl.GenerationConfig(max_new_tokens=10)
@@ -118,6 +120,53 @@ def test_mixed_rows_match_the_hf_backend_token_for_token(models: tuple[Model, Mo
     # the steering did something (a test that cannot fail is a defect)
     assert sum(a.token_ids != got[0].token_ids for a in got[2:]) >= 5
     assert vm.backend.count_hooks() == 0
+
+
+def _sae(model: Model, site: Site, arch: str, seed: int) -> SparseAutoencoder:
+    """A random SAE at ``site``: unit decoder rows, an encoder near their transpose."""
+    d, d_sae = model.d_model, 64
+    g = torch.Generator().manual_seed(seed)
+    w_dec = torch.randn(d_sae, d, generator=g)
+    w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
+    w_enc = w_dec.T + 0.3 * torch.randn(d, d_sae, generator=g) / d**0.5
+    return SparseAutoencoder(
+        W_enc=w_enc,
+        b_enc=torch.zeros(d_sae),
+        W_dec=w_dec,
+        b_dec=0.1 * torch.randn(d, generator=g),
+        site=site,
+        architecture=arch,
+        threshold=torch.full((d_sae,), 0.5) if arch == "jumprelu" else None,
+        k=16 if arch == "topk" else None,
+        source=f"test-{arch}-{seed}",
+        model_name=model.name,
+    )
+
+
+def test_sae_clamps_match_the_hf_backend(models: tuple[Model, Model]) -> None:
+    vm, hm = models
+    layer = 10
+    site = Site(layer, "resid_post")
+    saes = {a: _sae(hm, site, a, k) for k, a in enumerate(("standard", "jumprelu", "topk"))}
+
+    def clamp(arch: str, i: int, t: float, positions: str = "all") -> sl.Intervention:
+        sae = saes[arch]
+        return sl.Intervention(
+            sae_direction(sae, i), layer, "sae_clamp", alpha=t, positions=positions, sae=sae
+        )
+
+    ivs = [
+        (),
+        (clamp("standard", 3, 40.0),),
+        (clamp("jumprelu", 7, -30.0, "generated"),),
+        (clamp("topk", 5, 60.0, "prompt"), clamp("standard", 9, 25.0, "last-prompt")),
+    ]
+    rows = [sl.Row(hm.format_prompt(PROMPTS[k]), iv, seed=k) for k, iv in enumerate(ivs)]
+    got = sl.generate(vm, rows, GREEDY)
+    want = sl.generate(hm, rows, GREEDY)
+    assert [g.token_ids for g in got] == [w.token_ids for w in want]
+    plain = sl.generate(hm, [sl.Row(r.prompt) for r in rows], GREEDY)
+    assert sum(g.token_ids != p.token_ids for g, p in zip(got, plain, strict=True)) >= 2
 
 
 def test_alpha_zero_is_the_unsteered_row(models: tuple[Model, Model]) -> None:

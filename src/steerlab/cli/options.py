@@ -30,6 +30,21 @@ BackendOpt = Annotated[
     typer.Option(help=f"{' | '.join(BACKENDS)} (who runs the model)", callback=_known_backend),
 ]
 
+
+def _known_backend_or_none(value: str | None) -> str | None:
+    return None if value is None else _known_backend(value)
+
+
+#: ``--backend`` as an override of a config's ``model.backend`` (None: the config's)
+BackendOverride = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help=f"override model.backend: {' | '.join(BACKENDS)}",
+        callback=_known_backend_or_none,
+    ),
+]
+
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="embedded | tiny-* | model dir | .gguf | hub id")
 ]

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from steerlab.cli.options import (
+    BackendOverride,
     ExecutorOpt,
     OutDirOpt,
     QuietOpt,
@@ -70,6 +71,7 @@ def _stages(
     ray_address: str | None = None,
     workers: int | None = None,
     threads: int | None = None,
+    backend: str | None = None,
 ) -> None:
     from steerlab.pipelines.reliability.run import resolve_config, run_stages
     from steerlab.pipelines.reliability.store import RunDir
@@ -78,13 +80,18 @@ def _stages(
     spec = ExecutorSpec(executor, ray_address, workers, threads)  # type: ignore[arg-type]
 
     logging.getLogger("steerlab").setLevel(logging.INFO)
-    overrides = {
-        k: v for k, v in (("model.name", model), ("experiment.output_dir", output_dir)) if v
-    }
+    pairs = (
+        ("model.name", model),
+        ("model.backend", backend),
+        ("experiment.output_dir", output_dir),
+    )
+    overrides = {k: v for k, v in pairs if v}
     if run_dir is not None and config is None and not fast:
         cfg = RunDir.existing(run_dir).load_config()
         if overrides:
-            raise SteerlabError("--model/--output-dir cannot change an existing run directory")
+            raise SteerlabError(
+                "--model/--backend/--output-dir cannot change an existing run directory"
+            )
     else:
         cfg, _ = resolve_config(config, fast, overrides)
     run = run_stages(cfg, stages, run_id=run_id, run_dir=run_dir, progress=not quiet, executor=spec)
@@ -98,6 +105,7 @@ def _stage_command(app: typer.Typer, name: str, stages: tuple[str, ...], doc: st
         run_id: RunIdOpt = None,
         run_dir: RunDirOpt = None,
         model: ModelOverride = None,
+        backend: BackendOverride = None,
         quiet: QuietOpt = False,
         output_dir: OutDirOpt = None,
         executor: ExecutorOpt = "local",
@@ -118,6 +126,7 @@ def _stage_command(app: typer.Typer, name: str, stages: tuple[str, ...], doc: st
             ray_address,
             workers,
             threads_per_worker,
+            backend,
         )
 
     cmd.__doc__ = doc
