@@ -22,9 +22,11 @@ import torch
 import steerlab as sl
 from steerlab.backends.vllm import EXTENSION, check_engine, engine_args
 from steerlab.directions import sae as sae_direction
+from steerlab.engine.plan import compile_plan
 from steerlab.engine.record import record
-from steerlab.engine.score import next_token_logprobs
-from steerlab.engine.vllm_runner import steering_salt
+from steerlab.engine.score import next_token_logprobs, steered_logprobs
+from steerlab.engine.vllm_runner import compact, steering_salt
+from steerlab.engine.vllm_worker import SteeringExtension
 from steerlab.models import Model
 from steerlab.sae import SparseAutoencoder
 from steerlab.sites import POINTS, Site
@@ -266,6 +268,25 @@ def test_directions_recorded_through_vllm_equal_the_hf_backend(
     assert vm.backend.count_hooks() == 0
 
 
+def test_steered_scores_flag_overflow_instead_of_raising(models: tuple[Model, Model]) -> None:
+    """What the layer finder reads: steered next-token scores per row, overflow as a flag."""
+    vm, hm = models
+    v = _vec(vm, 7)
+    seqs = [vm.encode(vm.format_prompt(p)) for p in PROMPTS[:3]]
+    ivs = [
+        [sl.Intervention(v, 4, alpha=3.0, scale="diff")],
+        [sl.Intervention(v, 6, alpha=1e38)],
+        [],
+    ]
+    got, bad = steered_logprobs(vm, seqs, ivs)
+    want, want_bad = steered_logprobs(hm, seqs, ivs)
+    assert bad is not None and want_bad is not None
+    assert bad.tolist() == want_bad.tolist() == [False, True, False]
+    keep = [0, 2]
+    assert torch.allclose(got[keep], want[keep], atol=1e-3)
+    assert vm.backend.count_hooks() == 0
+
+
 def test_overflow_is_one_clear_error_and_leaves_no_hook(models: tuple[Model, Model]) -> None:
     vm, _ = models
     v = _vec(vm, 6)
@@ -306,3 +327,30 @@ def test_graph_modes_and_foreign_engines_are_refused_in_one_sentence() -> None:
     with pytest.raises(sl.SteerlabError, match="eager"):
         check_engine(llm(EXTENSION, True, 3))
     check_engine(llm(EXTENSION, True, 0))
+
+
+def test_a_model_runner_without_the_v1_batch_is_refused_in_one_sentence() -> None:
+    """vLLM's V2 model runner (GPU) keeps its batch elsewhere: refused, never run unsteered."""
+
+    class _V2Runner:
+        sampler = None
+
+    ext = SteeringExtension()
+    ext.model_runner = _V2Runner()
+    with pytest.raises(RuntimeError, match="V1 model runner"):
+        ext.steerlab_describe()
+    with pytest.raises(RuntimeError, match="V1 model runner"):
+        ext.steerlab_begin("c", b"", False)
+
+
+def test_identical_settings_travel_once(models: tuple[Model, Model]) -> None:
+    vm, _ = models
+    v = _vec(vm, 8)
+    ivs = [(sl.Intervention(v, 5, alpha=a),) for a in (1.0, 2.0)] * 50 + [()]
+    plan = compile_plan(vm, [list(x) for x in ivs] + [[]])
+    small, remap = compact(plan)
+    (slot,) = small.sites[Site(5, "resid_post")]
+    assert slot.add.shape[0] == 3  # two settings and the empty row
+    index = remap[Site(5, "resid_post")][0]
+    for r in range(len(ivs) + 1):
+        assert torch.equal(slot.add[index[r]], plan.sites[Site(5, "resid_post")][0].add[r])

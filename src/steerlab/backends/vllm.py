@@ -119,7 +119,11 @@ class VLLMFacts(ModelFacts):
         check_engine(llm)
         self.llm = llm
         self.label = label
-        info = llm.collective_rpc("steerlab_describe")[0]
+        try:
+            info = llm.collective_rpc("steerlab_describe")[0]
+        except Exception as e:  # the worker's refusal travels back as vLLM's RuntimeError
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            raise SteerlabError(f"cannot steer this vLLM engine: {lines[0]}") from e
         self._n_layers = int(info["n_layers"])
         self._d_model = int(info["d_model"])
         self.points: tuple[str, ...] = tuple(info["points"])

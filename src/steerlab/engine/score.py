@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from steerlab.backends.base import Backend
 from steerlab.engine.batch import check_interventions, left_pad
 from steerlab.engine.forward import local_backend, steered_forward, steering_for
 from steerlab.engine.generate import model_max_positions
@@ -202,6 +203,8 @@ def steered_logprobs(
     pass; with a (B,) bool flag of rows whose steered residual left the float range (None when
     nothing is steered). Nothing is checked: the caller names what went wrong. Every hook is
     removed on return, also on exceptions."""
+    if not isinstance(model.backend, Backend):  # an engine of its own (vLLM)
+        return runner_for(model).steered_logprobs(sequences, interventions)
     ids, mask = left_pad(sequences, model.pad_token_id, model.device)  # (B, W)
     handle = steering_for(model, interventions, mask.sum(-1))
     with torch.inference_mode():

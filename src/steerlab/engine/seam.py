@@ -63,3 +63,11 @@ class Runner(abc.ABC):
         (N, d_model) and (N,) float32 on the CPU (the local loops record through
         :mod:`steerlab.engine.record` instead)."""
         raise SteerlabError(f"the {self.name} runner cannot record activations")
+
+    def steered_logprobs(
+        self, sequences: Sequence[Sequence[int]], interventions: Sequence[Sequence[Intervention]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Next-token log-probabilities (B, V) after each sequence, row ``r`` steered by
+        ``interventions[r]``, with a (B,) flag of rows whose steering overflowed (not raised);
+        the local loops answer this in :func:`steerlab.engine.score.steered_logprobs`."""
+        raise SteerlabError(f"the {self.name} runner cannot score steered sequences")

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from steerlab.engine.plan import SteeringPlan, compile_plan
+from steerlab.engine.plan import Slot, SteeringPlan, compile_plan
 from steerlab.engine.rows import GenerationConfig, OnFinish, Request, RowResult
 from steerlab.engine.seam import Runner, ScoreBatches
 from steerlab.engine.vllm_worker import EXTRA_KEY
@@ -62,6 +62,39 @@ def steering_salt(ivs: Sequence[Intervention]) -> str | None:
     return h.hexdigest()[:32]
 
 
+def compact(plan: SteeringPlan) -> tuple[SteeringPlan, dict[Site, list[torch.Tensor]]]:
+    """The plan with each slot's identical rows stored once, and per site and slot the (B,) index
+    of each plan row's stored row: a grid of S settings over many prompts travels as S rows per
+    slot, not one per request. Slots holding SAE clamps are kept whole."""
+    sites: dict[Site, tuple[Slot, ...]] = {}
+    remap: dict[Site, list[torch.Tensor]] = {}
+    for site, slots in plan.sites.items():
+        kept, maps = [], []
+        for slot in slots:
+            if slot.sae is not None:
+                kept.append(slot)
+                maps.append(torch.arange(plan.batch_size))
+                continue
+            parts = [getattr(slot, k).reshape(plan.batch_size, -1).numpy() for k in _KEYS]
+            seen: dict[bytes, int] = {}  # a row's bytes -> its stored index
+            keep: list[int] = []  # stored index -> the first plan row holding it
+            index: list[int] = []
+            for r in range(plan.batch_size):
+                key = b"".join(p[r].tobytes() for p in parts)
+                if key not in seen:
+                    seen[key] = len(keep)
+                    keep.append(r)
+                index.append(seen[key])
+            kept.append(slot.select(torch.tensor(keep)))
+            maps.append(torch.tensor(index))
+        sites[site] = tuple(kept)
+        remap[site] = maps
+    return SteeringPlan(sites, plan.batch_size), remap
+
+
+_KEYS = ("add", "unit", "coef", "target", "is_clamp", "lo", "hi")
+
+
 class VLLMRunner(Runner):
     """Rows through a vLLM engine (see the module doc)."""
 
@@ -79,7 +112,11 @@ class VLLMRunner(Runner):
         want_logp: bool,
         on_finish: OnFinish | None,
         read: tuple[list[Site], list[dict[int, float]]] | None = None,
+        overflow: dict[int, bool] | None = None,
     ) -> tuple[list[RowResult], dict[int, Any], Any]:
+        """Run ``requests``; returns the results, each row's next-token log-probabilities (when
+        ``want_logp``) and the recorded sums (when ``read``). A row whose steering overflowed
+        raises, or, given ``overflow``, is flagged there."""
         from vllm.inputs import TokensPrompt
 
         from vllm import SamplingParams
@@ -95,7 +132,8 @@ class VLLMRunner(Runner):
         spec = None
         if read is not None:  # rows by request index
             spec = pickle.dumps((read[0], dict(enumerate(read[1]))))
-        self.llm.collective_rpc("steerlab_begin", args=(call, pickle.dumps(plan), want_logp, spec))
+        shipped = pickle.dumps(compact(plan))
+        self.llm.collective_rpc("steerlab_begin", args=(call, shipped, want_logp, spec))
         recorded = None
         try:
             for i, req in enumerate(requests):
@@ -126,7 +164,9 @@ class VLLMRunner(Runner):
                 finished = []
                 for i, out in zip(idx, done, strict=True):
                     st = stats[i]
-                    if st.overflow:
+                    if overflow is not None:
+                        overflow[i] = st.overflow
+                    elif st.overflow:
                         setting = ", ".join(iv.describe() for iv in requests[i].interventions)
                         raise SteerlabError(
                             "steering made the model's output non-finite (NaN/inf) in 1 row(s), "
@@ -228,3 +268,23 @@ class VLLMRunner(Runner):
             {k: torch.cat(v) for k, v in acts.items()},
             {k: torch.cat(v) for k, v in norms.items()},
         )
+
+    def steered_logprobs(
+        self, sequences: Sequence[Sequence[int]], interventions: Sequence[Sequence[Intervention]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token log-probabilities (B, V) after each sequence, row ``r`` steered by
+        ``interventions[r]``, and a (B,) flag of rows whose steering overflowed (not raised)."""
+        config = GenerationConfig(max_new_tokens=1, stop_at_eos=False)
+        requests = [
+            Request(list(seq), tuple(ivs), 0, 1)
+            for seq, ivs in zip(sequences, interventions, strict=True)
+        ]
+        flags: dict[int, bool] = {}
+        _, logps, _ = self._run(requests, config, True, None, overflow=flags)
+        vocab = next((v.shape[-1] for v in logps.values() if v is not None), 0)
+        rows = [
+            logps[i] if logps.get(i) is not None else torch.full((vocab,), float("nan"))
+            for i in range(len(requests))
+        ]
+        bad = torch.tensor([flags.get(i, False) for i in range(len(requests))])
+        return torch.stack(rows), bad

@@ -61,11 +61,19 @@ class _RowStats:
 class _Call:
     """One steered call's live state in a worker."""
 
-    def __init__(self, runner: Any, layers: nn.ModuleList, call: str, plan: SteeringPlan) -> None:
+    def __init__(
+        self,
+        runner: Any,
+        layers: nn.ModuleList,
+        call: str,
+        plan: SteeringPlan,
+        remap: dict[Site, list[torch.Tensor]],
+    ) -> None:
         self.runner = runner
         self.layers = layers
         self.call = call
         self.plan = plan
+        self.remap = remap  # per site and slot: plan row -> the slot's stored row
         self.null = plan.batch_size - 1  # the plan's last row steers nothing
         self.want_logp = False
         self.stats: dict[int, _RowStats] = {}
@@ -184,7 +192,8 @@ class _Call:
             raise RuntimeError(f"steerlab: {site.name} ran before the batch was located")
         out = h
         if site in self.plan.sites:
-            out = self.plan.apply_tokens(site, h, row, rel)
+            for slot, index in zip(self.plan.sites[site], self.remap[site], strict=True):
+                out = slot.apply_tokens(out, index.index_select(0, row), rel)
             bad = ~torch.isfinite(out.float().pow(2).sum(-1))  # (N,)
             if bool(bad.any()):
                 for r in row[bad].unique().tolist():
@@ -198,7 +207,7 @@ class _Call:
         self, layer: int, h: torch.Tensor, row: torch.Tensor, weight: torch.Tensor
     ) -> None:
         """Add each token's weighted activation and norm to its row's sums at ``layer``."""
-        rows = self.plan.batch_size
+        rows = self.plan.batch_size  # plan rows (the remap only shortens the slots)
         if layer not in self.acts:
             self.acts[layer] = torch.zeros(rows, h.shape[-1], device=h.device)
             self.norms[layer] = torch.zeros(rows, device=h.device)
@@ -254,6 +263,8 @@ class _Call:
     # ------------------------------------------------------------------ the sampler
     def _before_sampling(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         logits = kwargs["logits"] if "logits" in kwargs else args[0]
+        if logits is None:  # a rank without the logits (tensor parallel)
+            return
         logp = torch.log_softmax(logits.float(), dim=-1)
         p = logp.exp()
         ent = -torch.bmm(p.unsqueeze(1), logp.unsqueeze(2)).view(-1)
@@ -348,14 +359,17 @@ class SteeringExtension:
     def steerlab_begin(
         self, call: str, plan: bytes, want_logp: bool, read: bytes | None = None
     ) -> None:
-        """Start steering ``call``'s requests with the pickled plan (see the module doc).
+        """Start steering ``call``'s requests with the pickled ``(plan, remap)`` (see the module
+        doc and :func:`steerlab.engine.vllm_runner.compact`).
         ``read``: pickled ``(sites, {row: {absolute position: weight}})`` to record."""
         self.steerlab_end(None)
         runner, layers = self._steerlab_parts()
-        compiled = pickle.loads(plan)
+        compiled, remap = pickle.loads(plan)
         if not isinstance(compiled, SteeringPlan):
             raise RuntimeError("steerlab: the plan did not arrive")
-        state = _Call(runner, layers, call, compiled.to(runner.device))
+        dev = runner.device
+        remap = {k: [t.to(dev) for t in v] for k, v in remap.items()}
+        state = _Call(runner, layers, call, compiled.to(dev), remap)
         state.want_logp = want_logp
         if read is not None:
             sites, weights = pickle.loads(read)
