@@ -43,7 +43,7 @@ run: $(STAMP)
 
 test: $(STAMP) $(VSTAMP)
 	$(BIN)/python -m pytest -q
-	$(VBIN)/python -m pytest -q tests/vllm
+	$(VBIN)/python -m pytest -q tests/vllm_engine
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

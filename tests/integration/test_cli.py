@@ -757,8 +757,8 @@ BAD: dict[str, Case] = {
         "mlp_in",
     ),
     "unknown backend": lambda f: (
-        [*GEN, "--prompt", "hi", "--backend", "vllm", "-o", f.out_jsonl],
-        "vllm",
+        [*GEN, "--prompt", "hi", "--backend", "jax", "-o", f.out_jsonl],
+        "jax",
     ),
     "build with unknown backend": lambda f: (
         [

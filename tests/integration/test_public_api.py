@@ -3,6 +3,7 @@ after vector arithmetic, the cross-model warning, and the flat token layout of t
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import warnings
 
@@ -90,7 +91,15 @@ def test_wrap_errors() -> None:
 
 
 def test_unknown_backend_is_one_sentence() -> None:
-    with pytest.raises(ModelLoadError, match="unknown backend 'vllm'"):
+    with pytest.raises(ModelLoadError, match="unknown backend 'jax'"):
+        sl.load_model("tiny-llama", backend="jax")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_a_backend_whose_package_is_missing_says_what_to_install() -> None:
+    from steerlab.backends.base import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match=r"steerlab\[vllm\]"):
         sl.load_model("tiny-llama", backend="vllm")
 
 

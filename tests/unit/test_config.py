@@ -128,6 +128,6 @@ def test_backend_and_any_site_in_config() -> None:
     cfg = load_config("fast", {"model.backend": "nnsight", "direction.hook_point": "mlp_out"})
     assert cfg.model.backend == "nnsight" and cfg.direction.hook_point == "mlp_out"
     with pytest.raises(SteerlabError, match="backend"):
-        load_config("fast", {"model.backend": "vllm"})
+        load_config("fast", {"model.backend": "jax"})
     with pytest.raises(SteerlabError, match="hook_point"):
         load_config("fast", {"direction.hook_point": "blocks.3.hook_mlp_out"})
