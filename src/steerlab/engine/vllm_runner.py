@@ -117,9 +117,8 @@ class VLLMRunner(Runner):
         """Run ``requests``; returns the results, each row's next-token log-probabilities (when
         ``want_logp``) and the recorded sums (when ``read``). A row whose steering overflowed
         raises, or, given ``overflow``, is flagged there."""
-        from vllm.inputs import TokensPrompt
-
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         rows = [list(r.interventions) for r in requests] + [[]]  # last row: nobody's
         plan: SteeringPlan = compile_plan(self.model, rows, device=torch.device("cpu"))
