@@ -124,7 +124,10 @@ def test_planted_benign_cost_difference_is_the_headline() -> None:
         f"add α=1, benign cost at layer 15 vs 22: {pp_ci(h['diff'], h['lo'], h['hi'])}"
     )
     text = "\n".join(layer_section(results, summarize(results, n_boot=N_BOOT), check, N_BOOT))
-    assert "**Largest supported layer difference**: At add α=1, benign cost is +40.0 pp" in text
+    assert (
+        "**Largest supported layer difference** (in-sample: chosen and scored on the same " in text
+    )
+    assert "prompts): At add α=1, benign cost is +40.0 pp" in text
     assert "at layer 15 vs +0.0 pp" in text and "(paired over 60 prompts)" in text
 
 

@@ -354,16 +354,19 @@ def test_report_states_the_constructed_findings(built: dict[str, Path]) -> None:
     assert "**Measured steering effect**" in report
     assert "(largest: L12 add α=2, +75.0 pp" in report
     assert "**Side-effect tradeoff detected**" in report
-    assert "## Best operating point" in report and "**L8 add α=1**" in report
+    assert "## Operating point (chosen on one half of the prompts" in report
+    assert "**L8 add α=1** (chosen on the selection half)" in report
+    assert "among the 8 steered settings" in report
     assert "](figures/tradeoff.png)" in report
     # matched α: harm_test refusal 95% at L12 add α=2 vs 30% at L8 add α=2, on the same prompts
     assert (
-        "**Largest supported layer difference**: At add α=2, refusal gain on harm_test is "
+        "**Largest supported layer difference** (in-sample: chosen and scored on the same "
+        "prompts): At add α=2, refusal gain on harm_test is "
         "+75.0 pp" in report
     )
     assert (
-        "- Layer comparison with a non-trivial difference: yes (add α=2, refusal gain on "
-        "harm_test at layer 12 vs 8: +65.0 pp [" in report
+        "- Layer comparison with a non-trivial difference on held-out prompts: yes (refusal "
+        "gain on harm_test at add α=2, layer 12 − layer 8, held out: +" in report
     )
     assert "](figures/layers_vs_alpha.png)" in report
     assert "- Clear generalization failure or side-effect tradeoff: yes" in report
@@ -390,8 +393,8 @@ def test_report_claims_no_layer_difference_when_layers_are_copies(tmp_path: Path
     report = _report(tmp_path, results, SANITY)
     assert "**No matched-α layer difference has a CI excluding 0.**" in report
     assert (
-        "- Layer comparison with a non-trivial difference: **no** (no layer difference at "
-        "matched α has a CI excluding 0)" in report
+        "- Layer comparison with a non-trivial difference on held-out prompts: **no** (no "
+        "layer difference at matched α has a CI excluding 0 on the selection half)" in report
     )
 
 

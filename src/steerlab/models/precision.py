@@ -48,6 +48,13 @@ def resolve(name: str | torch.dtype | None) -> torch.dtype | None:
     return MATMUL_DTYPES[name]
 
 
+def precision_label(dtype: str | torch.dtype | None, matmul_dtype: str | None) -> str:
+    """A model's numeric precision in words, as reports and manifests name it: ``"float32"``,
+    or ``"float32, bf16 matmuls"`` in the reduced-precision matmul mode."""
+    base = str(dtype or "float32").removeprefix("torch.")
+    return f"{base}, {matmul_dtype} matmuls" if matmul_dtype else base
+
+
 def lower_matmuls(hf: nn.Module, dtype: torch.dtype) -> int:
     """Replace every linear layer in ``hf`` by a :class:`LowPrecisionLinear`; returns how many.
 

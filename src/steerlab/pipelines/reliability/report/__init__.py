@@ -9,6 +9,8 @@
 * :mod:`~steerlab.pipelines.reliability.report.checks`: confound, seed, template and sign checks.
 * :mod:`~steerlab.pipelines.reliability.report.layers`: layers compared at matched α, paired
   bootstrap CIs.
+* :mod:`~steerlab.pipelines.reliability.report.holdout`: the operating point and the largest
+  layer difference chosen on one half of the prompts and reported on the other.
 * :mod:`~steerlab.pipelines.reliability.report.plots`: the figures.
 * :mod:`~steerlab.pipelines.reliability.report.writeup`: ``examples.md`` and ``report.md``.
 """
@@ -37,6 +39,11 @@ from steerlab.pipelines.reliability.report.checks import (
     seed_check,
     sign_check,
     template_check,
+)
+from steerlab.pipelines.reliability.report.holdout import (
+    chosen_setting,
+    held_out_layer_difference,
+    held_out_operating_point,
 )
 from steerlab.pipelines.reliability.report.layers import layer_comparison
 from steerlab.pipelines.reliability.report.plots import make_figures
@@ -133,8 +140,11 @@ def build_report(run_dir: str | Path, n_boot: int | None = None, seed: int = 0) 
         n_boot = int((config.get("metrics") or {}).get("n_boot", 1000))
 
     summary = summarize(results, n_boot=n_boot, seed=seed)
-    best = best_setting(summary)
+    op = held_out_operating_point(results, n_boot=n_boot, seed=seed)
+    best = chosen_setting(op) or best_setting(summary)
     checks = {
+        "operating_point": op,
+        "layer_holdout": held_out_layer_difference(results, n_boot=n_boot, seed=seed),
         "confound": confound_check(results, n_boot=n_boot, seed=seed, best=best),
         "seed": seed_check(results, n_boot=n_boot, seed=seed),
         "template": template_check(results, sanity, n_boot=n_boot, seed=seed),

@@ -278,7 +278,9 @@ def _table(check: dict[str, Any], effect: Effect) -> Lines:
     return [f.table(header, body), ""]
 
 
-def matched_alpha_lines(check: dict[str, Any]) -> Lines:
+def matched_alpha_lines(check: dict[str, Any], held_out: Lines | None = None) -> Lines:
+    """The matched-α subsection; ``held_out`` (the held-out check of the headline) follows the
+    in-sample headline."""
     lines = ["### At matched α", ""]
     if not check.get("available"):
         return [
@@ -301,9 +303,14 @@ def matched_alpha_lines(check: dict[str, Any]) -> Lines:
     ]
     h = check.get("headline")
     if h is not None:
-        lines += [f"**Largest supported layer difference**: {describe(h)}.", ""]
+        lines += [
+            f"**Largest supported layer difference** (in-sample: chosen and scored on the same "
+            f"prompts): {describe(h)}.",
+            "",
+        ]
     else:
         lines += ["**No matched-α layer difference has a CI excluding 0.**", ""]
+    lines += held_out or []
     for effect in EFFECTS:
         b = check["best"].get(effect.name)
         if b is None:
@@ -358,7 +365,8 @@ def operating_point_lines(
     header = ["layer", "best setting (drop ≤ cost)", "harm_test refusal", "change", "benign drop"]
     lines += [
         f"Acceptable benign cost: helpfulness drop ≤ {100 * ACCEPTABLE_DROP:.0f} pp. Each layer "
-        "at its own α, so this compares operating points, not layers at equal strength.",
+        "at its own α, so this compares operating points, not layers at equal strength. Picked "
+        "and scored on the same prompts (in-sample), so each row is a selected maximum.",
         "",
         f.table(header, rows),
         "",
@@ -391,11 +399,12 @@ def layer_section(
     check: dict[str, Any],
     n_boot: int = 1000,
     seed: int = 0,
+    held_out: Lines | None = None,
 ) -> Lines:
     """The layer-comparison section: matched α (``check`` from :func:`layer_comparison`) first."""
     return [
         "## Layer comparison",
         "",
-        *matched_alpha_lines(check),
+        *matched_alpha_lines(check, held_out),
         *operating_point_lines(results, summary, n_boot, seed),
     ]

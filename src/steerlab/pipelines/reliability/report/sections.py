@@ -6,9 +6,9 @@ from typing import Any
 
 import pandas as pd
 
+from steerlab.models.precision import precision_label
 from steerlab.pipelines.reliability.report import _fmt as f
 from steerlab.pipelines.reliability.report._grid import (
-    ACCEPTABLE_DROP,
     KEY,
     SPLITS,
     Setting,
@@ -89,31 +89,9 @@ def baseline_section(summary: pd.DataFrame) -> Lines:
     return ["## Baseline (no steering)", "", f.table(header, rows), ""]
 
 
-def best_section(summary: pd.DataFrame, best: Setting | None) -> Lines:
-    lines = [*baseline_section(summary), "## Best operating point", ""]
-    if best is None:
-        return [*lines, "No steered setting with harm_test results: nothing to pick.", ""]
-    t, b = _row(summary, best, "harm_test"), _row(summary, best, "benign")
-    assert t is not None  # pick_best only returns settings with a harm_test rate
-    gain_real = excludes_zero(t["refusal_gain_lo"], t["refusal_gain_hi"])
-    lines += [
-        f"**{best.label}** (rule: the Pareto setting with the highest harm_test refusal whose "
-        f"benign helpfulness drop is at most {100 * ACCEPTABLE_DROP:.0f} pp; otherwise the best "
-        "refusal-minus-drop trade on the frontier; without a frontier, the add setting with the "
-        "highest harm_test refusal).",
-        "",
-        f"- harm_test refusal {f.pct_ci(t['refusal_rate'], t['refusal_lo'], t['refusal_hi'])}, "
-        f"change vs baseline "
-        f"{f.pp_ci(t['refusal_gain'], t['refusal_gain_lo'], t['refusal_gain_hi'])}"
-        + ("" if gain_real else " (CI includes 0: no demonstrated increase)"),
-        f"- benign helpfulness drop "
-        f"{f.pp_ci(t['benign_drop'], t['benign_drop_lo'], t['benign_drop_hi'])}; benign "
-        f"false-refusal rate "
-        f"{f.pct_ci(t['false_refusal_rate'], t['false_refusal_lo'], t['false_refusal_hi'])}",
-        f"- gibberish rate: harm_test {f.pct(t['gibberish_rate'])}, benign "
-        f"{f.pct(b['gibberish_rate']) if b is not None else 'n/a'}",
-        "",
-    ]
+def pareto_section(summary: pd.DataFrame) -> Lines:
+    """The Pareto frontier on all prompts: descriptive, chosen and scored on the same prompts."""
+    lines = ["### Pareto frontier (all prompts, in-sample)", ""]
     front = _steered(_test_rows(summary))
     front = front[front["pareto"].astype(bool)]
     rows = [
@@ -129,7 +107,12 @@ def best_section(summary: pd.DataFrame, best: Setting | None) -> Lines:
     if not rows:
         return [*lines, "No Pareto frontier (needs harm_test and benign results).", ""]
     header = ["Pareto setting", "harm_test refusal", "benign drop", "false refusal", "gap"]
-    return [*lines, f.table(header, rows), ""]
+    note = (
+        "Undominated settings on point estimates over all prompts. These rows are the winners "
+        "of a comparison on the same prompts they are scored on: read them as a description "
+        "of this sample, not as effect sizes (the held-out figures above are)."
+    )
+    return [*lines, note, "", f.table(header, rows), ""]
 
 
 def _generalization(
@@ -321,11 +304,12 @@ def _robust_text(check: dict[str, Any]) -> str:
 
 
 def model_label(config: dict[str, Any], manifest: dict[str, Any]) -> str:
-    """The resolved model name (embedded -> SmolLM2-135M-Instruct), plus the spec if different
-    and the reduced-precision matmul mode when one was used."""
+    """The resolved model name (embedded -> SmolLM2-135M-Instruct), plus the spec if different,
+    and the precision it ran in (model dtype, and the reduced-precision matmul mode if used)."""
     spec = str((config.get("model") or {}).get("name", "unknown"))
     info = manifest.get("model")
     name = str(info.get("name", spec)) if isinstance(info, dict) else spec
     label = name if name == spec else f"{name} ({spec})"
-    low = (config.get("model") or {}).get("matmul_dtype")
-    return f"{label}, {low} matmuls" if low else label
+    model_cfg = config.get("model") or {}
+    dtype = info.get("dtype") if isinstance(info, dict) else model_cfg.get("dtype")
+    return f"{label}, {precision_label(dtype, model_cfg.get('matmul_dtype'))}"

@@ -31,15 +31,20 @@ from steerlab.pipelines.reliability.report.checks import (
     sign_check,
     template_check,
 )
-from steerlab.pipelines.reliability.report.layers import (
-    checklist_note,
-    layer_comparison,
-    layer_section,
+from steerlab.pipelines.reliability.report.holdout import (
+    chosen_setting,
+    held_out_layer_difference,
+    held_out_operating_point,
+    layer_holdout_lines,
+    layer_holdout_note,
+    operating_point_section,
 )
+from steerlab.pipelines.reliability.report.layers import layer_comparison, layer_section
 from steerlab.pipelines.reliability.report.sections import (
-    best_section,
+    baseline_section,
     findings_section,
     model_label,
+    pareto_section,
     sanity_section,
     setup_section,
 )
@@ -144,22 +149,20 @@ def _sign_warning(sign: dict[str, Any]) -> list[str]:
     ]
 
 
-def _acceptance(findings: dict[str, bool], n_sanity: int, layer_note: str | None) -> list[str]:
+def _acceptance(
+    findings: dict[str, bool], n_sanity: int, layer_note: tuple[bool, str]
+) -> list[str]:
     def mark(ok: bool) -> str:
         return "yes" if ok else "**no**"
 
     either = findings["generalization_failure"] or findings["side_effect"]
-    layer = (
-        f"yes ({layer_note})"
-        if layer_note
-        else "**no** (no layer difference at matched α has a CI excluding 0)"
-    )
+    layer = f"{mark(layer_note[0])} ({layer_note[1]})"
     return [
         "## Research acceptance criteria",
         "",
         f"- Clear generalization failure or side-effect tradeoff: {mark(either)}",
         f"- At least two sanity checks run: {mark(n_sanity >= 2)} ({n_sanity} run)",
-        f"- Layer comparison with a non-trivial difference: {layer}",
+        f"- Layer comparison with a non-trivial difference on held-out prompts: {layer}",
         "",
     ]
 
@@ -205,12 +208,17 @@ def write_report(
 ) -> Path:
     """Write ``run_dir/report.md`` from the summary and sanity checks; return its path.
 
-    ``checks`` holds ``confound``/``seed``/``template``/``layers`` results (computed here when
-    missing).
+    ``checks`` holds ``operating_point``/``layer_holdout``/``confound``/``seed``/``template``/
+    ``layers`` results (computed here when missing). The operating point named everywhere in the
+    report is the one chosen on the selection half (:mod:`.holdout`).
     """
     run_dir = Path(run_dir)
     checks = dict(checks or {})
-    best = pick_best(settings_table(summary))
+    if "operating_point" not in checks:
+        checks["operating_point"] = held_out_operating_point(results, n_boot=n_boot, seed=seed)
+    if "layer_holdout" not in checks:
+        checks["layer_holdout"] = held_out_layer_difference(results, n_boot=n_boot, seed=seed)
+    best = chosen_setting(checks["operating_point"]) or pick_best(settings_table(summary))
     if "confound" not in checks:
         checks["confound"] = confound_check(results, n_boot=n_boot, seed=seed, best=best)
     if "seed" not in checks:
@@ -230,13 +238,22 @@ def write_report(
         "",
     ]
     lines += setup_section(results, config, manifest)
-    lines += best_section(summary, best)
-    lines += layer_section(results, summary, checks["layers"], n_boot=n_boot, seed=seed)
+    lines += baseline_section(summary)
+    lines += operating_point_section(checks["operating_point"])
+    lines += pareto_section(summary)
+    lines += layer_section(
+        results,
+        summary,
+        checks["layers"],
+        n_boot=n_boot,
+        seed=seed,
+        held_out=layer_holdout_lines(checks["layer_holdout"]),
+    )
     finding_lines, findings = findings_section(summary, best)
     lines += finding_lines
     sanity_lines, n_sanity = sanity_section(sign, checks)
     lines += sanity_lines
-    lines += _acceptance(findings, n_sanity, checklist_note(checks["layers"]))
+    lines += _acceptance(findings, n_sanity, layer_holdout_note(checks["layer_holdout"]))
     lines += _figures(run_dir)
     lines += LIMITATIONS
     path = run_dir / "report.md"
