@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -77,6 +78,7 @@ def _stages(
     from steerlab.pipelines.reliability.store import RunDir
     from steerlab.runs.executor import ExecutorSpec
 
+    t0 = time.perf_counter()
     spec = ExecutorSpec(executor, ray_address, workers, threads)  # type: ignore[arg-type]
 
     logging.getLogger("steerlab").setLevel(logging.INFO)
@@ -96,6 +98,27 @@ def _stages(
         cfg, _ = resolve_config(config, fast, overrides)
     run = run_stages(cfg, stages, run_id=run_id, run_dir=run_dir, progress=not quiet, executor=spec)
     typer.echo(f"run directory: {run.path}")
+    typer.echo(timing_lines(run.read_json("manifest.json"), time.perf_counter() - t0))
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def timing_lines(manifest: dict[str, Any], wall_s: float) -> str:
+    """The command's wall time and the run's recorded stage times (``manifest.json``), with the
+    precision it ran in."""
+    timings = manifest.get("timings_s") or {}
+    stages = ", ".join(f"{k} {float(v):.0f} s" for k, v in timings.items())
+    total = sum(float(v) for v in timings.values())
+    precision = manifest.get("precision")
+    return (
+        f"wall time {_duration(wall_s)} (this command, model loading included"
+        + (f"; {precision}" if precision else "")
+        + ")\n"
+        + f"stage times (recorded in manifest.json, {_duration(total)} in all): {stages or 'none'}"
+    )
 
 
 def _stage_command(app: typer.Typer, name: str, stages: tuple[str, ...], doc: str) -> None:

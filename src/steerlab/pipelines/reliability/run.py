@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from steerlab._util.pathnames import check_name
 from steerlab.errors import SteerlabError
+from steerlab.models.precision import precision_label
 from steerlab.pipelines._shared import ModelLoader, describe_model, environment_info, model_loader
 from steerlab.pipelines.reliability import stages as st
 from steerlab.pipelines.reliability.config import STAGES, PipelineConfig, load_config
@@ -118,7 +119,9 @@ class Reliability(Workflow[PipelineConfig]):
             model={
                 "spec": cfg.model.name,
                 **{k: info[k] for k in ("backend", "name", "n_layers", "d_model", "dtype")},
+                "matmul_dtype": cfg.model.matmul_dtype,
             },
+            precision=precision_label(info["dtype"], cfg.model.matmul_dtype),
             layers=st.chosen_layers(cfg, int(info["n_layers"])),
             seeds={"generation": cfg.generation.seed, "alt_seed": cfg.sanity_checks.alt_seed},
             sampling={
