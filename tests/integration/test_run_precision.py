@@ -11,14 +11,24 @@ import yaml
 from tests.cli_run import cli
 from tests.pipeline_helpers import tiny_run_config
 
+from steerlab.pipelines._shared import resolve_matmul_dtype
 from steerlab.pipelines.reliability.config import STAGES
 
 
 @pytest.mark.parametrize(
-    ("matmul_dtype", "precision"), [(None, "float32"), ("bf16", "float32, bf16 matmuls")]
+    ("matmul_dtype", "precision", "resolved"),
+    [
+        (None, "float32", None),
+        ("bf16", "float32, bf16 matmuls", "bf16"),
+        ("auto", "float32, bf16 matmuls", "bf16"),  # on CPU with the hf backend
+    ],
 )
 def test_run_names_its_precision_and_prints_its_times(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], matmul_dtype: str | None, precision: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    matmul_dtype: str | None,
+    precision: str,
+    resolved: str | None,
 ) -> None:
     cfg_path = tiny_run_config(tmp_path, "runs", "r", alphas=(0, 1))
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -29,7 +39,7 @@ def test_run_names_its_precision_and_prints_its_times(
     run = tmp_path / "runs" / "r"
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["precision"] == precision
-    assert manifest["model"]["matmul_dtype"] == matmul_dtype
+    assert manifest["model"]["matmul_dtype"] == resolved
     header = (run / "report.md").read_text().splitlines()[0]
     assert header.endswith(f", {precision}")
     lines = got.out.splitlines()
@@ -39,3 +49,13 @@ def test_run_names_its_precision_and_prints_its_times(
     assert "report" in recorded and len(recorded) >= len(STAGES) - 1
     for stage in recorded:
         assert f"{stage} " in lines[-1]
+
+
+def test_auto_matmul_dtype_is_bf16_only_where_it_is_a_cpu_speed_mode() -> None:
+    assert resolve_matmul_dtype("auto", "cpu", "hf") == "bf16"
+    assert resolve_matmul_dtype("auto", "cpu", "nnsight") == "bf16"
+    assert resolve_matmul_dtype("auto", "cuda:0", "hf") is None  # a GPU runs bf16 already
+    assert resolve_matmul_dtype("auto", "cpu", "transformer_lens") is None
+    assert resolve_matmul_dtype("auto", "cpu", "vllm") is None
+    assert resolve_matmul_dtype(None, "cpu", "hf") is None
+    assert resolve_matmul_dtype("bf16", "cuda", "hf") == "bf16"  # an explicit value is kept

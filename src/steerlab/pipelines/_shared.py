@@ -58,9 +58,25 @@ class EvalModelCfg(Strict):
     backend: BackendName = "hf"
     device: str | None = None
     dtype: str | None = None
-    #: opt-in CPU speed mode: linear layers multiply in bf16, residual/steering stay in dtype
-    matmul_dtype: Literal["bf16"] | None = None
+    #: CPU speed mode: linear layers multiply in bf16, residual/steering stay in dtype.
+    #: ``auto``: bf16 where it is a speed mode (on CPU, with a backend that lowers matmuls),
+    #: none elsewhere (see :func:`resolve_matmul_dtype`); ``None``: the model's dtype throughout
+    matmul_dtype: Literal["bf16", "auto"] | None = None
     chat: bool = True
+
+
+def resolve_matmul_dtype(matmul_dtype: str | None, device: str | None, backend: str) -> str | None:
+    """The matmul dtype a model is loaded with: ``auto`` is ``"bf16"`` on CPU with a backend that
+    lowers matmuls (``hf``, ``nnsight``) and ``None`` otherwise (a GPU already runs bf16; vLLM
+    and TransformerLens keep their own linear layers); other values pass through unchanged."""
+    if matmul_dtype != "auto":
+        return matmul_dtype
+    from steerlab.backends.registry import REGISTRY
+    from steerlab.models import default_device
+
+    on = str(device) if device is not None else str(default_device())
+    lowers = backend in REGISTRY and REGISTRY[backend].lowers_matmuls
+    return "bf16" if lowers and on.startswith("cpu") else None
 
 
 class JudgeCfg(Strict):
@@ -147,7 +163,7 @@ class ModelLoader:
                 dtype=self.dtype,
                 chat=self.chat,
                 backend=self.backend,
-                matmul_dtype=self.matmul_dtype,
+                matmul_dtype=resolve_matmul_dtype(self.matmul_dtype, self.device, self.backend),
             )
 
 

@@ -12,7 +12,13 @@ from typing import Any, ClassVar
 from steerlab._util.pathnames import check_name
 from steerlab.errors import SteerlabError
 from steerlab.models.precision import precision_label
-from steerlab.pipelines._shared import ModelLoader, describe_model, environment_info, model_loader
+from steerlab.pipelines._shared import (
+    ModelLoader,
+    describe_model,
+    environment_info,
+    model_loader,
+    resolve_matmul_dtype,
+)
 from steerlab.pipelines.reliability import stages as st
 from steerlab.pipelines.reliability.config import STAGES, PipelineConfig, load_config
 from steerlab.pipelines.reliability.store import RunDir
@@ -109,6 +115,7 @@ class Reliability(Workflow[PipelineConfig]):
         info, cfg, run = rt.info, rt.cfg, rt.run
         if not info:
             return
+        low = resolve_matmul_dtype(cfg.model.matmul_dtype, info["device"], cfg.model.backend)
         logger.info("model %s loaded in %.1f s", info["name"], info["load_s"])
         manifest = run.read_json("manifest.json")
         run.update_json(
@@ -119,9 +126,9 @@ class Reliability(Workflow[PipelineConfig]):
             model={
                 "spec": cfg.model.name,
                 **{k: info[k] for k in ("backend", "name", "n_layers", "d_model", "dtype")},
-                "matmul_dtype": cfg.model.matmul_dtype,
+                "matmul_dtype": low,
             },
-            precision=precision_label(info["dtype"], cfg.model.matmul_dtype),
+            precision=precision_label(info["dtype"], low),
             layers=st.chosen_layers(cfg, int(info["n_layers"])),
             seeds={"generation": cfg.generation.seed, "alt_seed": cfg.sanity_checks.alt_seed},
             sampling={

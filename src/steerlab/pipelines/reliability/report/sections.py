@@ -310,6 +310,8 @@ def model_label(config: dict[str, Any], manifest: dict[str, Any]) -> str:
     info = manifest.get("model")
     name = str(info.get("name", spec)) if isinstance(info, dict) else spec
     label = name if name == spec else f"{name} ({spec})"
+    if manifest.get("precision"):  # what the run resolved (``matmul_dtype: auto`` included)
+        return f"{label}, {manifest['precision']}"
     model_cfg = config.get("model") or {}
     dtype = info.get("dtype") if isinstance(info, dict) else model_cfg.get("dtype")
     return f"{label}, {precision_label(dtype, model_cfg.get('matmul_dtype'))}"
