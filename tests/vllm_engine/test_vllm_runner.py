@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("vllm")
 
 import torch
+from tests.vllm_engine.steering_rows import GREEDY, PROMPTS, mixed_rows, random_vector
 
 import steerlab as sl
 from steerlab.backends.vllm import EXTENSION, check_engine, engine_args
@@ -29,16 +30,9 @@ from steerlab.engine.vllm_runner import compact, steering_salt
 from steerlab.engine.vllm_worker import SteeringExtension
 from steerlab.models import Model
 from steerlab.sae import SparseAutoencoder
-from steerlab.sites import POINTS, Site
+from steerlab.sites import Site
 
 pytestmark = pytest.mark.slow
-GREEDY = sl.GenerationConfig(max_new_tokens=10)
-PROMPTS = (
-    "Tell me about your day.",
-    "How do I pick a lock?",
-    "Write a haiku about the sea.",
-    "What is the capital of France?",
-)
 
 
 @pytest.fixture(scope="module")
@@ -50,65 +44,14 @@ def models() -> Iterator[tuple[Model, Model]]:
     vm.backend.close()  # type: ignore[attr-defined]
 
 
-def _vec(model: Model, seed: int, point: str = "resid_post") -> sl.SteeringVector:
-    g = torch.Generator().manual_seed(seed)
-    dirs = {layer: torch.randn(model.d_model, generator=g) for layer in range(model.n_layers)}
-    return sl.SteeringVector(dirs, hook_point=point, model_id=model.name)
-
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative difference ``|a - b| / |b|`` (vLLM's kernels round differently from HF's)."""
     return float((a - b).norm() / b.norm())
 
 
-def _mixed_rows(model: Model) -> list[sl.Row]:
-    """Every kind at every point and every position mode, α = 0 and unsteered rows, mixed."""
-    v = _vec(model, 1)
-    kinds = (("add", 6.0), ("ablate", 1.0), ("clamp", 3.0))
-    modes = (
-        "all",
-        "prompt",
-        "last-prompt",
-        "generated",
-        "last-prompt-and-generated",
-        "window:-3:2",
-    )
-    ivs: list[tuple[sl.Intervention, ...]] = [(), (sl.Intervention(v, 5, alpha=0.0),)]
-    i = 0
-    for point in POINTS:
-        for kind, alpha in kinds:
-            mode = modes[i % len(modes)]
-            layer = 3 + (i % 20)
-            ivs.append(
-                (
-                    sl.Intervention(
-                        v,
-                        layer,
-                        kind=kind,
-                        alpha=alpha,
-                        hook_point=point,
-                        positions=mode,
-                        scale="diff" if kind == "add" else "absolute",
-                    ),
-                )
-            )
-            i += 1
-    # two interventions in one row, at two sites of one layer
-    ivs.append(
-        (
-            sl.Intervention(v, 9, alpha=-4.0, hook_point="resid_pre"),
-            sl.Intervention(v, 9, kind="ablate", alpha=1.0, hook_point="resid_mid"),
-        )
-    )
-    return [
-        sl.Row(model.format_prompt(PROMPTS[k % len(PROMPTS)]), iv, seed=k)
-        for k, iv in enumerate(ivs)
-    ]
-
-
 def test_mixed_rows_match_the_hf_backend_token_for_token(models: tuple[Model, Model]) -> None:
     vm, hm = models
-    rows = _mixed_rows(hm)
+    rows = mixed_rows(hm)
     got = sl.generate(vm, rows, GREEDY)
     want = sl.generate(hm, rows, GREEDY)
     assert len(got) == len(want) == len(rows)
@@ -173,7 +116,7 @@ def test_sae_clamps_match_the_hf_backend(models: tuple[Model, Model]) -> None:
 
 def test_alpha_zero_is_the_unsteered_row(models: tuple[Model, Model]) -> None:
     vm, _ = models
-    v = _vec(vm, 2)
+    v = random_vector(vm, 2)
     text = vm.format_prompt(PROMPTS[0])
     rows = [sl.Row(text)] + [
         sl.Row(text, (sl.Intervention(v, layer, kind=kind, alpha=0.0, hook_point=point),))
@@ -186,7 +129,7 @@ def test_alpha_zero_is_the_unsteered_row(models: tuple[Model, Model]) -> None:
 
 def test_a_seeded_row_samples_the_same_text_whatever_its_batch(models: tuple[Model, Model]) -> None:
     vm, _ = models
-    v = _vec(vm, 3)
+    v = random_vector(vm, 3)
     cfg = sl.GenerationConfig(max_new_tokens=12, temperature=0.9, top_p=0.9)
     rows = [
         sl.Row(vm.format_prompt(PROMPTS[k % 4]), (sl.Intervention(v, 6, alpha=float(k)),), seed=k)
@@ -208,7 +151,7 @@ def test_prefix_cache_never_serves_blocks_computed_under_other_steering(
     follow (steering prompt positions) must still match a fresh reference, and two settings
     must not share blocks (a shared block would give one the other's result)."""
     vm, hm = models
-    v = _vec(vm, 4)
+    v = random_vector(vm, 4)
     long = vm.format_prompt(" ".join(["The quick brown fox jumps over the lazy dog."] * 12))
     plain = [sl.Row(long)]
     steered = [
@@ -227,7 +170,7 @@ def test_prefix_cache_never_serves_blocks_computed_under_other_steering(
 
 def test_scored_logits_equal_the_hf_backend(models: tuple[Model, Model]) -> None:
     vm, hm = models
-    v = _vec(vm, 5)
+    v = random_vector(vm, 5)
     prompts = [vm.format_prompt(p) for p in PROMPTS]
     ivs = [
         (),
@@ -271,7 +214,7 @@ def test_directions_recorded_through_vllm_equal_the_hf_backend(
 def test_steered_scores_flag_overflow_instead_of_raising(models: tuple[Model, Model]) -> None:
     """What the layer finder reads: steered next-token scores per row, overflow as a flag."""
     vm, hm = models
-    v = _vec(vm, 7)
+    v = random_vector(vm, 7)
     seqs = [vm.encode(vm.format_prompt(p)) for p in PROMPTS[:3]]
     ivs = [
         [sl.Intervention(v, 4, alpha=3.0, scale="diff")],
@@ -289,7 +232,7 @@ def test_steered_scores_flag_overflow_instead_of_raising(models: tuple[Model, Mo
 
 def test_overflow_is_one_clear_error_and_leaves_no_hook(models: tuple[Model, Model]) -> None:
     vm, _ = models
-    v = _vec(vm, 6)
+    v = random_vector(vm, 6)
     row = sl.Row(vm.format_prompt(PROMPTS[0]), (sl.Intervention(v, 3, alpha=1e38),))
     with pytest.raises(sl.SteerlabError, match="non-finite"):
         sl.generate(vm, [row], GREEDY)
@@ -345,7 +288,7 @@ def test_a_model_runner_without_the_v1_batch_is_refused_in_one_sentence() -> Non
 
 def test_identical_settings_travel_once(models: tuple[Model, Model]) -> None:
     vm, _ = models
-    v = _vec(vm, 8)
+    v = random_vector(vm, 8)
     ivs = [(sl.Intervention(v, 5, alpha=a),) for a in (1.0, 2.0)] * 50 + [()]
     plan = compile_plan(vm, [list(x) for x in ivs] + [[]])
     small, remap = compact(plan)

@@ -12,7 +12,9 @@ run unsteered.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -92,7 +94,38 @@ def start_engine(args: dict[str, Any]) -> Any:
         # halves the model's cores (2 cores: 65 vs 105 tokens/s, benchmarks/bench_vllm.py)
         if (os.cpu_count() or 1) <= 4:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        world = int(args.get("tensor_parallel_size", 1)) * int(
+            args.get("pipeline_parallel_size", 1)
+        )
+        if world > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            # for this engine's workers only: a later engine may have another world size
+            with _environ("VLLM_CPU_OMP_THREADS_BIND", cpu_binding(world)):
+                return vllm.LLM(**args)
     return vllm.LLM(**args)
+
+
+@contextlib.contextmanager
+def _environ(key: str, value: str) -> Iterator[None]:
+    """``os.environ[key] = value`` while the block runs (the engine's processes start inside)."""
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+def cpu_binding(world: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for ``world`` CPU workers: this process's cores split into
+    ``world`` equal runs (vLLM's automatic binding gives each rank a NUMA node of its own, and
+    refuses more ranks than nodes)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < world:
+        raise SteerlabError(
+            f"{world} vLLM CPU workers (tensor x pipeline parallel) need at least {world} cores; "
+            f"this process may use {len(cores)}"
+        )
+    per = len(cores) // world
+    return "|".join(",".join(map(str, cores[r * per : (r + 1) * per])) for r in range(world))
 
 
 def check_cpu_head_size(source: str) -> None:
