@@ -760,6 +760,14 @@ BAD: dict[str, Case] = {
         [*GEN, "--prompt", "hi", "--backend", "jax", "-o", f.out_jsonl],
         "jax",
     ),
+    "engine arg without a value": lambda f: (
+        [*GEN, "--prompt", "hi", "--engine-arg", "tensor_parallel_size", "-o", f.out_jsonl],
+        "KEY=VALUE",
+    ),
+    "engine arg for a backend without an engine": lambda f: (
+        [*GEN, "--prompt", "hi", "--engine-arg", "tensor_parallel_size=2", "-o", f.out_jsonl],
+        "backend='vllm' only",
+    ),
     "build with unknown backend": lambda f: (
         [
             *BUILD,

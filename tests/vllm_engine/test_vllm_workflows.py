@@ -65,6 +65,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(target)
 
 
+#: load_model's own keywords; the rest are engine arguments (what ``--engine-arg`` passes)
+LOAD_KEYS = {"device", "dtype", "layers_path", "chat", "backend", "matmul_dtype"}
+ENGINE_ARGS: list[dict[str, Any]] = []
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_engine(model_dir: str) -> Iterator[Model]:
     import steerlab.models as models
@@ -76,6 +81,7 @@ def one_engine(model_dir: str) -> Iterator[Model]:
     def load(spec: str, **kwargs: Any) -> Model:  # the workflows pass keywords only
         if kwargs.get("backend", "hf") != "vllm":
             return real(spec, **kwargs)
+        ENGINE_ARGS.append({k: v for k, v in kwargs.items() if k not in LOAD_KEYS})
         assert spec == model_dir and kwargs.get("dtype") in (None, "float32"), (spec, kwargs)
         assert kwargs.get("matmul_dtype") is None
         return dataclasses.replace(engine, chat=kwargs.get("chat", True))
@@ -266,12 +272,14 @@ def test_reliability_run(tmp_path: Path, model_dir: str) -> None:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     for backend in ("hf", "vllm"):
+        engine = ["--engine-arg", "max_model_len=512"] if backend == "vllm" else []
         _cli(
             [
                 "run", "--config", str(path), "--model", model_dir, "--backend", backend,
-                "--output-dir", str(tmp_path / backend), "--run-id", "r", "--quiet",
+                *engine, "--output-dir", str(tmp_path / backend), "--run-id", "r", "--quiet",
             ]
         )  # fmt: skip
+    assert ENGINE_ARGS[-1] == {"max_model_len": 512}  # --engine-arg reached load_model
     key = ["stage", "split", "prompt_id", "layer", "intervention", "alpha", "seed", "direction"]
     hf, vl = _frames((tmp_path / "hf" / "r", tmp_path / "vllm" / "r"), "results.parquet", key)
     assert len(hf) == len(vl) > 0

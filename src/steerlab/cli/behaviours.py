@@ -12,6 +12,7 @@ import typer
 
 from steerlab.cli.options import (
     BackendOpt,
+    EngineArgOpt,
     ExecutorOpt,
     JudgeBudgetOpt,
     JudgeKeyEnvOpt,
@@ -23,6 +24,7 @@ from steerlab.cli.options import (
     RayAddressOpt,
     ThreadsOpt,
     WorkersOpt,
+    engine_args,
     judge_cfg,
     parse_numbers,
 )
@@ -84,6 +86,7 @@ def behaviours_cmd(
         str, typer.Option("--model", "-m", help="embedded | tiny-* | model dir | .gguf | hub id")
     ] = "embedded",
     backend: BackendOpt = "hf",
+    engine_arg: EngineArgOpt = None,
     chat: Annotated[
         bool, typer.Option(help="apply the chat template (question as the user turn)")
     ] = True,
@@ -164,7 +167,9 @@ def behaviours_cmd(
     cfg = BehavioursConfig.parse(
         dict(
             out=str(out.resolve()),
-            model=EvalModelCfg(name=model, backend=backend, chat=chat),
+            model=EvalModelCfg(
+                name=model, backend=backend, chat=chat, engine_args=engine_args(engine_arg)
+            ),
             data=stored,
             data_sha256=digest,
             behaviours=keep,

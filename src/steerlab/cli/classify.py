@@ -12,11 +12,13 @@ import typer
 
 from steerlab.cli.options import (
     BackendOpt,
+    EngineArgOpt,
     ExecutorOpt,
     QuietOpt,
     RayAddressOpt,
     ThreadsOpt,
     WorkersOpt,
+    engine_args,
     parse_numbers,
 )
 
@@ -48,6 +50,7 @@ def classify_cmd(
         str, typer.Option("--model", "-m", help="embedded | tiny-* | model dir | .gguf | hub id")
     ] = "embedded",
     backend: BackendOpt = "hf",
+    engine_arg: EngineArgOpt = None,
     layers: Annotated[
         str | None, typer.Option(help="comma-separated layers (default: the middle layer)")
     ] = None,
@@ -111,7 +114,9 @@ def classify_cmd(
     stored, digest = _task_ref(task)
     data = dict(
         out=str(out.resolve()),
-        model=EvalModelCfg(name=model, backend=backend, chat=True),
+        model=EvalModelCfg(
+            name=model, backend=backend, chat=True, engine_args=engine_args(engine_arg)
+        ),
         task=stored,
         task_sha256=digest,
         layers=parse_numbers(layers, "--layers", int) if layers is not None else None,

@@ -11,11 +11,13 @@ import typer
 
 from steerlab.cli.options import (
     BackendOpt,
+    EngineArgOpt,
     ExecutorOpt,
     QuietOpt,
     RayAddressOpt,
     ThreadsOpt,
     WorkersOpt,
+    engine_args,
 )
 
 
@@ -57,6 +59,7 @@ def select_coefficients_cmd(
         str, typer.Option("--model", "-m", help="embedded | tiny-* | model dir | .gguf | hub id")
     ] = "embedded",
     backend: BackendOpt = "hf",
+    engine_arg: EngineArgOpt = None,
     tasks: Annotated[
         str, typer.Option(help="basic | humaneval | mbpp | an MBPP-format .jsonl file")
     ] = "basic",
@@ -185,7 +188,12 @@ def select_coefficients_cmd(
         )
     data = dict(
         out=str(out.resolve()),
-        model=EvalModelCfg(name=model, backend=backend, chat=prompt_mode == "chat"),
+        model=EvalModelCfg(
+            name=model,
+            backend=backend,
+            chat=prompt_mode == "chat",
+            engine_args=engine_args(engine_arg),
+        ),
         tasks=tasks_value,
         tasks_sha256=tasks_sha,
         max_tasks=max_tasks,

@@ -13,6 +13,7 @@ from steerlab.cli.options import (
     BackendOpt,
     DeviceOpt,
     DtypeOpt,
+    EngineArgOpt,
     ModelOpt,
     model_from_options,
 )
@@ -55,6 +56,7 @@ def find_layers_cmd(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     backend: BackendOpt = "hf",
+    engine_arg: EngineArgOpt = None,
 ) -> None:
     """Rank layers by how much steering there raises the target word's probability (one pass)."""
     from steerlab.analysis.layer_finder import find_layers, parse_layers
@@ -66,7 +68,7 @@ def find_layers_cmd(
             "the other way)"
         )
     chosen = parse_layers(layers) if layers is not None else None
-    m = model_from_options(model, device, dtype, chat=chat, backend=backend)
+    m = model_from_options(model, device, dtype, chat=chat, backend=backend, engine_arg=engine_arg)
     report = find_layers(
         m,
         test_prompt,

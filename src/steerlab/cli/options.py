@@ -45,6 +45,42 @@ BackendOverride = Annotated[
     ),
 ]
 
+
+def _engine_pairs(values: list[str] | None) -> list[str] | None:
+    for value in values or ():
+        engine_args([value])  # refuse a malformed one while the options are parsed
+    return values
+
+
+#: ``--engine-arg KEY=VALUE`` (repeatable): keyword arguments of the vLLM engine
+EngineArgOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--engine-arg",
+        help="KEY=VALUE for the vLLM engine (--backend vllm; repeatable), e.g. "
+        "tensor_parallel_size=2 or gpu_memory_utilization=0.85",
+        callback=_engine_pairs,
+    ),
+]
+
+
+def engine_args(values: list[str] | None) -> dict[str, Any]:
+    """``--engine-arg`` values as keyword arguments: each value read as a Python literal
+    (``2``, ``0.85``, ``True``, ``{'mode': 0}``), else kept as text."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in values or ():
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise typer.BadParameter(f"--engine-arg takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = text
+    return out
+
+
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="embedded | tiny-* | model dir | .gguf | hub id")
 ]
@@ -94,13 +130,19 @@ WorkersOpt = Annotated[
 
 
 def model_from_options(
-    model: str, device: str | None, dtype: str | None, chat: bool = True, backend: str = "hf"
+    model: str,
+    device: str | None,
+    dtype: str | None,
+    chat: bool = True,
+    backend: str = "hf",
+    engine_arg: list[str] | None = None,
 ) -> Model:
-    """The model that ``--model``/``--device``/``--dtype``/``--backend`` name (imported here,
-    when a command runs, so that ``steerlab --help`` does not import torch)."""
+    """The model that ``--model``/``--device``/``--dtype``/``--backend``/``--engine-arg`` name
+    (imported here, when a command runs, so that ``steerlab --help`` does not import torch)."""
     from steerlab.models import load_model
 
-    return load_model(model, device=device, dtype=dtype, chat=chat, backend=backend)
+    extra = engine_args(engine_arg)
+    return load_model(model, device=device, dtype=dtype, chat=chat, backend=backend, **extra)
 
 
 # The judge's options, the same on every command that can call a judge; judge_cfg builds them.

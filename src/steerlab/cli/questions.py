@@ -12,6 +12,7 @@ import typer
 
 from steerlab.cli.options import (
     BackendOpt,
+    EngineArgOpt,
     ExecutorOpt,
     JudgeBudgetOpt,
     JudgeConcurrencyOpt,
@@ -24,6 +25,7 @@ from steerlab.cli.options import (
     RayAddressOpt,
     ThreadsOpt,
     WorkersOpt,
+    engine_args,
     judge_cfg,
 )
 
@@ -42,6 +44,7 @@ def eval_questions_cmd(
         str, typer.Option("--model", "-m", help="embedded | tiny-* | model dir | .gguf | hub id")
     ] = "embedded",
     backend: BackendOpt = "hf",
+    engine_arg: EngineArgOpt = None,
     steering_config: Annotated[
         list[Path] | None,
         typer.Option(
@@ -111,7 +114,9 @@ def eval_questions_cmd(
     qpath, qhash = file_ref("questions", questions, "--questions")
     cfg = EvalConfig(
         out=str(out.resolve()),
-        model=EvalModelCfg(name=model, backend=backend, chat=chat),
+        model=EvalModelCfg(
+            name=model, backend=backend, chat=chat, engine_args=engine_args(engine_arg)
+        ),
         questions=FileRef(path=qpath, sha256=qhash),
         steering=steering_refs(list(steering_config or [])),
         n_per_question=n_per_question,

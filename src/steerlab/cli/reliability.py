@@ -14,12 +14,14 @@ import typer
 
 from steerlab.cli.options import (
     BackendOverride,
+    EngineArgOpt,
     ExecutorOpt,
     OutDirOpt,
     QuietOpt,
     RayAddressOpt,
     ThreadsOpt,
     WorkersOpt,
+    engine_args,
 )
 from steerlab.errors import SteerlabError
 from steerlab.pipelines.reliability.config import STAGES
@@ -73,6 +75,7 @@ def _stages(
     workers: int | None = None,
     threads: int | None = None,
     backend: str | None = None,
+    engine_arg: list[str] | None = None,
 ) -> None:
     from steerlab.pipelines.reliability.run import resolve_config, run_stages
     from steerlab.pipelines.reliability.store import RunDir
@@ -87,12 +90,15 @@ def _stages(
         ("model.backend", backend),
         ("experiment.output_dir", output_dir),
     )
-    overrides = {k: v for k, v in pairs if v}
+    overrides: dict[str, Any] = {k: v for k, v in pairs if v}
+    if engine_arg:
+        overrides["model.engine_args"] = engine_args(engine_arg)
     if run_dir is not None and config is None and not fast:
         cfg = RunDir.existing(run_dir).load_config()
         if overrides:
             raise SteerlabError(
-                "--model/--backend/--output-dir cannot change an existing run directory"
+                "--model/--backend/--engine-arg/--output-dir cannot change an existing run "
+                "directory"
             )
     else:
         cfg, _ = resolve_config(config, fast, overrides)
@@ -129,6 +135,7 @@ def _stage_command(app: typer.Typer, name: str, stages: tuple[str, ...], doc: st
         run_dir: RunDirOpt = None,
         model: ModelOverride = None,
         backend: BackendOverride = None,
+        engine_arg: EngineArgOpt = None,
         quiet: QuietOpt = False,
         output_dir: OutDirOpt = None,
         executor: ExecutorOpt = "local",
@@ -150,6 +157,7 @@ def _stage_command(app: typer.Typer, name: str, stages: tuple[str, ...], doc: st
             workers,
             threads_per_worker,
             backend,
+            engine_arg,
         )
 
     cmd.__doc__ = doc

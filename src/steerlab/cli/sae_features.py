@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from steerlab.cli.options import BackendOpt, QuietOpt
+from steerlab.cli.options import BackendOpt, EngineArgOpt, QuietOpt, engine_args
 from steerlab.errors import SteerlabError
 
 # a baseline's statuses are the sandbox's; ``sandbox_error`` says nothing about the model and is
@@ -97,6 +97,7 @@ def sae_features_cmd(
         str, typer.Option("--model", "-m", help="embedded | tiny-* | model dir | .gguf | hub id")
     ] = "embedded",
     backend: BackendOpt = "hf",
+    engine_arg: EngineArgOpt = None,
     sae_id: Annotated[
         str | None, typer.Option(help="the SAE's id within the release given as --sae")
     ] = None,
@@ -149,7 +150,8 @@ def sae_features_cmd(
             "best of those reported; raise --top or lower --export-top"
         )
     base = read_baseline(baseline)
-    m = load_model(model, device=device, dtype=dtype, backend=backend)
+    extra = engine_args(engine_arg)
+    m = load_model(model, device=device, dtype=dtype, backend=backend, **extra)
     s = load_sae(sae, sae_id, hook=hook, model=m)
     s.check_model(m)
     if s.model_name != "unknown" and not same_model(s.model_name, m.name):

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from steerlab.cli.options import BackendOpt, DeviceOpt, DtypeOpt, model_from_options
+from steerlab.cli.options import BackendOpt, DeviceOpt, DtypeOpt, EngineArgOpt, model_from_options
 from steerlab.errors import SteerlabError
 
 FORMATS = ("gguf", "safetensors")
@@ -77,6 +77,7 @@ def import_vector_cmd(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     backend: BackendOpt = "hf",
+    engine_arg: EngineArgOpt = None,
 ) -> None:
     """Read a vector (llama.cpp, repeng or steerlab GGUF; a folder; a Hub repo) and save it as
     a steerlab .safetensors vector."""
@@ -88,7 +89,7 @@ def import_vector_cmd(
     check_not_input(out, {"source": local if local.is_file() else None})
     vec = SteeringVector.from_pretrained(source, revision=revision, filename=filename)
     if model is not None:
-        m = model_from_options(model, device, dtype, backend=backend)
+        m = model_from_options(model, device, dtype, backend=backend, engine_arg=engine_arg)
         vec.check_d_model(m.d_model, source)
         for layer in vec.layers:
             if not 0 <= layer < m.n_layers:

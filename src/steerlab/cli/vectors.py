@@ -14,6 +14,7 @@ from steerlab.cli.options import (
     BackendOpt,
     DeviceOpt,
     DtypeOpt,
+    EngineArgOpt,
     ModelOpt,
     model_from_options,
 )
@@ -57,6 +58,7 @@ def build_vector_cmd(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     backend: BackendOpt = "hf",
+    engine_arg: EngineArgOpt = None,
 ) -> None:
     """Build a steering vector and save it (with a .stats.json beside it)."""
     from steerlab.directions import SIGN_RULES
@@ -93,7 +95,7 @@ def build_vector_cmd(
     from steerlab._util.pathnames import check_not_input
 
     check_not_input(out, {"--prompts": prompts})
-    m = model_from_options(model, device, dtype, backend=backend)
+    m = model_from_options(model, device, dtype, backend=backend, engine_arg=engine_arg)
     result = build_vector(m, spec)
     stats_path = save_build(result, out)
     for layer_idx, s in result.stats.items():
@@ -136,6 +138,7 @@ def generate_cmd(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     backend: BackendOpt = "hf",
+    engine_arg: EngineArgOpt = None,
 ) -> None:
     """Generate (optionally steered; several --layer/--alpha values make a grid) to JSONL."""
     from steerlab.engine.generate import GenerationConfig
@@ -172,7 +175,7 @@ def generate_cmd(
     from steerlab._util.pathnames import check_not_input
 
     check_not_input(out, {"--prompts": prompts, "--vector": vector})
-    m = model_from_options(model, device, dtype, chat=chat, backend=backend)
+    m = model_from_options(model, device, dtype, chat=chat, backend=backend, engine_arg=engine_arg)
     n = run_generate(m, items, steer, config, seed, out, chat=chat, system=system)
     typer.echo(f"wrote {n} rows to {out}")
 

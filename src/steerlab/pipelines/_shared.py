@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from steerlab._util.strict import Strict
@@ -63,6 +63,17 @@ class EvalModelCfg(Strict):
     #: none elsewhere (see :func:`resolve_matmul_dtype`); ``None``: the model's dtype throughout
     matmul_dtype: Literal["bf16", "auto"] | None = None
     chat: bool = True
+    #: keyword arguments of the engine (backend ``vllm`` only), e.g. ``tensor_parallel_size: 2``
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _engine_args_need_an_engine(self) -> EvalModelCfg:
+        if self.engine_args and self.backend != "vllm":
+            raise ValueError(
+                f"engine_args ({', '.join(sorted(self.engine_args))}) are for backend vllm, "
+                f"not {self.backend}"
+            )
+        return self
 
 
 def resolve_matmul_dtype(matmul_dtype: str | None, device: str | None, backend: str) -> str | None:
@@ -152,6 +163,7 @@ class ModelLoader:
     chat: bool
     progress: bool = False
     matmul_dtype: str | None = None
+    engine_args: tuple[tuple[str, Any], ...] = ()
 
     def __call__(self) -> Model:
         from steerlab.models import load_model
@@ -164,12 +176,22 @@ class ModelLoader:
                 chat=self.chat,
                 backend=self.backend,
                 matmul_dtype=resolve_matmul_dtype(self.matmul_dtype, self.device, self.backend),
+                **dict(self.engine_args),
             )
 
 
 def model_loader(m: EvalModelCfg, progress: bool) -> ModelLoader:
     """The loader of a config's ``model`` section."""
-    return ModelLoader(m.name, m.backend, m.device, m.dtype, m.chat, progress, m.matmul_dtype)
+    return ModelLoader(
+        m.name,
+        m.backend,
+        m.device,
+        m.dtype,
+        m.chat,
+        progress,
+        m.matmul_dtype,
+        tuple(sorted(m.engine_args.items())),
+    )
 
 
 def describe_model(model: Model) -> dict[str, Any]:
