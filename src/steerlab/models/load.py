@@ -23,6 +23,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,15 +147,22 @@ def _load_gguf(path: Path) -> tuple[Any, Any]:
 
 
 def _cached_gguf_dir(path: Path) -> Path:
-    """Dequantize ``path`` into the cache once (atomically) and return the cache directory."""
+    """Dequantize ``path`` into the cache once and return the cache directory."""
     stat = path.stat()
-    key = f"{path.stem}-{stat.st_size}"
-    target = cache_dir() / "gguf" / key
+    return _cached_files(
+        cache_dir() / "gguf" / f"{path.stem}-{stat.st_size}", lambda: _load_gguf(path)
+    )
+
+
+def _cached_files(target: Path, build: Callable[[], tuple[Any, Any]]) -> Path:
+    """``target`` holding the Hugging Face files of the ``(model, tokenizer)`` that ``build``
+    makes, written once: into a temporary sibling, then renamed (a reader never sees half a
+    folder; of two writers racing, the first rename wins)."""
     if (target / "config.json").is_file():
         return target
-    model, tok = _load_gguf(path)
+    model, tok = build()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -300,24 +308,10 @@ def _engine_source(spec: str) -> tuple[str, str]:
 
 
 def _tiny_dir(kind: str) -> Path:
-    """A tiny random model's files, written once (atomically) to the cache."""
+    """A tiny random model's files, written once to the cache."""
     from steerlab.models.tiny import build_tiny_model
 
-    target = cache_dir() / "tiny" / kind
-    if (target / "config.json").is_file():
-        return target
-    hf, tok = build_tiny_model(kind)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
-    try:
-        hf.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").is_file():
-            raise
-    return target
+    return _cached_files(cache_dir() / "tiny" / kind, lambda: build_tiny_model(kind))
 
 
 def _load_own_engine(
