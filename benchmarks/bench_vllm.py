@@ -19,7 +19,7 @@ Target: steered/unsteered >= 0.95.
 On a GPU machine with vLLM installed (CUDA build; bf16; the runner keeps vLLM eager):
 
     python benchmarks/bench_vllm.py --model Qwen/Qwen2.5-7B-Instruct --prompts 32 --tokens 128 \\
-        --dtype bfloat16 --engine-arg gpu_memory_utilization=0.85
+        --dtype bfloat16 --engine-arg gpu_memory_utilization=0.85 --engine-arg max_num_seqs=32
 """
 
 from __future__ import annotations
