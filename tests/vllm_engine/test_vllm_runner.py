@@ -272,6 +272,28 @@ def test_graph_modes_and_foreign_engines_are_refused_in_one_sentence() -> None:
     check_engine(llm(EXTENSION, True, 0))
 
 
+def test_an_engine_configured_to_compile_on_cpu_is_refused() -> None:
+    """vLLM's own config resolution (no engine started): without eager mode vLLM compiles on
+    CPU too (compilation mode 2 here), which the runner refuses; eager wins over a
+    compilation config (vLLM resolves the mode to 0), which the runner accepts."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from steerlab.models.load import _engine_source
+
+    source, _ = _engine_source("embedded")
+
+    def engine(**kwargs: object) -> object:
+        config = EngineArgs(model=source, worker_extension_cls=EXTENSION, **kwargs)  # type: ignore[arg-type]
+        vllm_engine = type("E", (), {"vllm_config": config.create_engine_config()})()
+        return type("L", (), {"llm_engine": vllm_engine})()
+
+    compiled = engine(enforce_eager=False)
+    assert compiled.llm_engine.vllm_config.compilation_config.mode != 0  # type: ignore[attr-defined]
+    with pytest.raises(sl.SteerlabError, match="eager"):
+        check_engine(compiled)
+    check_engine(engine(enforce_eager=True, compilation_config={"mode": 3}))
+
+
 def test_a_model_runner_without_the_v1_batch_is_refused_in_one_sentence() -> None:
     """vLLM's V2 model runner (GPU) keeps its batch elsewhere: refused, never run unsteered."""
 
