@@ -297,3 +297,27 @@ def test_heads_cpu_attention_cannot_run_are_refused_before_the_engine_starts() -
 
     with pytest.raises(ModelLoadError, match=r"no kernel for head size 16 .* supports 32, 64"):
         load_model("tiny-llama", backend="vllm")  # 4 heads of 16 over width 64
+
+
+def test_classify_logit_margins(tmp_path: Path, model_dir: str) -> None:
+    """The logit mode scores each row's next token through the engine's sampler input."""
+    from tests.classify_tiny import examples
+
+    (tmp_path / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in examples()))
+    (tmp_path / "task.yaml").write_text(CLASSIFY_TASK)
+    outs = _both(
+        tmp_path,
+        [
+            "classify", "--model", model_dir, "--task", str(tmp_path / "task.yaml"),
+            "--out", "{out}", "--layers", "1,2", "--strengths", "1,4", "--scale", "diff",
+            "--mode", "logit", "--no-generate", "--quiet",
+        ],
+    )  # fmt: skip
+    key = ["example_id", "vector", "layer", "strength"]
+    hf, vl = _frames(outs, "results.parquet", key)
+    assert hf[key].equals(vl[key]) and len(hf) > 0
+    assert (hf["margin"] - vl["margin"]).abs().max() < 1e-4
+    base = vl[vl.vector == "baseline"].set_index("example_id").margin
+    steered = vl[(vl.vector != "baseline") & (vl.strength == 4)]
+    moved = steered.margin.to_numpy() - base.loc[steered.example_id].to_numpy()
+    assert abs(moved).max() > 1e-2  # the steering reached the scores
