@@ -11,8 +11,11 @@ import yaml
 from tests.cli_run import cli
 from tests.pipeline_helpers import tiny_run_config
 
+from steerlab.models.precision import cpu_has_native_bf16
 from steerlab.pipelines._shared import resolve_matmul_dtype
 from steerlab.pipelines.reliability.config import STAGES
+
+NATIVE = cpu_has_native_bf16()
 
 
 @pytest.mark.parametrize(
@@ -20,7 +23,8 @@ from steerlab.pipelines.reliability.config import STAGES
     [
         (None, "float32", None),
         ("bf16", "float32, bf16 matmuls", "bf16"),
-        ("auto", "float32, bf16 matmuls", "bf16"),  # on CPU with the hf backend
+        # on CPU with the hf backend: bf16 only where the CPU multiplies bf16 natively
+        ("auto", *(("float32, bf16 matmuls", "bf16") if NATIVE else ("float32", None))),
     ],
 )
 def test_run_names_its_precision_and_prints_its_times(
@@ -52,10 +56,12 @@ def test_run_names_its_precision_and_prints_its_times(
 
 
 def test_auto_matmul_dtype_is_bf16_only_where_it_is_a_cpu_speed_mode() -> None:
-    assert resolve_matmul_dtype("auto", "cpu", "hf") == "bf16"
-    assert resolve_matmul_dtype("auto", "cpu", "nnsight") == "bf16"
-    assert resolve_matmul_dtype("auto", "cuda:0", "hf") is None  # a GPU runs bf16 already
-    assert resolve_matmul_dtype("auto", "cpu", "transformer_lens") is None
-    assert resolve_matmul_dtype("auto", "cpu", "vllm") is None
+    assert resolve_matmul_dtype("auto", "cpu", "hf", native_bf16=True) == "bf16"
+    assert resolve_matmul_dtype("auto", "cpu", "nnsight", native_bf16=True) == "bf16"
+    assert resolve_matmul_dtype("auto", "cpu", "hf", native_bf16=False) is None  # AVX2 only
+    assert resolve_matmul_dtype("auto", "cuda:0", "hf", native_bf16=True) is None
+    assert resolve_matmul_dtype("auto", "cpu", "transformer_lens", native_bf16=True) is None
+    assert resolve_matmul_dtype("auto", "cpu", "vllm", native_bf16=True) is None
+    assert resolve_matmul_dtype("auto", "cpu", "hf") == ("bf16" if NATIVE else None)
     assert resolve_matmul_dtype(None, "cpu", "hf") is None
     assert resolve_matmul_dtype("bf16", "cuda", "hf") == "bf16"  # an explicit value is kept

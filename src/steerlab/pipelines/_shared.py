@@ -59,8 +59,8 @@ class EvalModelCfg(Strict):
     device: str | None = None
     dtype: str | None = None
     #: CPU speed mode: linear layers multiply in bf16, residual/steering stay in dtype.
-    #: ``auto``: bf16 where it is a speed mode (on CPU, with a backend that lowers matmuls),
-    #: none elsewhere (see :func:`resolve_matmul_dtype`); ``None``: the model's dtype throughout
+    #: ``auto``: bf16 where it is a speed mode (a CPU with native bf16, a backend that lowers
+    #: matmuls), none elsewhere (see :func:`resolve_matmul_dtype`); ``None``: dtype throughout
     matmul_dtype: Literal["bf16", "auto"] | None = None
     chat: bool = True
     #: keyword arguments of the engine (backend ``vllm`` only), e.g. ``tensor_parallel_size: 2``
@@ -76,18 +76,26 @@ class EvalModelCfg(Strict):
         return self
 
 
-def resolve_matmul_dtype(matmul_dtype: str | None, device: str | None, backend: str) -> str | None:
-    """The matmul dtype a model is loaded with: ``auto`` is ``"bf16"`` on CPU with a backend that
-    lowers matmuls (``hf``, ``nnsight``) and ``None`` otherwise (a GPU already runs bf16; vLLM
-    and TransformerLens keep their own linear layers); other values pass through unchanged."""
+def resolve_matmul_dtype(
+    matmul_dtype: str | None, device: str | None, backend: str, native_bf16: bool | None = None
+) -> str | None:
+    """The matmul dtype a model is loaded with. ``auto`` is ``"bf16"`` where that is a speed mode
+    (on a CPU that multiplies bf16 natively, ``native_bf16``, by default read from the CPU; with
+    a backend that lowers matmuls, ``hf`` or ``nnsight``) and ``None`` otherwise (a GPU runs bf16
+    already; vLLM and TransformerLens keep their own linear layers; an AVX2-only CPU converts
+    bf16 GEMMs through float32 and is slower). Other values pass through unchanged."""
     if matmul_dtype != "auto":
         return matmul_dtype
     from steerlab.backends.registry import REGISTRY
     from steerlab.models import default_device
+    from steerlab.models.precision import cpu_has_native_bf16
 
     on = str(device) if device is not None else str(default_device())
     lowers = backend in REGISTRY and REGISTRY[backend].lowers_matmuls
-    return "bf16" if lowers and on.startswith("cpu") else None
+    if not (lowers and on.startswith("cpu")):
+        return None
+    native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+    return "bf16" if native else None
 
 
 class JudgeCfg(Strict):
