@@ -59,7 +59,9 @@ def _rows(
     ]
 
 
-def make_results(x: dict[str, float], y: dict[str, float]) -> pd.DataFrame:
+def make_results(
+    x: dict[str, float], y: dict[str, float], x_benign: dict[str, float] | None = None
+) -> pd.DataFrame:
     """Baseline refuses nothing; on harm_test ``X`` and ``Y`` refuse per half as given; benign
     prompts are answered helpfully everywhere (no cost), so the rule picks the top refusal."""
     none = {SELECTION: 0.0, REPORT: 0.0}
@@ -67,7 +69,7 @@ def make_results(x: dict[str, float], y: dict[str, float]) -> pd.DataFrame:
     rows += _rows("baseline", "benign", Setting(-1, "none", 0.0), none)
     for s, refusal in ((X, x), (Y, y)):
         rows += _rows("sweep", "harm_test", s, refusal)
-        rows += _rows("sweep", "benign", s, none)
+        rows += _rows("sweep", "benign", s, x_benign if s == X and x_benign else none)
     return pd.DataFrame(rows)
 
 
@@ -152,3 +154,18 @@ def test_report_header_names_the_precision() -> None:
     bf16 = model_label({"model": {"name": "embedded", "matmul_dtype": "bf16"}}, manifest)
     assert fp32 == "SmolLM2 (embedded), float32"
     assert bf16 == "SmolLM2 (embedded), float32, bf16 matmuls"
+
+
+def test_a_held_out_cost_above_the_rule_is_named() -> None:
+    # X costs nothing on the selection half and refuses half the report half's benign prompts
+    results = make_results(
+        {SELECTION: 1, REPORT: 1}, {SELECTION: 0, REPORT: 0}, {SELECTION: 0, REPORT: 0.5}
+    )
+    op = held_out_operating_point(results, n_boot=N_BOOT)
+    assert chosen_setting(op) == X and op["held_out"]["drop"]["value"] == 0.5
+    text = "\n".join(operating_point_section(op))
+    assert "Its held-out benign helpfulness drop (+50.0 pp" in text
+    fine = held_out_operating_point(
+        make_results({SELECTION: 1, REPORT: 1}, {SELECTION: 0, REPORT: 0}), n_boot=N_BOOT
+    )
+    assert "Its held-out benign helpfulness drop" not in "\n".join(operating_point_section(fine))

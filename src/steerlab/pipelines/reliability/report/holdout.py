@@ -243,10 +243,16 @@ def operating_point_section(op: dict[str, Any]) -> Lines:
         else "**not confirmed on held-out prompts** (CI includes 0 or is below it): the "
         "selection-half figure is a selected maximum and may be noise"
     )
+    cost = ""
+    if held["drop"]["value"] > ACCEPTABLE_DROP:
+        cost = (
+            f" Its held-out benign helpfulness drop ({_pp(held['drop'])}) exceeds the "
+            f"{100 * ACCEPTABLE_DROP:.0f} pp the rule allowed on the selection half."
+        )
     lines += [
         f"**{chosen['label']}** (chosen on the selection half).",
         "",
-        f"- Held out (report half): {_effect_line(held)}: {verdict}.",
+        f"- Held out (report half): {_effect_line(held)}: {verdict}.{cost}",
         f"- Selection half (where it was chosen; biased upward): {_effect_line(op['selection'])}.",
     ]
     other = op.get("swapped")
