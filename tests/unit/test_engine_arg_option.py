@@ -13,8 +13,14 @@ from steerlab.pipelines._shared import EvalModelCfg, model_loader
 
 def test_values_are_literals_or_text() -> None:
     got = engine_args(
-        ["tensor_parallel_size=2", "gpu_memory_utilization=0.85", "enable_prefix_caching=False"]
-        + ["quantization=awq", "compilation_config={'mode': 0}", " seed = 3"]
+        [
+            "tensor_parallel_size=2",
+            "gpu_memory_utilization=0.85",
+            "enable_prefix_caching=False",
+            "quantization=awq",
+            "compilation_config={'mode': 0}",
+            " seed = 3",
+        ]
     )
     assert got == {
         "tensor_parallel_size": 2,
