@@ -4,6 +4,8 @@ interventions in one row, all mixed in one call."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 import steerlab as sl
@@ -68,3 +70,32 @@ def mixed_rows(model: Model) -> list[sl.Row]:
         sl.Row(model.format_prompt(PROMPTS[k % len(PROMPTS)]), iv, seed=k)
         for k, iv in enumerate(ivs)
     ]
+
+
+def write_tiny_llama(
+    target: Path, width: int, layers: int, heads: int, kv_heads: int, init_std: float
+) -> None:
+    """A tiny random Llama (tiny-llama's byte tokenizer, seed 0) written to ``target``, with
+    heads vLLM's CPU attention can run (``width / heads`` must be 32, 64, ...)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from steerlab.models.tiny import VOCAB_SIZE, build_tiny_tokenizer
+
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=init_std,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(target)
+    build_tiny_tokenizer().save_pretrained(target)

@@ -22,7 +22,13 @@ import pytest
 pytest.importorskip("vllm")
 
 import torch
-from tests.vllm_engine.steering_rows import GREEDY, PROMPTS, mixed_rows, random_vector
+from tests.vllm_engine.steering_rows import (
+    GREEDY,
+    PROMPTS,
+    mixed_rows,
+    random_vector,
+    write_tiny_llama,
+)
 
 import steerlab as sl
 from steerlab.engine.score import steered_logprobs
@@ -37,29 +43,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Model, Model]]:
     """(the tiny model on vLLM with tensor_parallel_size=2, the same weights on HF)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from steerlab.models.tiny import VOCAB_SIZE, build_tiny_tokenizer
-
-    config = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=24,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        initializer_range=0.1,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.generation_config.pad_token_id = 0
     target = Path(tmp_path_factory.mktemp("tiny-llama-tp"))
-    model.save_pretrained(target)
-    build_tiny_tokenizer().save_pretrained(target)
+    write_tiny_llama(target, width=128, layers=24, heads=4, kv_heads=2, init_std=0.1)
     torch.set_num_threads(2)
     vm = sl.load_model(str(target), backend="vllm", max_model_len=1024, tensor_parallel_size=2)
     yield vm, sl.load_model(str(target))

@@ -28,6 +28,7 @@ pytest.importorskip("vllm")
 import pandas as pd
 import torch
 import yaml
+from tests.vllm_engine.steering_rows import write_tiny_llama
 
 from steerlab.cli import main
 from steerlab.models import Model
@@ -39,29 +40,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny Llama (4 layers, width 64, two 32-wide heads, one KV head) with seeded weights."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from steerlab.models.tiny import VOCAB_SIZE, build_tiny_tokenizer
-
-    config = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        initializer_range=0.15,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.generation_config.pad_token_id = 0
     target = tmp_path_factory.mktemp("tiny-llama-h32")
-    model.save_pretrained(target)
-    build_tiny_tokenizer().save_pretrained(target)
+    write_tiny_llama(target, width=64, layers=4, heads=2, kv_heads=1, init_std=0.15)
     return str(target)
 
 
@@ -216,32 +196,14 @@ def test_select_coefficients(tmp_path: Path, model_dir: str) -> None:
     assert (strong.output.to_numpy() != base.loc[strong.task_id].to_numpy()).any()
 
 
-CLASSIFY_TASK = """\
-name: tinyvuln
-prompt_template: "Is this {group_name}? {text} Answer:"
-labels: [vulnerable, secure]
-positive: vulnerable
-answer_words:
-  vulnerable: [vulnerable]
-  secure: [secure]
-groups:
-  A: bug a
-  B: bug b
-intended: {target: vulnerable, direction: raise}
-data: tiny.jsonl
-chat: false
-"""
-
-
 def test_classify_generate(tmp_path: Path, model_dir: str) -> None:
-    from tests.classify_tiny import examples
+    from tests.classify_tiny import write_task
 
-    (tmp_path / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in examples()))
-    (tmp_path / "task.yaml").write_text(CLASSIFY_TASK)
+    task = write_task(tmp_path)
     outs = _both(
         tmp_path,
         [
-            "classify", "--model", model_dir, "--task", str(tmp_path / "task.yaml"),
+            "classify", "--model", model_dir, "--task", str(task),
             "--out", "{out}", "--layers", "1,2", "--strengths", "1,4", "--scale", "diff",
             "--mode", "generate", "--max-new-tokens", "4", "--quiet",
         ],
@@ -301,14 +263,13 @@ def test_heads_cpu_attention_cannot_run_are_refused_before_the_engine_starts() -
 
 def test_classify_logit_margins(tmp_path: Path, model_dir: str) -> None:
     """The logit mode scores each row's next token through the engine's sampler input."""
-    from tests.classify_tiny import examples
+    from tests.classify_tiny import write_task
 
-    (tmp_path / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in examples()))
-    (tmp_path / "task.yaml").write_text(CLASSIFY_TASK)
+    task = write_task(tmp_path)
     outs = _both(
         tmp_path,
         [
-            "classify", "--model", model_dir, "--task", str(tmp_path / "task.yaml"),
+            "classify", "--model", model_dir, "--task", str(task),
             "--out", "{out}", "--layers", "1,2", "--strengths", "1,4", "--scale", "diff",
             "--mode", "logit", "--no-generate", "--quiet",
         ],
