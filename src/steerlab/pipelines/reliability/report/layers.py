@@ -34,6 +34,7 @@ from steerlab.pipelines.reliability.report._grid import (
     main_grid,
     setting_of,
 )
+from steerlab.pipelines.reliability.report._picks import best_per_layer, harm_test_rows
 from steerlab.pipelines.reliability.report.checks import excludes_zero
 
 Lines = list[str]
@@ -340,20 +341,16 @@ def operating_point_lines(
 ) -> Lines:
     """Per layer, the setting with the largest harm_test refusal at acceptable benign cost."""
     lines = ["### At each layer's best operating point", ""]
-    test = summary[summary["split"] == "harm_test"].sort_values(KEY)
-    steered = test[test["steered"].astype(bool)].dropna(subset=["refusal_rate", "benign_drop"])
     picks: list[pd.Series] = []
     rows = []
-    for layer, g in steered.groupby("layer", sort=True):
-        ok = g[g["benign_drop"] <= ACCEPTABLE_DROP]
-        if ok.empty:
-            rows.append([int(layer), "none within cost", "", "", ""])
+    for layer, r in best_per_layer(harm_test_rows(summary)).items():
+        if r is None:
+            rows.append([layer, "none within cost", "", "", ""])
             continue
-        r = ok.loc[ok["refusal_rate"].idxmax()]
         picks.append(r)
         rows.append(
             [
-                int(layer),
+                layer,
                 setting_of(r).label,
                 f.pct_ci(r["refusal_rate"], r["refusal_lo"], r["refusal_hi"]),
                 f.pp_ci(r["refusal_gain"], r["refusal_gain_lo"], r["refusal_gain_hi"]),

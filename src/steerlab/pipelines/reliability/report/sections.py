@@ -8,24 +8,11 @@ import pandas as pd
 
 from steerlab.models.precision import precision_label
 from steerlab.pipelines.reliability.report import _fmt as f
-from steerlab.pipelines.reliability.report._grid import (
-    KEY,
-    SPLITS,
-    Setting,
-    setting_of,
-)
+from steerlab.pipelines.reliability.report import _picks as pick
+from steerlab.pipelines.reliability.report._grid import SPLITS, Setting, setting_of
 from steerlab.pipelines.reliability.report.checks import excludes_zero
 
 Lines = list[str]
-
-
-def _test_rows(summary: pd.DataFrame) -> pd.DataFrame:
-    """harm_test rows: every setting column plus the harm_test refusal CI (``refusal_lo/hi``)."""
-    return summary[summary["split"] == "harm_test"].sort_values(KEY).reset_index(drop=True)
-
-
-def _steered(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows[rows["steered"].astype(bool)]
 
 
 def _row(summary: pd.DataFrame, s: Setting, split: str) -> pd.Series | None:
@@ -92,7 +79,7 @@ def baseline_section(summary: pd.DataFrame) -> Lines:
 def pareto_section(summary: pd.DataFrame) -> Lines:
     """The Pareto frontier on all prompts: descriptive, chosen and scored on the same prompts."""
     lines = ["### Pareto frontier (all prompts, in-sample)", ""]
-    front = _steered(_test_rows(summary))
+    front = pick.steered(pick.harm_test_rows(summary))
     front = front[front["pareto"].astype(bool)]
     rows = [
         [
@@ -123,16 +110,14 @@ def _generalization(
     if best is not None and (b := _row(test, best, "harm_test")) is not None:
         gap = f.pp_ci(b["gap"], b["gap_lo"], b["gap_hi"])
         at_best = f" At the best operating point ({best.label}) the gap is {gap}."
-    steered = _steered(test).dropna(subset=["gap"])
+    steered = pick.steered(test, "gap")
     if steered.empty:
         return [*lines, "No steered setting has both harm splits: gap not measured.", ""], False
     base_gap = "n/a" if base is None else f.pp_ci(base["gap"], base["gap_lo"], base["gap_hi"])
-    base_hi = float("nan") if base is None else float(base["gap_hi"])
-    base_real = base is not None and excludes_zero(base["gap_lo"], base["gap_hi"])
+    base_real = pick.baseline_gap_is_real(base)
     positive = steered[steered["gap_lo"] > 0]
-    beyond = positive if not base_real else positive[positive["gap_lo"] > base_hi]
-    if not beyond.empty:
-        w = beyond.loc[beyond["gap"].idxmax()]
+    beyond = pick.gaps_beyond_baseline(test, base)
+    if (w := pick.top(beyond, "gap")) is not None:
         lines += [
             f"**Generalization failure detected**: {len(beyond)} of {len(steered)} steered "
             "settings refuse more on harm_train than on harm_test with a gap CI excluding 0"
@@ -142,7 +127,7 @@ def _generalization(
             "",
         ]
         return lines, True
-    w = steered.loc[steered["gap"].idxmax()]
+    w = steered.loc[steered["gap"].idxmax()]  # the closest, named without a claim
     if not positive.empty:
         lines.append(
             f"Steered settings show train−test gaps excluding 0, but the gap is already present "
@@ -170,19 +155,17 @@ def _drop(r: pd.Series) -> str:
 
 def _side_effects(test: pd.DataFrame) -> tuple[Lines, bool]:
     lines = ["### Side effects on benign prompts", ""]
-    steered = _steered(test).dropna(subset=["benign_drop"])
+    steered = pick.steered(test, "benign_drop")
     if steered.empty:
         return [*lines, "No benign results for steered settings: not measured.", ""], False
-    hurt = steered[steered["benign_drop_lo"] > 0]
-    ranked = steered.dropna(subset=["refusal_rate"])
-    strongest = ranked.loc[ranked["refusal_rate"].idxmax()] if not ranked.empty else None
-    if hurt.empty:
+    hurt = pick.hurting(test)
+    strongest = pick.top(steered.dropna(subset=["refusal_rate"]), "refusal_rate")
+    if (w := pick.top(hurt, "benign_drop")) is None:
         lines.append(
             "No benign side effect is supported: no steered setting lowers the benign helpful "
             "rate with a CI excluding 0."
         )
         return [*lines, ""], False
-    w = hurt.loc[hurt["benign_drop"].idxmax()]
     lines.append(
         f"**Side-effect tradeoff detected**: {len(hurt)} of {len(steered)} steered settings "
         f"lower benign helpfulness with a CI excluding 0. Largest at {setting_of(w).label}: "
@@ -201,18 +184,16 @@ def _side_effects(test: pd.DataFrame) -> tuple[Lines, bool]:
 def _steering_effect(test: pd.DataFrame) -> Lines:
     """Does steering move harm_test refusal at all? (Change vs baseline, CI per setting.)"""
     lines = ["### Effect of steering on harm_test refusal", ""]
-    steered = _steered(test).dropna(subset=["refusal_gain"])
+    steered = pick.steered(test, "refusal_gain")
     if steered.empty:
         return [*lines, "No steered harm_test results: not measured.", ""]
-    up = steered[steered["refusal_gain_lo"] > 0]
-    down = steered[steered["refusal_gain_hi"] < 0]
+    up, down = pick.raising(test), pick.lowering(test)
     if up.empty and down.empty:
         return [*lines, "No steered setting changes harm_test refusal with a CI excluding 0.", ""]
     parts = []
-    for name, rows, pick in (("raise", up, "idxmax"), ("lower", down, "idxmin")):
-        if rows.empty:
+    for name, rows, lowest in (("raise", up, False), ("lower", down, True)):
+        if (r := pick.top(rows, "refusal_gain", lowest)) is None:
             continue
-        r = rows.loc[getattr(rows["refusal_gain"], pick)()]
         parts.append(
             f"{len(rows)} of {len(steered)} steered settings {name} it with a CI excluding 0 "
             f"(largest: {setting_of(r).label}, "
@@ -223,7 +204,7 @@ def _steering_effect(test: pd.DataFrame) -> Lines:
 
 
 def findings_section(summary: pd.DataFrame, best: Setting | None) -> tuple[Lines, dict[str, bool]]:
-    test = _test_rows(summary)
+    test = pick.harm_test_rows(summary)
     base = test[test["intervention"] == "none"]
     gen_lines, gen = _generalization(test, None if base.empty else base.iloc[0], best)
     side_lines, side = _side_effects(test)
