@@ -340,6 +340,14 @@ def test_build_report_writes_everything(built: dict[str, Path]) -> None:
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     checks = json.loads(built["checks"].read_text())
     assert checks["confound"]["available"] and checks["sign"]["failed"] == []
+    held = checks["findings_holdout"]
+    assert held["n_settings"] == 8 and set(held["statements"]) == {
+        "raise",
+        "lower",
+        "gap",
+        "drop",
+        "strongest",
+    }
     headline = checks["layers"]["headline"]
     assert (headline["effect"], headline["layer_a"], headline["layer_b"]) == ("refusal_gain", 12, 8)
     assert not [p for p in run.rglob("*.tmp")]
@@ -349,10 +357,15 @@ def test_report_states_the_constructed_findings(built: dict[str, Path]) -> None:
     report = built["report"].read_text()
     assert "tiny-test" in report and "SIGN CHECK FAILED" not in report
     assert "**Generalization failure detected**" in report
-    assert "Largest at L8 add α=2" in report  # the largest constructed gap is the one named
+    # the largest constructed gap is the one named, labelled as a selected maximum
+    assert "Largest (in-sample, biased upward) at L8 add α=2" in report
     # harm_test refusal 0.2 at baseline -> 0.95 at L12 add α=2: the largest measured raise
     assert "**Measured steering effect**" in report
-    assert "(largest: L12 add α=2, +75.0 pp" in report
+    assert "(largest, in-sample and biased upward: L12 add α=2, +75.0 pp" in report
+    # each such statement is also chosen on the selection half and scored on the report half
+    assert "- Held out (largest raise): the selection half picks **L12 add α=2**" in report
+    assert "- Held out (largest gap): the selection half picks **L8 add α=2**" in report
+    assert "**Held out**: the same per-layer rule on the selection half" in report
     assert "**Side-effect tradeoff detected**" in report
     assert "## Operating point (chosen on one half of the prompts" in report
     assert "**L8 add α=1** (chosen on the selection half)" in report

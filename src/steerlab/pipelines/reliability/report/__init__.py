@@ -11,6 +11,8 @@
   bootstrap CIs.
 * :mod:`~steerlab.pipelines.reliability.report.holdout`: the operating point and the largest
   layer difference chosen on one half of the prompts and reported on the other.
+* :mod:`~steerlab.pipelines.reliability.report.holdout_findings`: the same for the Findings'
+  "largest" statements and each layer's best operating point.
 * :mod:`~steerlab.pipelines.reliability.report.plots`: the figures.
 * :mod:`~steerlab.pipelines.reliability.report.writeup`: ``examples.md`` and ``report.md``.
 """
@@ -45,6 +47,7 @@ from steerlab.pipelines.reliability.report.holdout import (
     held_out_layer_difference,
     held_out_operating_point,
 )
+from steerlab.pipelines.reliability.report.holdout_findings import held_out_findings
 from steerlab.pipelines.reliability.report.layers import layer_comparison
 from steerlab.pipelines.reliability.report.plots import make_figures
 from steerlab.pipelines.reliability.report.writeup import write_examples, write_report
@@ -145,6 +148,7 @@ def build_report(run_dir: str | Path, n_boot: int | None = None, seed: int = 0) 
     checks = {
         "operating_point": op,
         "layer_holdout": held_out_layer_difference(results, n_boot=n_boot, seed=seed),
+        "findings_holdout": held_out_findings(results, n_boot, seed, summary),
         "confound": confound_check(results, n_boot=n_boot, seed=seed, best=best),
         "seed": seed_check(results, n_boot=n_boot, seed=seed),
         "template": template_check(results, sanity, n_boot=n_boot, seed=seed),

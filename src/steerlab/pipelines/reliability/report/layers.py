@@ -34,7 +34,11 @@ from steerlab.pipelines.reliability.report._grid import (
     main_grid,
     setting_of,
 )
-from steerlab.pipelines.reliability.report._picks import best_per_layer, harm_test_rows
+from steerlab.pipelines.reliability.report._picks import (
+    best_per_layer,
+    harm_test_rows,
+    within_cost,
+)
 from steerlab.pipelines.reliability.report.checks import excludes_zero
 
 Lines = list[str]
@@ -343,7 +347,9 @@ def operating_point_lines(
     lines = ["### At each layer's best operating point", ""]
     picks: list[pd.Series] = []
     rows = []
-    for layer, r in best_per_layer(harm_test_rows(summary)).items():
+    test = harm_test_rows(summary)
+    counts = within_cost(test)["layer"].value_counts()
+    for layer, r in best_per_layer(test).items():
         if r is None:
             rows.append([layer, "none within cost", "", "", ""])
             continue
@@ -360,10 +366,12 @@ def operating_point_lines(
     if not rows:
         return [*lines, "No steered settings with harm_test and benign results.", ""]
     header = ["layer", "best setting (drop ≤ cost)", "harm_test refusal", "change", "benign drop"]
+    n = ", ".join(f"layer {L}: {int(k)}" for L, k in sorted(counts.items()))
     lines += [
         f"Acceptable benign cost: helpfulness drop ≤ {100 * ACCEPTABLE_DROP:.0f} pp. Each layer "
         "at its own α, so this compares operating points, not layers at equal strength. Picked "
-        "and scored on the same prompts (in-sample), so each row is a selected maximum.",
+        "and scored on the same prompts (in-sample), so each row is a selected maximum, biased "
+        f"upward: the best of its layer's steered settings ({n}).",
         "",
         f.table(header, rows),
         "",
@@ -397,11 +405,17 @@ def layer_section(
     n_boot: int = 1000,
     seed: int = 0,
     held_out: Lines | None = None,
+    held_out_points: Lines | None = None,
 ) -> Lines:
-    """The layer-comparison section: matched α (``check`` from :func:`layer_comparison`) first."""
+    """The layer-comparison section: matched α (``check`` from :func:`layer_comparison`) first.
+
+    ``held_out`` follows the in-sample matched-α headline, ``held_out_points`` the in-sample
+    per-layer best operating points (their held-out checks, chosen on another half of the
+    prompts than they are scored on)."""
     return [
         "## Layer comparison",
         "",
         *matched_alpha_lines(check, held_out),
         *operating_point_lines(results, summary, n_boot, seed),
+        *(held_out_points or []),
     ]

@@ -11,8 +11,13 @@ from steerlab.pipelines.reliability.report import _fmt as f
 from steerlab.pipelines.reliability.report import _picks as pick
 from steerlab.pipelines.reliability.report._grid import SPLITS, Setting, setting_of
 from steerlab.pipelines.reliability.report.checks import excludes_zero
+from steerlab.pipelines.reliability.report.holdout_findings import (
+    findings_method,
+    statement_lines,
+)
 
 Lines = list[str]
+Held = dict[str, Any] | None
 
 
 def _row(summary: pd.DataFrame, s: Setting, split: str) -> pd.Series | None:
@@ -103,7 +108,7 @@ def pareto_section(summary: pd.DataFrame) -> Lines:
 
 
 def _generalization(
-    test: pd.DataFrame, base: pd.Series | None, best: Setting | None
+    test: pd.DataFrame, base: pd.Series | None, best: Setting | None, held: Held
 ) -> tuple[Lines, bool]:
     lines = ["### Generalization: harm_train vs harm_test", ""]
     at_best = ""
@@ -122,9 +127,10 @@ def _generalization(
             f"**Generalization failure detected**: {len(beyond)} of {len(steered)} steered "
             "settings refuse more on harm_train than on harm_test with a gap CI excluding 0"
             + (" and above the baseline gap's CI" if base_real else "")
-            + f". Largest at {setting_of(w).label}: gap "
+            + f". Largest (in-sample, biased upward) at {setting_of(w).label}: gap "
             f"{f.pp_ci(w['gap'], w['gap_lo'], w['gap_hi'])} (baseline gap {base_gap})." + at_best,
             "",
+            *_held(held, "gap"),
         ]
         return lines, True
     w = steered.loc[steered["gap"].idxmax()]  # the closest, named without a claim
@@ -146,14 +152,14 @@ def _generalization(
             f"{len(negative)} steered setting(s) refuse *more* on harm_test than on harm_train "
             "(gap CI below 0)."
         )
-    return [*lines, ""], False
+    return [*lines, "", *_held(held, "gap")], False
 
 
 def _drop(r: pd.Series) -> str:
     return f.pp_ci(r["benign_drop"], r["benign_drop_lo"], r["benign_drop_hi"])
 
 
-def _side_effects(test: pd.DataFrame) -> tuple[Lines, bool]:
+def _side_effects(test: pd.DataFrame, held: Held) -> tuple[Lines, bool]:
     lines = ["### Side effects on benign prompts", ""]
     steered = pick.steered(test, "benign_drop")
     if steered.empty:
@@ -165,50 +171,74 @@ def _side_effects(test: pd.DataFrame) -> tuple[Lines, bool]:
             "No benign side effect is supported: no steered setting lowers the benign helpful "
             "rate with a CI excluding 0."
         )
-        return [*lines, ""], False
-    lines.append(
+        return [*lines, "", *_held(held, "drop")], False
+    lines += [
         f"**Side-effect tradeoff detected**: {len(hurt)} of {len(steered)} steered settings "
-        f"lower benign helpfulness with a CI excluding 0. Largest at {setting_of(w).label}: "
-        f"drop {_drop(w)}, benign false-refusal "
-        f"{f.pct_ci(w['false_refusal_rate'], w['false_refusal_lo'], w['false_refusal_hi'])}."
-    )
+        "lower benign helpfulness with a CI excluding 0. Largest (in-sample, biased upward) at "
+        f"{setting_of(w).label}: drop {_drop(w)}, benign false-refusal "
+        f"{f.pct_ci(w['false_refusal_rate'], w['false_refusal_lo'], w['false_refusal_hi'])}.",
+        "",
+        *_held(held, "drop"),
+    ]
     if strongest is not None:
-        lines.append(
+        lines += [
             f"The setting with the highest harm_test refusal ({setting_of(strongest).label}, "
-            f"{f.pct(strongest['refusal_rate'])}) has a benign helpfulness drop of "
-            f"{_drop(strongest)}."
-        )
-    return [*lines, ""], True
+            f"{f.pct(strongest['refusal_rate'])}; in-sample, biased upward) has a benign "
+            f"helpfulness drop of {_drop(strongest)}.",
+            "",
+            *_held(held, "strongest"),
+        ]
+    return lines, True
 
 
-def _steering_effect(test: pd.DataFrame) -> Lines:
+def _steering_effect(test: pd.DataFrame, held: Held) -> Lines:
     """Does steering move harm_test refusal at all? (Change vs baseline, CI per setting.)"""
     lines = ["### Effect of steering on harm_test refusal", ""]
     steered = pick.steered(test, "refusal_gain")
     if steered.empty:
         return [*lines, "No steered harm_test results: not measured.", ""]
     up, down = pick.raising(test), pick.lowering(test)
+    after = _held_pair(held, "raise", "lower")
     if up.empty and down.empty:
-        return [*lines, "No steered setting changes harm_test refusal with a CI excluding 0.", ""]
+        none = "No steered setting changes harm_test refusal with a CI excluding 0."
+        return [*lines, none, "", *after]
     parts = []
     for name, rows, lowest in (("raise", up, False), ("lower", down, True)):
         if (r := pick.top(rows, "refusal_gain", lowest)) is None:
             continue
         parts.append(
             f"{len(rows)} of {len(steered)} steered settings {name} it with a CI excluding 0 "
-            f"(largest: {setting_of(r).label}, "
+            f"(largest, in-sample and biased upward: {setting_of(r).label}, "
             f"{f.pp_ci(r['refusal_gain'], r['refusal_gain_lo'], r['refusal_gain_hi'])}, "
             f"to {f.pct_ci(r['refusal_rate'], r['refusal_lo'], r['refusal_hi'])})"
         )
-    return [*lines, "**Measured steering effect**: " + "; ".join(parts) + ".", ""]
+    return [*lines, "**Measured steering effect**: " + "; ".join(parts) + ".", "", *after]
 
 
-def findings_section(summary: pd.DataFrame, best: Setting | None) -> tuple[Lines, dict[str, bool]]:
+def _held(held: Held, name: str) -> Lines:
+    """The held-out line under statement ``name``, then a blank line (nothing without data)."""
+    text = statement_lines(held, name)
+    return [*text, ""] if text else []
+
+
+def _held_pair(held: Held, first: str, second: str) -> Lines:
+    """Two held-out lines as one list."""
+    lines = [*statement_lines(held, first), *statement_lines(held, second)]
+    return [*lines, ""] if lines else []
+
+
+def findings_section(
+    summary: pd.DataFrame, best: Setting | None, held: Held = None
+) -> tuple[Lines, dict[str, bool]]:
+    """``## Findings`` and its verdicts (``generalization_failure``, ``side_effect``, on all
+    prompts). ``held`` (:func:`~.holdout_findings.held_out_findings`) adds, under each statement
+    naming one setting, the same rule run on the selection half and scored on the report half."""
     test = pick.harm_test_rows(summary)
     base = test[test["intervention"] == "none"]
-    gen_lines, gen = _generalization(test, None if base.empty else base.iloc[0], best)
-    side_lines, side = _side_effects(test)
-    lines = ["## Findings", "", *_steering_effect(test), *gen_lines, *side_lines]
+    gen_lines, gen = _generalization(test, None if base.empty else base.iloc[0], best, held)
+    side_lines, side = _side_effects(test, held)
+    lines = ["## Findings", "", *findings_method(held), *_steering_effect(test, held)]
+    lines += [*gen_lines, *side_lines]
     return lines, {"generalization_failure": gen, "side_effect": side}
 
 

@@ -39,6 +39,10 @@ from steerlab.pipelines.reliability.report.holdout import (
     layer_holdout_note,
     operating_point_section,
 )
+from steerlab.pipelines.reliability.report.holdout_findings import (
+    held_out_findings,
+    layer_points_lines,
+)
 from steerlab.pipelines.reliability.report.layers import layer_comparison, layer_section
 from steerlab.pipelines.reliability.report.sections import (
     baseline_section,
@@ -208,9 +212,11 @@ def write_report(
 ) -> Path:
     """Write ``run_dir/report.md`` from the summary and sanity checks; return its path.
 
-    ``checks`` holds ``operating_point``/``layer_holdout``/``confound``/``seed``/``template``/
-    ``layers`` results (computed here when missing). The operating point named everywhere in the
-    report is the one chosen on the selection half (:mod:`.holdout`).
+    ``checks`` holds ``operating_point``/``layer_holdout``/``findings_holdout``/``confound``/
+    ``seed``/``template``/``layers`` results (computed here when missing). The operating point
+    named everywhere in the report is the one chosen on the selection half (:mod:`.holdout`);
+    the Findings' statements and the per-layer best points carry their held-out checks
+    (:mod:`.holdout_findings`).
     """
     run_dir = Path(run_dir)
     checks = dict(checks or {})
@@ -218,6 +224,8 @@ def write_report(
         checks["operating_point"] = held_out_operating_point(results, n_boot=n_boot, seed=seed)
     if "layer_holdout" not in checks:
         checks["layer_holdout"] = held_out_layer_difference(results, n_boot=n_boot, seed=seed)
+    if "findings_holdout" not in checks:
+        checks["findings_holdout"] = held_out_findings(results, n_boot, seed, summary)
     best = chosen_setting(checks["operating_point"]) or pick_best(settings_table(summary))
     if "confound" not in checks:
         checks["confound"] = confound_check(results, n_boot=n_boot, seed=seed, best=best)
@@ -248,8 +256,9 @@ def write_report(
         n_boot=n_boot,
         seed=seed,
         held_out=layer_holdout_lines(checks["layer_holdout"]),
+        held_out_points=layer_points_lines(checks["findings_holdout"]),
     )
-    finding_lines, findings = findings_section(summary, best)
+    finding_lines, findings = findings_section(summary, best, checks["findings_holdout"])
     lines += finding_lines
     sanity_lines, n_sanity = sanity_section(sign, checks)
     lines += sanity_lines
