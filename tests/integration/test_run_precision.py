@@ -23,6 +23,7 @@ NATIVE = cpu_has_native_bf16()
     [
         (None, "float32", None),
         ("bf16", "float32, bf16 matmuls", "bf16"),
+        ("int8", "float32, int8 matmuls", "int8"),
         # on CPU with the hf backend: bf16 only where the CPU multiplies bf16 natively
         ("auto", *(("float32, bf16 matmuls", "bf16") if NATIVE else ("float32", None))),
     ],

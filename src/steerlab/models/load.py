@@ -41,6 +41,7 @@ from steerlab.backends.registry import (
 )
 from steerlab.errors import ModelLoadError
 from steerlab.models import precision
+from steerlab.models.int8_linear import calibration_ids
 from steerlab.models.model import Model
 
 logger = logging.getLogger(__name__)
@@ -225,6 +226,10 @@ def load_model(
     low = precision.resolve(matmul_dtype)
     if low is not None and not REGISTRY[backend].lowers_matmuls:
         raise ModelLoadError(f"matmul_dtype works with the {lowering_matmuls()} backends only")
+    if low == torch.int8 and dev.type != "cpu":
+        raise ModelLoadError(
+            f"matmul_dtype int8 runs on the CPU only (PyTorch's x86 int8 GEMM), not on {dev}"
+        )
     if REGISTRY[backend].own_engine:
         return _load_own_engine(spec, backend, dt, chat, engine_args)
     if engine_args:
@@ -271,7 +276,7 @@ def load_model(
         )
     hf = hf.to(dev).eval()
     if low is not None and low != dt:
-        precision.lower_matmuls(hf, low)
+        precision.lower_matmuls(hf, low, calibration_ids(tok) if low == torch.int8 else ())
     return model_from_hf(
         hf, tok, name, chat=chat, backend=backend, layers_path=layers_path, owned=True
     )

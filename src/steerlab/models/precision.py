@@ -1,4 +1,4 @@
-"""An opt-in reduced-precision CPU mode: matrix products in bfloat16, everything else in float32.
+"""Opt-in reduced-precision CPU modes: matrix products in bfloat16 or int8, the rest in float32.
 
 Every linear layer of the model (attention and MLP projections, the LM head) keeps a bfloat16
 copy of its weight and multiplies in bfloat16 with float32 accumulation; its output goes back to
@@ -8,18 +8,26 @@ site, the algebra of add/ablate/clamp) do not change; only the rounding inside t
 On CPUs with AVX-512 BF16 this roughly doubles matmul throughput. It is a speed mode, not
 the reference: ``benchmarks/bench_sweep.py --matmul-dtype bf16`` reports its greedy-token
 agreement with float32 next to its speed.
+
+``int8`` replaces every linear layer by :class:`~steerlab.models.int8_linear.Int8DynamicLinear`
+(int8 weights per output channel, each token's activations quantized with its own scale, int32
+accumulation): the x86 int8 GEMM runs on AVX2, so it is the speed mode for CPUs without native
+bf16. Whether either mode moves the reliability run's findings more than a second float32 seed
+does is what ``benchmarks/check_findings.py`` measures.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from steerlab.errors import SteerlabError
+from steerlab.models.int8_linear import LinearSlot, quantize_linears
 
-MATMUL_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+MATMUL_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "int8": torch.int8}
 
 
 class LowPrecisionLinear(nn.Module):
@@ -70,25 +78,39 @@ def precision_label(dtype: str | torch.dtype | None, matmul_dtype: str | None) -
     return f"{base}, {matmul_dtype} matmuls" if matmul_dtype else base
 
 
-def lower_matmuls(hf: nn.Module, dtype: torch.dtype) -> int:
-    """Replace every linear layer in ``hf`` by a :class:`LowPrecisionLinear`; returns how many.
-
-    A weight tied to the input embedding (the LM head of most small models) gets its own copy,
-    so the embedding lookup stays in the model's dtype.
-    """
+def linear_layers(hf: nn.Module) -> list[LinearSlot]:
+    """Every linear layer of ``hf`` (``nn.Linear`` or transformers' GPT-2 ``Conv1D``) with where
+    it sits and its weight as (out, in), the layout of ``nn.Linear``."""
     from transformers.pytorch_utils import Conv1D
 
     conv1d: Any = Conv1D
-    todo: list[tuple[nn.Module, str, nn.Module]] = []
+    slots: list[LinearSlot] = []
     for parent in hf.modules():
         for name, child in parent.named_children():
             if isinstance(child, nn.Linear) or (conv1d is not None and isinstance(child, conv1d)):
-                todo.append((parent, name, child))
-    for parent, name, child in todo:
-        weight: torch.Tensor = child.weight  # type: ignore[assignment]
-        bias: torch.Tensor | None = child.bias  # type: ignore[assignment]
-        if not isinstance(child, nn.Linear):  # Conv1D stores the weight as (in, out)
-            weight = weight.t()
-        new = LowPrecisionLinear(weight, bias, dtype).to(weight.device)
-        setattr(parent, name, new)
-    return len(todo)
+                weight: torch.Tensor = child.weight
+                bias: torch.Tensor | None = child.bias
+                if not isinstance(child, nn.Linear):  # Conv1D stores the weight as (in, out)
+                    weight = weight.t()
+                slots.append(LinearSlot(parent, name, child, weight, bias))
+    return slots
+
+
+def lower_matmuls(
+    hf: nn.Module, dtype: torch.dtype, calibration: Sequence[torch.Tensor] = ()
+) -> int:
+    """Replace the linear layers in ``hf`` by ones multiplying in ``dtype``; returns how many.
+
+    bfloat16: every linear layer becomes a :class:`LowPrecisionLinear`. int8: the layers that
+    pass :func:`~steerlab.models.int8_linear.quantize_linears`'s error bound on the
+    ``calibration`` token ids become :class:`~steerlab.models.int8_linear.Int8DynamicLinear`.
+    A weight tied to the input embedding (the LM head of most small models) gets its own copy,
+    so the embedding lookup stays in the model's dtype.
+    """
+    slots = linear_layers(hf)
+    if dtype == torch.int8:
+        return quantize_linears(hf, slots, calibration)
+    for slot in slots:
+        new = LowPrecisionLinear(slot.weight, slot.bias, dtype).to(slot.weight.device)
+        setattr(slot.parent, slot.name, new)
+    return len(slots)

@@ -61,7 +61,7 @@ class EvalModelCfg(Strict):
     #: CPU speed mode: linear layers multiply in bf16, residual/steering stay in dtype.
     #: ``auto``: bf16 where it is a speed mode (a CPU with native bf16, a backend that lowers
     #: matmuls), none elsewhere (see :func:`resolve_matmul_dtype`); ``None``: dtype throughout
-    matmul_dtype: Literal["bf16", "auto"] | None = None
+    matmul_dtype: Literal["bf16", "int8", "auto"] | None = None
     chat: bool = True
     #: keyword arguments of the engine (backend ``vllm`` only), e.g. ``tensor_parallel_size: 2``
     engine_args: dict[str, Any] = Field(default_factory=dict)
