@@ -10,7 +10,8 @@ give a stated reduced one) three or more times on the same prompts, one after an
 
 * ``fp32-s<A>``: float32, generation seed A (the reference);
 * ``fp32-s<B>``: float32, seed B (the yardstick: how far findings move with the seed alone);
-* ``<mode>-s<B>``: each faster mode (``bf16``: linear layers multiply in bfloat16), seed B.
+* ``<mode>-s<B>``: each faster mode (``bf16``: linear layers multiply in bfloat16; ``int8``:
+  int8 dynamic quantization of the linear layers, see ``steerlab.models.int8_linear``), seed B.
 
 The faster mode takes the yardstick's seed, so "``<mode>-s<B>`` vs ``fp32-s<A>``" differs from
 the yardstick "``fp32-s<B>`` vs ``fp32-s<A>``" in the precision alone. Sampling (T 0.7, top-p
@@ -72,7 +73,7 @@ from steerlab.pipelines.reliability.run import run_stages
 
 METRICS = (("refusal", "is_refusal"), ("helpful", "is_helpful"))
 CELL = ["split", "layer", "intervention", "alpha"]
-MATMUL = {"fp32": None, "bf16": "bf16"}
+MATMUL = {"fp32": None, "bf16": "bf16", "int8": "int8"}
 
 
 def run_one(out: Path, mode: str, seed: int, args: argparse.Namespace) -> Path:
@@ -200,7 +201,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("/tmp/steerlab-check-findings"))
     p.add_argument("--seeds", type=int, nargs=2, default=[0, 1])
-    p.add_argument("--modes", nargs="*", default=["bf16"], choices=["bf16"])
+    p.add_argument("--modes", nargs="*", default=["bf16"], choices=["bf16", "int8"])
     p.add_argument("--max-prompts", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--n-boot", type=int, default=1000)
@@ -300,6 +301,8 @@ def main() -> None:
     ratios = [f"{fp32_s / secs[f'{mode}-s{sb}']:.2f}x" for mode in args.modes]
     if len(ratios) > 1:
         ratios = [f"{mode}:{r}" for mode, r in zip(args.modes, ratios, strict=True)]
+    if "bf16" not in args.modes:  # the line names bf16 whether or not it ran
+        parts.insert(1, "bf16_differ=not-run")
     parts += [f"headline_same={'yes' if all_same else 'no'}", f"speedup={','.join(ratios)}"]
     print()
     for v in verdicts:
