@@ -11,11 +11,11 @@ import yaml
 from tests.cli_run import cli
 from tests.pipeline_helpers import tiny_run_config
 
-from steerlab.models.precision import cpu_has_native_bf16
+from steerlab.models.int8_linear import int8_available
 from steerlab.pipelines._shared import resolve_matmul_dtype
 from steerlab.pipelines.reliability.config import STAGES
 
-NATIVE = cpu_has_native_bf16()
+INT8 = int8_available()
 
 
 @pytest.mark.parametrize(
@@ -24,8 +24,8 @@ NATIVE = cpu_has_native_bf16()
         (None, "float32", None),
         ("bf16", "float32, bf16 matmuls", "bf16"),
         ("int8", "float32, int8 matmuls", "int8"),
-        # on CPU with the hf backend: bf16 only where the CPU multiplies bf16 natively
-        ("auto", *(("float32, bf16 matmuls", "bf16") if NATIVE else ("float32", None))),
+        # on CPU with the hf backend: int8 where this PyTorch has the x86 int8 GEMM
+        ("auto", *(("float32, int8 matmuls", "int8") if INT8 else ("float32", None))),
     ],
 )
 def test_run_names_its_precision_and_prints_its_times(
@@ -56,13 +56,13 @@ def test_run_names_its_precision_and_prints_its_times(
         assert f"{stage} " in lines[-1]
 
 
-def test_auto_matmul_dtype_is_bf16_only_where_it_is_a_cpu_speed_mode() -> None:
-    assert resolve_matmul_dtype("auto", "cpu", "hf", native_bf16=True) == "bf16"
-    assert resolve_matmul_dtype("auto", "cpu", "nnsight", native_bf16=True) == "bf16"
-    assert resolve_matmul_dtype("auto", "cpu", "hf", native_bf16=False) is None  # AVX2 only
-    assert resolve_matmul_dtype("auto", "cuda:0", "hf", native_bf16=True) is None
-    assert resolve_matmul_dtype("auto", "cpu", "transformer_lens", native_bf16=True) is None
-    assert resolve_matmul_dtype("auto", "cpu", "vllm", native_bf16=True) is None
-    assert resolve_matmul_dtype("auto", "cpu", "hf") == ("bf16" if NATIVE else None)
+def test_auto_matmul_dtype_is_int8_only_on_a_cpu_backend_that_lowers_matmuls() -> None:
+    assert resolve_matmul_dtype("auto", "cpu", "hf", int8_gemm=True) == "int8"
+    assert resolve_matmul_dtype("auto", "cpu", "nnsight", int8_gemm=True) == "int8"
+    assert resolve_matmul_dtype("auto", "cpu", "hf", int8_gemm=False) is None
+    assert resolve_matmul_dtype("auto", "cuda:0", "hf", int8_gemm=True) is None
+    assert resolve_matmul_dtype("auto", "cpu", "transformer_lens", int8_gemm=True) is None
+    assert resolve_matmul_dtype("auto", "cpu", "vllm", int8_gemm=True) is None
+    assert resolve_matmul_dtype("auto", "cpu", "hf") == ("int8" if INT8 else None)
     assert resolve_matmul_dtype(None, "cpu", "hf") is None
     assert resolve_matmul_dtype("bf16", "cuda", "hf") == "bf16"  # an explicit value is kept

@@ -56,21 +56,6 @@ def resolve(name: str | torch.dtype | None) -> torch.dtype | None:
     return MATMUL_DTYPES[name]
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX; read from Linux's
-    ``/proc/cpuinfo``, False where it cannot be read). Without it, PyTorch converts bf16 GEMMs
-    through float32 and the mode is slower than float32 (measured on an AVX2-only AMD EPYC)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
-
-
 def precision_label(dtype: str | torch.dtype | None, matmul_dtype: str | None) -> str:
     """A model's numeric precision in words, as reports and manifests name it: ``"float32"``,
     or ``"float32, bf16 matmuls"`` in the reduced-precision matmul mode."""

@@ -58,9 +58,9 @@ class EvalModelCfg(Strict):
     backend: BackendName = "hf"
     device: str | None = None
     dtype: str | None = None
-    #: CPU speed mode: linear layers multiply in bf16, residual/steering stay in dtype.
-    #: ``auto``: bf16 where it is a speed mode (a CPU with native bf16, a backend that lowers
-    #: matmuls), none elsewhere (see :func:`resolve_matmul_dtype`); ``None``: dtype throughout
+    #: CPU speed modes: linear layers multiply in bf16 or int8, residual/steering stay in dtype.
+    #: ``auto``: int8 on a CPU with a backend that lowers matmuls, none elsewhere (see
+    #: :func:`resolve_matmul_dtype`); ``None``: dtype throughout
     matmul_dtype: Literal["bf16", "int8", "auto"] | None = None
     chat: bool = True
     #: keyword arguments of the engine (backend ``vllm`` only), e.g. ``tensor_parallel_size: 2``
@@ -77,25 +77,26 @@ class EvalModelCfg(Strict):
 
 
 def resolve_matmul_dtype(
-    matmul_dtype: str | None, device: str | None, backend: str, native_bf16: bool | None = None
+    matmul_dtype: str | None, device: str | None, backend: str, int8_gemm: bool | None = None
 ) -> str | None:
-    """The matmul dtype a model is loaded with. ``auto`` is ``"bf16"`` where that is a speed mode
-    (on a CPU that multiplies bf16 natively, ``native_bf16``, by default read from the CPU; with
-    a backend that lowers matmuls, ``hf`` or ``nnsight``) and ``None`` otherwise (a GPU runs bf16
-    already; vLLM and TransformerLens keep their own linear layers; an AVX2-only CPU converts
-    bf16 GEMMs through float32 and is slower). Other values pass through unchanged."""
+    """The matmul dtype a model is loaded with. ``auto`` is ``"int8"`` on a CPU with PyTorch's
+    x86 int8 GEMM (``int8_gemm``, by default read from this PyTorch) and a backend that lowers
+    matmuls (``hf`` or ``nnsight``): the one faster mode whose reliability findings moved no
+    more than a second float32 seed's in ``benchmarks/check_findings.py``. ``None`` elsewhere
+    (a GPU runs bf16 already; vLLM and TransformerLens keep their own linear layers). bf16
+    matmuls are never picked: their findings check was not run. Other values pass through."""
     if matmul_dtype != "auto":
         return matmul_dtype
     from steerlab.backends.registry import REGISTRY
     from steerlab.models import default_device
-    from steerlab.models.precision import cpu_has_native_bf16
+    from steerlab.models.int8_linear import int8_available
 
     on = str(device) if device is not None else str(default_device())
     lowers = backend in REGISTRY and REGISTRY[backend].lowers_matmuls
     if not (lowers and on.startswith("cpu")):
         return None
-    native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
-    return "bf16" if native else None
+    available = int8_available() if int8_gemm is None else int8_gemm
+    return "int8" if available else None
 
 
 class JudgeCfg(Strict):
