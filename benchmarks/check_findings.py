@@ -1,6 +1,6 @@
 """Do a faster CPU precision's findings move more than a second float32 seed's? (A script.)
 
-    python benchmarks/check_findings.py [--out /tmp/findings] [--seeds 0 1] [--modes bf16]
+    python benchmarks/check_findings.py [--out /tmp/findings] [--seeds 0 1] [--modes int8 bf16]
         [--max-prompts N] [--max-new-tokens T] [--n-boot 1000]
 
 (``--modes`` with no names runs and compares the two float32 seeds alone.)
@@ -201,7 +201,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("/tmp/steerlab-check-findings"))
     p.add_argument("--seeds", type=int, nargs=2, default=[0, 1])
-    p.add_argument("--modes", nargs="*", default=["bf16"], choices=["bf16", "int8"])
+    p.add_argument("--modes", nargs="*", default=["int8"], choices=["int8", "bf16"])
     p.add_argument("--max-prompts", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--n-boot", type=int, default=1000)
