@@ -298,6 +298,9 @@ def main() -> None:
         print("\nno faster mode run (--modes empty): the yardstick alone")
         print("FINDINGS " + " ".join(parts))
         return
+    for mode in args.modes:  # per float32 run: one slowed by other work shows here
+        each = ", ".join(f"{secs[n] / secs[f'{mode}-s{sb}']:.2f}x vs {n}" for n in (ref_name, yard))
+        print(f"speedup of {mode}-s{sb}: {each}")
     ratios = [f"{fp32_s / secs[f'{mode}-s{sb}']:.2f}x" for mode in args.modes]
     if len(ratios) > 1:
         ratios = [f"{mode}:{r}" for mode, r in zip(args.modes, ratios, strict=True)]
