@@ -230,6 +230,7 @@ def test_reliability_run(tmp_path: Path, model_dir: str) -> None:
     config["experiment"].update(alphas=[0, 1], layers=[1, 2], shard_size=64)
     config["sanity_checks"].update(rerun_subset_n=2, sign_check_n=2)
     config["generation"]["temperature"] = 0.0  # vLLM samples with its own generator
+    config["model"]["matmul_dtype"] = None  # an exactness test: float32, not fast.yaml's int8
     config["metrics"]["n_boot"] = 100
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
