@@ -18,7 +18,9 @@ dynamic-quantized linear layer takes one scale for the whole input, so a row's o
 change with whatever else shares its batch, and "a row batched == that row alone" would fail.
 Here each row is divided by its own maximum and two fixed rows (``+1`` and ``-1``) are appended,
 so the range the kernel sees is exactly [-1, 1] whatever the batch holds; integer accumulation
-is exact, so each row's output is bitwise the same batched or alone.
+is exact, so each row's output is bitwise the same batched or alone. (Whole generations still
+are not: attention rounds differently at other batch shapes, and a quantization step can turn
+that float32-sized difference into a different token.)
 
 PyTorch marks its quantized tensors deprecated (to move to ``torchao``); torch 2.13 still has
 the ops. Where they are gone, loading with ``matmul_dtype="int8"`` fails in one sentence.
