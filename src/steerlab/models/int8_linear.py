@@ -29,7 +29,7 @@ the ops. Where they are gone, loading with ``matmul_dtype="int8"`` fails in one 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -188,19 +188,22 @@ class LinearSlot:
     bias: torch.Tensor | None
 
 
+Seen = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
 @contextmanager
-def _input_hooks(slots: Sequence[LinearSlot], seen: Any) -> Iterator[None]:
-    """Call ``seen(index, x)`` with the (rows, in) input of each slot's layer while inside;
-    every hook is removed on exit, exceptions included."""
+def _watching(slots: Sequence[LinearSlot], seen: Seen) -> Iterator[None]:
+    """Call ``seen(index, x, y)`` with the (rows, in) input and (rows, out) float32 output of
+    each slot's layer while inside; every hook is removed on exit, exceptions included."""
     handles = []
     try:
         for i, slot in enumerate(slots):
 
-            def hook(_m: nn.Module, args: tuple[Any, ...], i: int = i) -> None:
+            def hook(_m: nn.Module, args: tuple[Any, ...], out: torch.Tensor, i: int = i) -> None:
                 x = args[0]
-                seen(i, x.reshape(-1, x.shape[-1]).float())
+                seen(i, x.reshape(-1, x.shape[-1]).float(), out.reshape(-1, out.shape[-1]).float())
 
-            handles.append(slot.module.register_forward_pre_hook(hook))
+            handles.append(slot.module.register_forward_hook(hook))
         yield
     finally:
         for h in handles:
@@ -219,7 +222,7 @@ def quantize_linears(
     device = slots[0].weight.device if slots else torch.device("cpu")
     peaks: dict[int, torch.Tensor] = {}
 
-    def peak(i: int, x: torch.Tensor) -> None:
+    def peak(i: int, x: torch.Tensor, _y: torch.Tensor) -> None:
         p = x.abs().amax(dim=0)
         peaks[i] = p if i not in peaks else torch.maximum(peaks[i], p)
 
@@ -228,19 +231,18 @@ def quantize_linears(
             for ids in calibration:
                 hf(input_ids=ids.to(device))
 
-    with _input_hooks(slots, peak):
+    with _watching(slots, peak):
         run()
     candidates = [Int8DynamicLinear(s.weight, s.bias, peaks.get(i)) for i, s in enumerate(slots)]
     miss = torch.zeros(len(slots), dtype=torch.float64)
     norm = torch.zeros(len(slots), dtype=torch.float64)
 
-    def error(i: int, x: torch.Tensor) -> None:
-        ref = nn.functional.linear(x, slots[i].weight.float(), None)
-        got = candidates[i](x) - (0 if slots[i].bias is None else slots[i].bias)
-        miss[i] += float((got - ref).square().sum())
-        norm[i] += float(ref.square().sum())
+    def error(i: int, x: torch.Tensor, y: torch.Tensor) -> None:  # y: the float32 layer's output
+        bias = slots[i].bias
+        miss[i] += float((candidates[i](x) - y).square().sum())
+        norm[i] += float((y if bias is None else y - bias).square().sum())
 
-    with _input_hooks(slots, error):
+    with _watching(slots, error):
         run()
     replaced = 0
     for i, slot in enumerate(slots):

@@ -9,11 +9,12 @@ On CPUs with AVX-512 BF16 this roughly doubles matmul throughput. It is a speed 
 the reference: ``benchmarks/bench_sweep.py --matmul-dtype bf16`` reports its greedy-token
 agreement with float32 next to its speed.
 
-``int8`` replaces every linear layer by :class:`~steerlab.models.int8_linear.Int8DynamicLinear`
-(int8 weights per output channel, each token's activations quantized with its own scale, int32
-accumulation): the x86 int8 GEMM runs on AVX2, so it is the speed mode for CPUs without native
-bf16. Whether either mode moves the reliability run's findings more than a second float32 seed
-does is what ``benchmarks/check_findings.py`` measures.
+``int8`` replaces each linear layer whose int8 output stays within an error bound on a
+calibration text by :class:`~steerlab.models.int8_linear.Int8DynamicLinear` (int8 weights per
+output channel, each token's activations quantized with its own scale, int32 accumulation); the
+others stay float32. The x86 int8 GEMM runs on AVX2, so it is the speed mode for CPUs without
+native bf16. Whether either mode moves the reliability run's findings more than a second
+float32 seed does is what ``benchmarks/check_findings.py`` measures.
 """
 
 from __future__ import annotations
