@@ -27,7 +27,7 @@ def test_bf16_matmuls_keep_the_residual_in_float32(name: str, make_vector: Vecto
     ref = load_model(name)
     low = load_model(name, matmul_dtype="bf16")
     linears = [m for m in low.hf.modules() if isinstance(m, LowPrecisionLinear)]
-    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert linears and all(m.dtype == torch.bfloat16 for m in linears)
     assert not any(isinstance(m, torch.nn.Linear) for m in low.hf.modules())
     assert 0 < relative_logit_gap_with_float32_residual(ref, low) < 0.1  # rounded only
     vec = make_vector(low, seed=2, norm=4.0)
@@ -40,6 +40,23 @@ def test_bf16_matmuls_keep_the_residual_in_float32(name: str, make_vector: Vecto
         == [r.token_ids for r in alone]
         == [r.token_ids for r in generate(low, big, cfg, progress=False)]
     )
+
+
+def test_emulated_bf16_is_the_native_product() -> None:
+    """Without a native bf16 GEMM the layer rounds the operands and the output to bf16 around a
+    float32 product: the native bf16 product's numbers, up to the order of summation."""
+    torch.manual_seed(0)
+    weight, x = torch.randn(96, 64) / 8, torch.randn(5, 7, 64)
+    native = LowPrecisionLinear(weight, None, torch.bfloat16, emulate=False)(x)
+    emulated_layer = LowPrecisionLinear(weight, None, torch.bfloat16, emulate=True)
+    emulated = emulated_layer(x)
+    assert emulated_layer.weight.dtype == emulated.dtype == native.dtype == torch.float32
+    # one bf16 step (8 significant bits) at each output's magnitude
+    step = torch.exp2(torch.floor(torch.log2(native.abs().clamp_min(1e-30))) - 7)
+    assert ((native - emulated).abs() <= step).all()
+    assert (native == emulated).float().mean() > 0.99  # a sum next to a rounding boundary
+    float32 = torch.nn.functional.linear(x, weight)
+    assert (float32 == emulated).float().mean() < 0.1  # rounded, not the float32 product
 
 
 def test_bad_matmul_dtype_and_backend() -> None:

@@ -5,9 +5,14 @@ copy of its weight and multiplies in bfloat16 with float32 accumulation; its out
 the model's dtype at once. The residual stream, norms, attention softmax, rotary embeddings,
 logits and every steering edit stay in float32, so steering semantics (which positions, which
 site, the algebra of add/ablate/clamp) do not change; only the rounding inside the matmuls does.
-On CPUs with AVX-512 BF16 this roughly doubles matmul throughput. It is a speed mode, not
-the reference: ``benchmarks/bench_sweep.py --matmul-dtype bf16`` reports its greedy-token
-agreement with float32 next to its speed.
+On CPUs with AVX-512 BF16 or AMX this roughly doubles matmul throughput. A CPU without them
+(AVX2 only) has no bf16 GEMM of its own: PyTorch's converting path is several times slower
+than float32 there, so the layer reproduces the same rounding in float32 instead (operands
+rounded to bf16, whose products are exact in float32, float32 accumulation, the output rounded
+to bf16): the mode's numerics at about float32's speed, equal to the native product up to the
+order of summation. It is a speed mode, not the reference:
+``benchmarks/bench_sweep.py --matmul-dtype bf16`` reports its greedy-token agreement with
+float32 next to its speed.
 
 ``int8`` replaces each linear layer whose int8 output stays within an error bound on a
 calibration text by :class:`~steerlab.models.int8_linear.Int8DynamicLinear` (int8 weights per
@@ -32,21 +37,53 @@ MATMUL_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "int8": tor
 
 
 class LowPrecisionLinear(nn.Module):
-    """``nn.Linear`` (or transformers' GPT-2 ``Conv1D``) computing its product in ``dtype``."""
+    """``nn.Linear`` (or transformers' GPT-2 ``Conv1D``) computing its product in ``dtype``.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+    ``emulate``: keep the weight in float32, rounded to ``dtype``, and round the input and the
+    output to ``dtype`` around a float32 product (for CPUs without a native ``dtype`` GEMM)."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        dtype: torch.dtype,
+        emulate: bool = False,
+    ) -> None:
         super().__init__()
         # (out, in) like nn.Linear; no gradients (steerlab never trains the model)
-        self.weight = nn.Parameter(weight.detach().to(dtype).contiguous(), requires_grad=False)
+        low = weight.detach().to(dtype)
+        stored = low.to(weight.dtype) if emulate else low
+        self.weight = nn.Parameter(stored.contiguous(), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.out_features, self.in_features = self.weight.shape
+        self.dtype = dtype
+        self.emulate = emulate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
+        if self.emulate:
+            rounded = x.to(self.dtype).to(self.weight.dtype)
+            y = nn.functional.linear(rounded, self.weight).to(self.dtype).to(x.dtype)
+        else:
+            y = nn.functional.linear(x.to(self.dtype), self.weight).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, dtype={self.weight.dtype}"
+        how = f"{self.dtype} emulated in {self.weight.dtype}" if self.emulate else str(self.dtype)
+        return f"in={self.in_features}, out={self.out_features}, dtype={how}"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX; read from Linux's
+    ``/proc/cpuinfo``, False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
 
 
 def resolve(name: str | torch.dtype | None) -> torch.dtype | None:
@@ -83,11 +120,15 @@ def linear_layers(hf: nn.Module) -> list[LinearSlot]:
 
 
 def lower_matmuls(
-    hf: nn.Module, dtype: torch.dtype, calibration: Sequence[torch.Tensor] = ()
+    hf: nn.Module,
+    dtype: torch.dtype,
+    calibration: Sequence[torch.Tensor] = (),
+    emulate: bool | None = None,
 ) -> int:
     """Replace the linear layers in ``hf`` by ones multiplying in ``dtype``; returns how many.
 
-    bfloat16: every linear layer becomes a :class:`LowPrecisionLinear`. int8: the layers that
+    bfloat16: every linear layer becomes a :class:`LowPrecisionLinear`, emulated in float32 on
+    a CPU without native bf16 (``emulate``, by default read from the CPU). int8: the layers that
     pass :func:`~steerlab.models.int8_linear.quantize_linears`'s error bound on the
     ``calibration`` token ids become :class:`~steerlab.models.int8_linear.Int8DynamicLinear`.
     A weight tied to the input embedding (the LM head of most small models) gets its own copy,
@@ -97,6 +138,8 @@ def lower_matmuls(
     if dtype == torch.int8:
         return quantize_linears(hf, slots, calibration)
     for slot in slots:
-        new = LowPrecisionLinear(slot.weight, slot.bias, dtype).to(slot.weight.device)
+        on_cpu = slot.weight.device.type == "cpu"
+        emulated = (on_cpu and not cpu_has_native_bf16()) if emulate is None else emulate
+        new = LowPrecisionLinear(slot.weight, slot.bias, dtype, emulated).to(slot.weight.device)
         setattr(slot.parent, slot.name, new)
     return len(slots)
