@@ -11,7 +11,13 @@ import pytest
 
 from steerlab.pipelines.reliability.report._grid import Setting
 from steerlab.pipelines.reliability.report.aggregate import summarize
-from steerlab.pipelines.reliability.report.holdout import REPORT, SELECTION, halves
+from steerlab.pipelines.reliability.report.holdout import (
+    REPORT,
+    SELECTION,
+    chosen_setting,
+    halves,
+    held_out_operating_point,
+)
 from steerlab.pipelines.reliability.report.holdout_findings import (
     NOT_CONFIRMED,
     REPLICATES,
@@ -22,6 +28,7 @@ from steerlab.pipelines.reliability.report.holdout_findings import (
     verdict,
 )
 from steerlab.pipelines.reliability.report.sections import findings_section
+from steerlab.pipelines.reliability.report.writeup import held_out_verdicts
 
 N = 40  # prompts per split, 20 in each half
 N_BOOT = 200
@@ -222,3 +229,53 @@ def test_a_gap_the_baseline_already_has_does_not_replicate(report_train: float) 
     assert st["replicates"] is (report_train == 1.0)
     text = "\n".join(statement_lines({"available": True, "statements": {"gap": st}}, "gap"))
     assert "beyond the baseline's own gap (paired)" in text
+
+
+def test_the_gap_at_the_operating_point_is_measured_on_the_report_half() -> None:
+    # A, the only steered setting and so the operating point, refuses half of harm_test in both
+    # halves, and every harm_train prompt of the selection half but only half of the report
+    # half's: its gap is +50 pp where it was chosen, +0 pp held out, +25 pp on all prompts.
+    results = make_results({A: {"harm_test": (0.5, 0.5), "harm_train": (1.0, 0.5)}})
+    op = held_out_operating_point(results, n_boot=N_BOOT)
+    assert chosen_setting(op) == A and op["held_out"]["gap"]["value"] == 0.0
+    assert op["selection"]["gap"]["value"] == 0.5 and op["held_out"]["n_harm_train"] == N // 2
+    summary = summarize(results, n_boot=N_BOOT)
+    held = held_out_findings(results, n_boot=N_BOOT)
+    text = "\n".join(findings_section(summary, A, held, op)[0])
+    assert (
+        "At the operating point (L1 add α=1, chosen on the selection half) the gap on the "
+        "report half is +0.0 pp" in text
+    )
+    without = "\n".join(findings_section(summary, A, held)[0])
+    assert "At the operating point (L1 add α=1) the gap on all prompts is +25.0 pp" in without
+
+
+def _held(**verdicts: str) -> dict[str, Any]:
+    return {"available": True, "statements": {k: {"verdict": v} for k, v in verdicts.items()}}
+
+
+def test_a_finding_counts_only_where_its_largest_instance_replicates() -> None:
+    both = {"generalization_failure": True, "side_effect": True}
+    ok, why = held_out_verdicts(both, _held(gap=NOT_CONFIRMED, drop=REVERSES))
+    assert not ok
+    assert why == [
+        "generalization failure: detected on all prompts, but its largest instance is not "
+        "confirmed on held-out prompts",
+        "side-effect tradeoff: detected on all prompts, but its largest instance is reversed on "
+        "held-out prompts",
+    ]
+    ok, why = held_out_verdicts(both, _held(gap=NOT_CONFIRMED, drop=REPLICATES))
+    assert ok and why[1].endswith("replicates on held-out prompts")
+    gen_only = {"generalization_failure": True, "side_effect": False}
+    assert held_out_verdicts(gen_only, _held(gap=NOT_CONFIRMED, drop=REPLICATES))[0] is False
+    assert held_out_verdicts(gen_only, _held(gap=REPLICATES, drop=NOT_CONFIRMED))[0] is True
+    # without held-out checks the in-sample verdict stands, and says so
+    ok, why = held_out_verdicts(gen_only, {"available": False})
+    assert ok and why == [
+        "generalization failure: detected on all prompts (no held-out check)",
+        "side-effect tradeoff: not detected",
+    ]
+    assert held_out_verdicts({"generalization_failure": False, "side_effect": False}, None) == (
+        False,
+        ["generalization failure: not detected", "side-effect tradeoff: not detected"],
+    )

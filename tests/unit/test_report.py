@@ -382,7 +382,11 @@ def test_report_states_the_constructed_findings(built: dict[str, Path]) -> None:
         "gain on harm_test at add α=2, layer 12 − layer 8, held out: +" in report
     )
     assert "](figures/layers_vs_alpha.png)" in report
-    assert "- Clear generalization failure or side-effect tradeoff: yes" in report
+    assert (
+        "- Clear generalization failure or side-effect tradeoff, beyond the prompts it was found "
+        "on: yes (generalization failure: detected, and its largest instance replicates on "
+        "held-out prompts" in report
+    )
     assert "(4 run)" in report
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from steerlab.metrics import bootstrap_ci
+from steerlab.metrics import bootstrap_ci, bootstrap_diff_ci
 from steerlab.pipelines.reliability.report import _fmt as f
 from steerlab.pipelines.reliability.report._grid import (
     ACCEPTABLE_DROP,
@@ -90,10 +90,12 @@ def _ci(triple: tuple[float, float, float]) -> dict[str, float]:
 
 def effects(rows: pd.DataFrame, s: Setting, n_boot: int, seed: int) -> dict[str, Any]:
     """``s`` on ``rows``: harm_test refusal, its change vs the baseline and the benign
-    helpfulness drop (both paired over prompts where the prompt ids match), false refusals."""
+    helpfulness drop (both paired over prompts where the prompt ids match), false refusals, and
+    the train/test gap at ``s`` (harm_train minus harm_test refusal; two samples of prompts)."""
     cells = _cells(rows)
     at, base = _setting_cells(cells, *s), _setting_cells(cells, *BASELINE)
     test = at.get("harm_test", rows.iloc[:0])
+    train = at.get("harm_train", rows.iloc[:0])
     benign = at.get("benign", rows.iloc[:0])
     gain = contrast(_EFFECT["refusal_gain"], at, base, n_boot, seed)
     drop = contrast(_EFFECT["benign_drop"], at, base, n_boot, seed)
@@ -105,6 +107,12 @@ def effects(rows: pd.DataFrame, s: Setting, n_boot: int, seed: int) -> dict[str,
         "gain_paired": gain["paired"],
         "drop": {"value": drop["diff"], "lo": drop["lo"], "hi": drop["hi"]},
         "false_refusal": _ci(bootstrap_ci(flags(benign, "is_refusal"), n_boot=n_boot, seed=seed)),
+        "n_harm_train": len(train),
+        "gap": _ci(
+            bootstrap_diff_ci(
+                flags(train, "is_refusal"), flags(test, "is_refusal"), n_boot=n_boot, seed=seed
+            )
+        ),
     }
 
 

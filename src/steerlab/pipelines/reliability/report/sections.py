@@ -107,14 +107,29 @@ def pareto_section(summary: pd.DataFrame) -> Lines:
     return [*lines, note, "", f.table(header, rows), ""]
 
 
-def _generalization(
-    test: pd.DataFrame, base: pd.Series | None, best: Setting | None, held: Held
-) -> tuple[Lines, bool]:
-    lines = ["### Generalization: harm_train vs harm_test", ""]
-    at_best = ""
+def _gap_at_operating_point(test: pd.DataFrame, best: Setting | None, op: Held) -> str:
+    """The train/test gap at the operating point: on the report half when ``op`` (the held-out
+    operating point) measured it there, else on all prompts, said so."""
+    held = (op or {}).get("held_out") or {}
+    chosen = (op or {}).get("chosen")
+    if chosen and "gap" in held:
+        g, n = held["gap"], held["n_harm_train"]
+        return (
+            f" At the operating point ({chosen['label']}, chosen on the selection half) the gap "
+            f"on the report half is {f.pp_ci(g['value'], g['lo'], g['hi'])} (n = {n} "
+            f"harm_train, {held['n_harm_test']} harm_test; two samples of prompts)."
+        )
     if best is not None and (b := _row(test, best, "harm_test")) is not None:
         gap = f.pp_ci(b["gap"], b["gap_lo"], b["gap_hi"])
-        at_best = f" At the best operating point ({best.label}) the gap is {gap}."
+        return f" At the operating point ({best.label}) the gap on all prompts is {gap}."
+    return ""
+
+
+def _generalization(
+    test: pd.DataFrame, base: pd.Series | None, best: Setting | None, held: Held, op: Held
+) -> tuple[Lines, bool]:
+    lines = ["### Generalization: harm_train vs harm_test", ""]
+    at_best = _gap_at_operating_point(test, best, op)
     steered = pick.steered(test, "gap")
     if steered.empty:
         return [*lines, "No steered setting has both harm splits: gap not measured.", ""], False
@@ -228,14 +243,17 @@ def _held_pair(held: Held, first: str, second: str) -> Lines:
 
 
 def findings_section(
-    summary: pd.DataFrame, best: Setting | None, held: Held = None
+    summary: pd.DataFrame, best: Setting | None, held: Held = None, op: Held = None
 ) -> tuple[Lines, dict[str, bool]]:
     """``## Findings`` and its verdicts (``generalization_failure``, ``side_effect``, on all
     prompts). ``held`` (:func:`~.holdout_findings.held_out_findings`) adds, under each statement
-    naming one setting, the same rule run on the selection half and scored on the report half."""
+    naming one setting, the same rule run on the selection half and scored on the report half;
+    ``op`` (:func:`~.holdout.held_out_operating_point`) gives the gap at the operating point on
+    the report half (without it, on all prompts)."""
     test = pick.harm_test_rows(summary)
     base = test[test["intervention"] == "none"]
-    gen_lines, gen = _generalization(test, None if base.empty else base.iloc[0], best, held)
+    first = None if base.empty else base.iloc[0]
+    gen_lines, gen = _generalization(test, first, best, held, op)
     side_lines, side = _side_effects(test, held)
     lines = ["## Findings", "", *findings_method(held), *_steering_effect(test, held)]
     lines += [*gen_lines, *side_lines]

@@ -40,6 +40,8 @@ from steerlab.pipelines.reliability.report.holdout import (
     operating_point_section,
 )
 from steerlab.pipelines.reliability.report.holdout_findings import (
+    REPLICATES,
+    REVERSES,
     held_out_findings,
     layer_points_lines,
 )
@@ -153,18 +155,58 @@ def _sign_warning(sign: dict[str, Any]) -> list[str]:
     ]
 
 
+FINDINGS_HELD = (
+    ("generalization_failure", "gap", "generalization failure"),
+    ("side_effect", "drop", "side-effect tradeoff"),
+)
+
+
+def held_out_verdicts(
+    findings: dict[str, bool], held: dict[str, Any] | None
+) -> tuple[bool, list[str]]:
+    """Whether a generalization failure or side-effect tradeoff holds beyond the prompts it was
+    found on, and why, a phrase per finding.
+
+    A finding detected on all prompts counts when its largest instance, chosen on the selection
+    half, replicates on the report half (:mod:`.holdout_findings`). Without held-out checks
+    (``held`` missing or unavailable) the in-sample verdict stands, and the phrase says so."""
+    statements = (held or {}).get("statements") if (held or {}).get("available") else None
+    confirmed, why = False, []
+    for key, name, label in FINDINGS_HELD:
+        if not findings[key]:
+            why.append(f"{label}: not detected")
+        elif statements is None or name not in statements:
+            confirmed = True
+            why.append(f"{label}: detected on all prompts (no held-out check)")
+        elif (v := statements[name]["verdict"]) == REPLICATES:
+            confirmed = True
+            why.append(
+                f"{label}: detected, and its largest instance replicates on held-out prompts"
+            )
+        else:
+            why.append(
+                f"{label}: detected on all prompts, but its largest instance is "
+                f"{'reversed' if v == REVERSES else 'not confirmed'} on held-out prompts"
+            )
+    return confirmed, why
+
+
 def _acceptance(
-    findings: dict[str, bool], n_sanity: int, layer_note: tuple[bool, str]
+    findings: dict[str, bool],
+    n_sanity: int,
+    layer_note: tuple[bool, str],
+    held: dict[str, Any] | None = None,
 ) -> list[str]:
     def mark(ok: bool) -> str:
         return "yes" if ok else "**no**"
 
-    either = findings["generalization_failure"] or findings["side_effect"]
+    either, why = held_out_verdicts(findings, held)
     layer = f"{mark(layer_note[0])} ({layer_note[1]})"
     return [
         "## Research acceptance criteria",
         "",
-        f"- Clear generalization failure or side-effect tradeoff: {mark(either)}",
+        f"- Clear generalization failure or side-effect tradeoff, beyond the prompts it was found "
+        f"on: {mark(either)} ({'; '.join(why)})",
         f"- At least two sanity checks run: {mark(n_sanity >= 2)} ({n_sanity} run)",
         f"- Layer comparison with a non-trivial difference on held-out prompts: {layer}",
         "",
@@ -258,11 +300,14 @@ def write_report(
         held_out=layer_holdout_lines(checks["layer_holdout"]),
         held_out_points=layer_points_lines(checks["findings_holdout"]),
     )
-    finding_lines, findings = findings_section(summary, best, checks["findings_holdout"])
+    finding_lines, findings = findings_section(
+        summary, best, checks["findings_holdout"], checks["operating_point"]
+    )
     lines += finding_lines
     sanity_lines, n_sanity = sanity_section(sign, checks)
     lines += sanity_lines
-    lines += _acceptance(findings, n_sanity, layer_holdout_note(checks["layer_holdout"]))
+    layer_note = layer_holdout_note(checks["layer_holdout"])
+    lines += _acceptance(findings, n_sanity, layer_note, checks["findings_holdout"])
     lines += _figures(run_dir)
     lines += LIMITATIONS
     path = run_dir / "report.md"
