@@ -10,8 +10,9 @@ give a stated reduced one) three or more times on the same prompts, one after an
 
 * ``fp32-s<A>``: float32, generation seed A (the reference);
 * ``fp32-s<B>``: float32, seed B (the yardstick: how far findings move with the seed alone);
-* ``<mode>-s<B>``: each faster mode (``bf16``: linear layers multiply in bfloat16; ``int8``:
-  int8 dynamic quantization of the linear layers, see ``steerlab.models.int8_linear``), seed B.
+* ``<mode>-s<B>``: each faster mode (``bf16``: linear layers multiply in bfloat16, emulated in
+  float32 on a CPU without native bf16: the same rounding, not the same speed; ``int8``: int8
+  dynamic quantization of the linear layers, see ``steerlab.models.int8_linear``), seed B.
 
 The faster mode takes the yardstick's seed, so "``<mode>-s<B>`` vs ``fp32-s<A>``" differs from
 the yardstick "``fp32-s<B>`` vs ``fp32-s<A>``" in the precision alone. Sampling (T 0.7, top-p
@@ -59,6 +60,7 @@ from typing import Any
 import pandas as pd
 
 from steerlab.metrics import bootstrap_ci
+from steerlab.models.precision import cpu_has_native_bf16
 from steerlab.pipelines.reliability.config import load_config
 from steerlab.pipelines.reliability.report import helpful_not_gibberish, summarize
 from steerlab.pipelines.reliability.report._grid import main_grid
@@ -298,12 +300,19 @@ def main() -> None:
         print("\nno faster mode run (--modes empty): the yardstick alone")
         print("FINDINGS " + " ".join(parts))
         return
+    emulated = "bf16" in args.modes and not cpu_has_native_bf16()
     for mode in args.modes:  # per float32 run: one slowed by other work shows here
         each = ", ".join(f"{secs[n] / secs[f'{mode}-s{sb}']:.2f}x vs {n}" for n in (ref_name, yard))
         print(f"speedup of {mode}-s{sb}: {each}")
+    if emulated:
+        print(
+            "bf16 ran emulated in float32 (this CPU has no native bf16): its findings are bf16's "
+            "rounding, its speed is not bf16's; speedup marked bf16(emulated)"
+        )
     ratios = [f"{fp32_s / secs[f'{mode}-s{sb}']:.2f}x" for mode in args.modes]
-    if len(ratios) > 1:
-        ratios = [f"{mode}:{r}" for mode, r in zip(args.modes, ratios, strict=True)]
+    names = ["bf16(emulated)" if m == "bf16" and emulated else m for m in args.modes]
+    if len(ratios) > 1 or emulated:
+        ratios = [f"{name}:{r}" for name, r in zip(names, ratios, strict=True)]
     if "bf16" not in args.modes:  # the issue's line names bf16 whether or not it ran
         parts.insert(1, "bf16_differ=not-run")
     parts += [f"headline_same={'yes' if all_same else 'no'}", f"speedup={','.join(ratios)}"]
