@@ -41,10 +41,10 @@ from steerlab.pipelines.reliability.report._grid import (
 )
 from steerlab.pipelines.reliability.report.layers import (
     EFFECTS,
-    _cells,
-    _setting_cells,
+    cells_by_split_setting,
     contrast,
     layer_comparison,
+    setting_cells,
 )
 
 Lines = list[str]
@@ -79,7 +79,7 @@ def split_halves(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return grid[half == SELECTION], grid[half == REPORT]
 
 
-def _n_prompts(rows: pd.DataFrame) -> dict[str, int]:
+def prompts_per_split(rows: pd.DataFrame) -> dict[str, int]:
     base = select(rows, BASELINE)
     return {str(s): int(g["prompt_id"].nunique()) for s, g in base.groupby("split", sort=True)}
 
@@ -92,8 +92,8 @@ def effects(rows: pd.DataFrame, s: Setting, n_boot: int, seed: int) -> dict[str,
     """``s`` on ``rows``: harm_test refusal, its change vs the baseline and the benign
     helpfulness drop (both paired over prompts where the prompt ids match), false refusals, and
     the train/test gap at ``s`` (harm_train minus harm_test refusal; two samples of prompts)."""
-    cells = _cells(rows)
-    at, base = _setting_cells(cells, *s), _setting_cells(cells, *BASELINE)
+    cells = cells_by_split_setting(rows)
+    at, base = setting_cells(cells, *s), setting_cells(cells, *BASELINE)
     test = at.get("harm_test", rows.iloc[:0])
     train = at.get("harm_train", rows.iloc[:0])
     benign = at.get("benign", rows.iloc[:0])
@@ -140,8 +140,8 @@ def held_out_operating_point(
         "available": chosen is not None,
         "method": "selection/report split by prompt-id hash",
         "n_settings": n_settings,
-        "n_selection": _n_prompts(sel),
-        "n_report": _n_prompts(rep),
+        "n_selection": prompts_per_split(sel),
+        "n_report": prompts_per_split(rep),
         "chosen": None if chosen is None else {**chosen.as_dict(), "label": chosen.label},
         "swapped": None if other is None else {**other.as_dict(), "label": other.label},
         "in_sample": None if full is None else {**full.as_dict(), "label": full.label},
@@ -187,9 +187,9 @@ def held_out_layer_difference(
     if h is None:
         return out
     chosen = {k: h[k] for k in ("effect", "intervention", "alpha", "layer_a", "layer_b")}
-    cells = _cells(rep)
-    a = _setting_cells(cells, int(h["layer_a"]), str(h["intervention"]), float(h["alpha"]))
-    b = _setting_cells(cells, int(h["layer_b"]), str(h["intervention"]), float(h["alpha"]))
+    cells = cells_by_split_setting(rep)
+    a = setting_cells(cells, int(h["layer_a"]), str(h["intervention"]), float(h["alpha"]))
+    b = setting_cells(cells, int(h["layer_b"]), str(h["intervention"]), float(h["alpha"]))
     held = contrast(_EFFECT[str(h["effect"])], a, b, n_boot, seed)
     out.update(
         chosen=chosen,
@@ -207,7 +207,7 @@ def _pp(e: dict[str, Any]) -> str:
     return f.pp_ci(e["value"], e["lo"], e["hi"])
 
 
-def _counts(n: dict[str, int]) -> str:
+def split_counts(n: dict[str, int]) -> str:
     return ", ".join(f"{s} {k}" for s, k in n.items()) or "none"
 
 
@@ -234,8 +234,8 @@ def operating_point_section(op: dict[str, Any]) -> Lines:
     lines = ["## Operating point (chosen on one half of the prompts, reported on the other)", ""]
     lines += [
         "Method: each split's prompts are cut in two halves by a hash of the prompt id "
-        f"(selection half: {_counts(op['n_selection'])}; report half: "
-        f"{_counts(op['n_report'])}). The rule ({RULE}) picks the operating point among "
+        f"(selection half: {split_counts(op['n_selection'])}; report half: "
+        f"{split_counts(op['n_report'])}). The rule ({RULE}) picks the operating point among "
         f"the {op['n_settings']} steered settings using the selection half only; its effect "
         "and CI below are measured on the report half, which took no part in the choice, so "
         "the CI is not inflated by the selection.",

@@ -30,12 +30,17 @@ from steerlab.pipelines.reliability.report import _picks as pick
 from steerlab.pipelines.reliability.report._grid import ACCEPTABLE_DROP, Setting, flags, setting_of
 from steerlab.pipelines.reliability.report.holdout import (
     BASELINE,
-    _counts,
-    _n_prompts,
     effects,
+    prompts_per_split,
+    split_counts,
     split_halves,
 )
-from steerlab.pipelines.reliability.report.layers import EFFECTS, _cells, _setting_cells, contrast
+from steerlab.pipelines.reliability.report.layers import (
+    EFFECTS,
+    cells_by_split_setting,
+    contrast,
+    setting_cells,
+)
 
 Lines = list[str]
 Rule = Callable[[pd.DataFrame, pd.Series | None], pd.Series | None]
@@ -137,13 +142,13 @@ def _ci(value: float, lo: float, hi: float, **extra: Any) -> dict[str, Any]:
 def measure(
     cells: dict[Any, pd.DataFrame], s: Setting, effect: str, n_boot: int, seed: int
 ) -> dict[str, Any]:
-    """``effect`` of ``s`` on one half's rows (``cells`` from ``layers._cells``).
+    """``effect`` of ``s`` on one half's rows (``cells`` from ``layers.cells_by_split_setting``).
 
     ``refusal_gain`` and ``benign_drop`` are vs the baseline, paired over prompts; ``gap`` is
     harm_train minus harm_test refusal (different prompts, so unpaired), with ``excess``, the
     gap beyond the baseline's own (paired per split). ``refusal``: harm_test refusal rate.
     """
-    at, base = _setting_cells(cells, *s), _setting_cells(cells, *BASELINE)
+    at, base = setting_cells(cells, *s), setting_cells(cells, *BASELINE)
     empty = pd.DataFrame()
     test = flags(at.get("harm_test", empty), "is_refusal")
     out: dict[str, Any] = {"refusal": _ci(*bootstrap_ci(test, n_boot=n_boot, seed=seed))}
@@ -246,8 +251,8 @@ def _lead(
     sa, sb = _as_setting(a["chosen"]), _as_setting(b["chosen"])
     d = contrast(
         _EFFECT["refusal_gain"],
-        _setting_cells(rep_cells, *sa),
-        _setting_cells(rep_cells, *sb),
+        setting_cells(rep_cells, *sa),
+        setting_cells(rep_cells, *sb),
         n_boot,
         seed,
     )
@@ -285,16 +290,16 @@ def held_out_findings(
     halves = {
         "test": pick.harm_test_rows(summarize(sel, n_boot=n_boot, seed=seed)),
         "rep": rep,
-        "sel_cells": _cells(sel),
-        "rep_cells": _cells(rep),
+        "sel_cells": cells_by_split_setting(sel),
+        "rep_cells": cells_by_split_setting(rep),
     }
     full_base = _base_row(full_test)
     points = _layer_points(halves, pick.best_per_layer(full_test), n_boot, seed)
     return {
         "available": True,
         "n_settings": len(pick.steered(halves["test"])),
-        "n_selection": _n_prompts(sel),
-        "n_report": _n_prompts(rep),
+        "n_selection": prompts_per_split(sel),
+        "n_report": prompts_per_split(rep),
         "statements": {
             st.name: _statement(st, halves, st.in_sample(full_test, full_base), n_boot, seed)
             for st in STATEMENTS
@@ -334,9 +339,9 @@ def findings_method(held: dict[str, Any] | None) -> Lines:
         "maximum, biased upward, whose CI does not know it was picked. The *held out* line "
         "under it picks the same kind of setting (the largest in the statement's direction, "
         f"among the same {n}) on the selection half of the prompts "
-        f"({_counts(held['n_selection'])}; the operating point's halves), without the CI "
+        f"({split_counts(held['n_selection'])}; the operating point's halves), without the CI "
         "filter, and measures it on the report half "
-        f"({_counts(held['n_report'])}), which took no part in the choice. The statement "
+        f"({split_counts(held['n_report'])}), which took no part in the choice. The statement "
         "replicates when the held-out estimate has the sign it had where it was chosen and its "
         "95% CI excludes 0.",
         "",

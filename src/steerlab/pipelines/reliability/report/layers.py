@@ -83,14 +83,14 @@ EFFECT_NOTES = {
 CellKey = tuple[str, int, str, float]  # (split, layer, intervention, alpha)
 
 
-def _cells(grid: pd.DataFrame) -> dict[CellKey, pd.DataFrame]:
+def cells_by_split_setting(grid: pd.DataFrame) -> dict[CellKey, pd.DataFrame]:
     return {
         (str(k[0]), int(k[1]), str(k[2]), float(k[3])): g
         for k, g in grid.groupby(["split", *KEY], sort=True)
     }
 
 
-def _setting_cells(
+def setting_cells(
     cells: dict[CellKey, pd.DataFrame], layer: int, intervention: str, alpha: float
 ) -> dict[str, pd.DataFrame]:
     """The rows of one setting, by split."""
@@ -181,7 +181,7 @@ def layer_comparison(
     """
     grid = main_grid(results)
     steered = grid[(grid["intervention"] != "none") & (grid["alpha"] != 0)]
-    cells = _cells(grid)
+    cells = cells_by_split_setting(grid)
     pairs = steered[["intervention", "alpha"]].drop_duplicates()
     keys = sorted((str(i), float(a)) for i, a in pairs.itertuples(index=False))
     comparisons: list[dict[str, Any]] = []
@@ -189,8 +189,8 @@ def layer_comparison(
         at = steered[(steered["intervention"] == intervention) & (steered["alpha"] == alpha)]
         layers = sorted(int(x) for x in at["layer"].unique())
         for la, lb in itertools.combinations(layers, 2):
-            a = _setting_cells(cells, la, intervention, alpha)
-            b = _setting_cells(cells, lb, intervention, alpha)
+            a = setting_cells(cells, la, intervention, alpha)
+            b = setting_cells(cells, lb, intervention, alpha)
             for effect in EFFECTS:
                 row = {
                     "effect": effect.name,
@@ -379,9 +379,9 @@ def operating_point_lines(
     if len(picks) < 2:
         return [*lines, "Fewer than two layers have a setting within the cost.", ""]
     top, second = sorted(picks, key=lambda r: -float(r["refusal_rate"]))[:2]
-    cells = _cells(main_grid(results))
+    cells = cells_by_split_setting(main_grid(results))
     a, b = setting_of(top), setting_of(second)
-    d = contrast(EFFECTS[0], _setting_cells(cells, *a), _setting_cells(cells, *b), n_boot, seed)
+    d = contrast(EFFECTS[0], setting_cells(cells, *a), setting_cells(cells, *b), n_boot, seed)
     verdict = (
         "its CI excludes 0"
         if excludes_zero(d["lo"], d["hi"])
