@@ -12,10 +12,12 @@ from tests.cli_run import cli
 from tests.pipeline_helpers import tiny_run_config
 
 from steerlab.models.int8_linear import int8_available
+from steerlab.models.precision import cpu_has_native_bf16
 from steerlab.pipelines._shared import resolve_matmul_dtype
 from steerlab.pipelines.reliability.config import STAGES
 
 INT8 = int8_available()
+AUTO = "bf16" if cpu_has_native_bf16() else ("int8" if INT8 else None)
 
 
 @pytest.mark.parametrize(
@@ -24,8 +26,9 @@ INT8 = int8_available()
         (None, "float32", None),
         ("bf16", "float32, bf16 matmuls", "bf16"),
         ("int8", "float32, int8 matmuls", "int8"),
-        # on CPU with the hf backend: int8 where this PyTorch has the x86 int8 GEMM
-        ("auto", *(("float32, int8 matmuls", "int8") if INT8 else ("float32", None))),
+        # on CPU with the hf backend: bf16 on a CPU with native bf16, else int8 where this
+        # PyTorch has the x86 int8 GEMM
+        ("auto", f"float32, {AUTO} matmuls" if AUTO else "float32", AUTO),
     ],
 )
 def test_run_names_its_precision_and_prints_its_times(
@@ -56,13 +59,20 @@ def test_run_names_its_precision_and_prints_its_times(
         assert f"{stage} " in lines[-1]
 
 
-def test_auto_matmul_dtype_is_int8_only_on_a_cpu_backend_that_lowers_matmuls() -> None:
-    assert resolve_matmul_dtype("auto", "cpu", "hf", int8_gemm=True) == "int8"
-    assert resolve_matmul_dtype("auto", "cpu", "nnsight", int8_gemm=True) == "int8"
-    assert resolve_matmul_dtype("auto", "cpu", "hf", int8_gemm=False) is None
-    assert resolve_matmul_dtype("auto", "cuda:0", "hf", int8_gemm=True) is None
-    assert resolve_matmul_dtype("auto", "cpu", "transformer_lens", int8_gemm=True) is None
-    assert resolve_matmul_dtype("auto", "cpu", "vllm", int8_gemm=True) is None
-    assert resolve_matmul_dtype("auto", "cpu", "hf") == ("int8" if INT8 else None)
+def test_auto_matmul_dtype_is_bf16_or_int8_only_on_a_cpu_backend_that_lowers_matmuls() -> None:
+    plain = {"int8_gemm": True, "native_bf16": False}
+    assert resolve_matmul_dtype("auto", "cpu", "hf", **plain) == "int8"
+    assert resolve_matmul_dtype("auto", "cpu", "nnsight", **plain) == "int8"
+    assert resolve_matmul_dtype("auto", "cpu", "hf", int8_gemm=False, native_bf16=False) is None
+    native = {"int8_gemm": True, "native_bf16": True}  # native bf16 goes first
+    assert resolve_matmul_dtype("auto", "cpu", "hf", **native) == "bf16"
+    assert resolve_matmul_dtype("auto", "cpu", "nnsight", **native) == "bf16"
+    assert resolve_matmul_dtype("auto", "cpu", "hf", int8_gemm=False, native_bf16=True) == "bf16"
+    for kinds in (plain, native):
+        assert resolve_matmul_dtype("auto", "cuda:0", "hf", **kinds) is None
+        assert resolve_matmul_dtype("auto", "cpu", "transformer_lens", **kinds) is None
+        assert resolve_matmul_dtype("auto", "cpu", "vllm", **kinds) is None
+    here = "bf16" if cpu_has_native_bf16() else ("int8" if INT8 else None)
+    assert resolve_matmul_dtype("auto", "cpu", "hf") == here
     assert resolve_matmul_dtype(None, "cpu", "hf") is None
     assert resolve_matmul_dtype("bf16", "cuda", "hf") == "bf16"  # an explicit value is kept

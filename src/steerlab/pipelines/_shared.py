@@ -59,8 +59,9 @@ class EvalModelCfg(Strict):
     device: str | None = None
     dtype: str | None = None
     #: CPU speed modes: linear layers multiply in bf16 or int8, residual/steering stay in dtype.
-    #: ``auto``: int8 on a CPU with a backend that lowers matmuls, none elsewhere (see
-    #: :func:`resolve_matmul_dtype`); ``None``: dtype throughout
+    #: ``auto``: on a CPU with a backend that lowers matmuls, bf16 where the CPU has native bf16
+    #: and int8 elsewhere; none on a GPU (see :func:`resolve_matmul_dtype`); ``None``: dtype
+    #: throughout
     matmul_dtype: Literal["bf16", "int8", "auto"] | None = None
     chat: bool = True
     #: keyword arguments of the engine (backend ``vllm`` only), e.g. ``tensor_parallel_size: 2``
@@ -77,24 +78,33 @@ class EvalModelCfg(Strict):
 
 
 def resolve_matmul_dtype(
-    matmul_dtype: str | None, device: str | None, backend: str, int8_gemm: bool | None = None
+    matmul_dtype: str | None,
+    device: str | None,
+    backend: str,
+    int8_gemm: bool | None = None,
+    native_bf16: bool | None = None,
 ) -> str | None:
-    """The matmul dtype a model is loaded with. ``auto`` is ``"int8"`` on a CPU with PyTorch's
-    x86 int8 GEMM (``int8_gemm``, by default read from this PyTorch) and a backend that lowers
-    matmuls (``hf`` or ``nnsight``): the one faster mode whose reliability findings moved no
-    more than a second float32 seed's in ``benchmarks/check_findings.py``. ``None`` elsewhere
-    (a GPU runs bf16 already; vLLM and TransformerLens keep their own linear layers). bf16
-    matmuls are never picked: their findings check was not run. Other values pass through."""
+    """The matmul dtype a model is loaded with. ``auto``, on a CPU with a backend that lowers
+    matmuls (``hf`` or ``nnsight``), is ``"bf16"`` where the CPU multiplies bf16 natively
+    (``native_bf16``: AVX-512 BF16 or AMX, by default read from the CPU), else ``"int8"`` where
+    PyTorch has its x86 int8 GEMM (``int8_gemm``, by default read from this PyTorch), else
+    ``None``. Both modes' reliability findings moved no more than a second float32 seed's in
+    ``benchmarks/check_findings.py``; bf16 is the faster where it is native, and without it a
+    bf16 product is no faster than float32. ``None`` elsewhere (a GPU runs bf16 already; vLLM
+    and TransformerLens keep their own linear layers). Other values pass through."""
     if matmul_dtype != "auto":
         return matmul_dtype
     from steerlab.backends.registry import REGISTRY
     from steerlab.models import default_device
     from steerlab.models.int8_linear import int8_available
+    from steerlab.models.precision import cpu_has_native_bf16
 
     on = str(device) if device is not None else str(default_device())
     lowers = backend in REGISTRY and REGISTRY[backend].lowers_matmuls
     if not (lowers and on.startswith("cpu")):
         return None
+    if cpu_has_native_bf16() if native_bf16 is None else native_bf16:
+        return "bf16"
     available = int8_available() if int8_gemm is None else int8_gemm
     return "int8" if available else None
 
