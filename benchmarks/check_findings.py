@@ -102,6 +102,15 @@ def load(run_dir: Path) -> pd.DataFrame:
     return grid[~copies]
 
 
+def ran_emulated(run_dir: Path) -> bool:
+    """Whether the run's matmuls were emulated (its manifest says; runs recorded before the
+    manifest did: whether this CPU lacks native bf16)."""
+    model = json.loads((run_dir / "manifest.json").read_text()).get("model") or {}
+    if "matmul_emulated" in model:
+        return bool(model["matmul_emulated"])
+    return model.get("matmul_dtype") == "bf16" and not cpu_has_native_bf16()
+
+
 def stage_seconds(run_dir: Path) -> float:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     return float(sum(manifest.get("timings_s", {}).values()))
@@ -300,13 +309,13 @@ def main() -> None:
         print("\nno faster mode run (--modes empty): the yardstick alone")
         print("FINDINGS " + " ".join(parts))
         return
-    emulated = "bf16" in args.modes and not cpu_has_native_bf16()
+    emulated = "bf16" in args.modes and ran_emulated(runs[f"bf16-s{sb}"])
     for mode in args.modes:  # per float32 run: one slowed by other work shows here
         each = ", ".join(f"{secs[n] / secs[f'{mode}-s{sb}']:.2f}x vs {n}" for n in (ref_name, yard))
         print(f"speedup of {mode}-s{sb}: {each}")
     if emulated:
         print(
-            "bf16 ran emulated in float32 (this CPU has no native bf16): its findings are bf16's "
+            "bf16 ran emulated in float32 (its CPU had no native bf16): its findings are bf16's "
             "rounding, its speed is not bf16's; speedup marked bf16(emulated)"
         )
     ratios = [f"{fp32_s / secs[f'{mode}-s{sb}']:.2f}x" for mode in args.modes]

@@ -18,13 +18,14 @@ from steerlab.pipelines.reliability.config import STAGES
 
 INT8 = int8_available()
 AUTO = "bf16" if cpu_has_native_bf16() else ("int8" if INT8 else None)
+BF16 = "float32, bf16 matmuls" + ("" if cpu_has_native_bf16() else " (emulated)")
 
 
 @pytest.mark.parametrize(
     ("matmul_dtype", "precision", "resolved"),
     [
         (None, "float32", None),
-        ("bf16", "float32, bf16 matmuls", "bf16"),
+        ("bf16", BF16, "bf16"),
         ("int8", "float32, int8 matmuls", "int8"),
         # on CPU with the hf backend: bf16 on a CPU with native bf16, else int8 where this
         # PyTorch has the x86 int8 GEMM
@@ -48,6 +49,7 @@ def test_run_names_its_precision_and_prints_its_times(
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["precision"] == precision
     assert manifest["model"]["matmul_dtype"] == resolved
+    assert manifest["model"]["matmul_emulated"] is (precision.endswith("(emulated)"))
     header = (run / "report.md").read_text().splitlines()[0]
     assert header.endswith(f", {precision}")
     lines = got.out.splitlines()

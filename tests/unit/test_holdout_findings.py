@@ -269,6 +269,12 @@ def test_a_finding_counts_only_where_its_largest_instance_replicates() -> None:
     gen_only = {"generalization_failure": True, "side_effect": False}
     assert held_out_verdicts(gen_only, _held(gap=NOT_CONFIRMED, drop=REPLICATES))[0] is False
     assert held_out_verdicts(gen_only, _held(gap=REPLICATES, drop=NOT_CONFIRMED))[0] is True
+    # the selection half chose nothing to hold out (no verdict): not counted, and said so
+    none = {"available": True, "statements": {"gap": {"chosen": None}, "drop": {"chosen": None}}}
+    ok, why = held_out_verdicts(gen_only, none)
+    assert not ok and why[0] == (
+        "generalization failure: detected on all prompts, but the selection half names no instance"
+    )
     # without held-out checks the in-sample verdict stands, and says so
     ok, why = held_out_verdicts(gen_only, {"available": False})
     assert ok and why == [

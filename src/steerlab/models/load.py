@@ -200,8 +200,9 @@ def load_model(
 ) -> Model:
     """Load a model by spec (see module docstring); CUDA + bf16 when available, else CPU fp32.
 
-    ``matmul_dtype="bf16"`` is an opt-in CPU speed mode: the linear layers multiply in bfloat16
-    while the residual stream, norms, logits and steering stay in ``dtype`` (see
+    ``matmul_dtype="bf16"`` or ``"int8"`` are CPU speed modes: the linear layers multiply in
+    bfloat16 (emulated in float32 on a CPU without native bf16: the same rounding, no faster)
+    or int8 while the residual stream, norms, logits and steering stay in ``dtype`` (see
     :mod:`steerlab.models.precision`); ``hf`` and ``nnsight`` backends only.
 
     ``backend`` picks who runs it: ``hf`` (default), ``transformer_lens`` (for a model on

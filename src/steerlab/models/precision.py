@@ -24,6 +24,7 @@ float32 seed does is what ``benchmarks/check_findings.py`` measures.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,29 +53,34 @@ class LowPrecisionLinear(nn.Module):
         super().__init__()
         # (out, in) like nn.Linear; no gradients (steerlab never trains the model)
         low = weight.detach().to(dtype)
-        stored = low.to(weight.dtype) if emulate else low
+        stored = low.float() if emulate else low
         self.weight = nn.Parameter(stored.contiguous(), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.out_features, self.in_features = self.weight.shape
-        self.dtype = dtype
+        self.compute_dtype = dtype
         self.emulate = emulate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.emulate:
-            rounded = x.to(self.dtype).to(self.weight.dtype)
-            y = nn.functional.linear(rounded, self.weight).to(self.dtype).to(x.dtype)
+        if self.emulate:  # bf16 x bf16 products are exact in float32; float32 accumulation
+            rounded = x.to(self.compute_dtype).float()
+            y = nn.functional.linear(rounded, self.weight.float()).to(self.compute_dtype)
         else:
-            y = nn.functional.linear(x.to(self.dtype), self.weight).to(x.dtype)
+            y = nn.functional.linear(x.to(self.weight.dtype), self.weight)
+        y = y.to(x.dtype)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
-        how = f"{self.dtype} emulated in {self.weight.dtype}" if self.emulate else str(self.dtype)
+        how = (
+            f"{self.compute_dtype}, emulated in float32" if self.emulate else str(self.weight.dtype)
+        )
         return f"in={self.in_features}, out={self.out_features}, dtype={how}"
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX; read from Linux's
-    ``/proc/cpuinfo``, False where it cannot be read)."""
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX on x86; read from
+    Linux's ``/proc/cpuinfo`` once, False where it cannot be read, so elsewhere bf16 matmuls are
+    emulated)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -86,6 +92,11 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def emulated_matmuls(hf: nn.Module) -> bool:
+    """Whether any linear layer of ``hf`` multiplies in an emulated low precision."""
+    return any(isinstance(m, LowPrecisionLinear) and m.emulate for m in hf.modules())
+
+
 def resolve(name: str | torch.dtype | None) -> torch.dtype | None:
     if name is None or isinstance(name, torch.dtype):
         return name
@@ -94,11 +105,16 @@ def resolve(name: str | torch.dtype | None) -> torch.dtype | None:
     return MATMUL_DTYPES[name]
 
 
-def precision_label(dtype: str | torch.dtype | None, matmul_dtype: str | None) -> str:
+def precision_label(
+    dtype: str | torch.dtype | None, matmul_dtype: str | None, emulated: bool = False
+) -> str:
     """A model's numeric precision in words, as reports and manifests name it: ``"float32"``,
-    or ``"float32, bf16 matmuls"`` in the reduced-precision matmul mode."""
+    or ``"float32, bf16 matmuls"`` in the reduced-precision matmul mode (``"float32, bf16
+    matmuls (emulated)"`` where the CPU lacks them and float32 reproduces their rounding)."""
     base = str(dtype or "float32").removeprefix("torch.")
-    return f"{base}, {matmul_dtype} matmuls" if matmul_dtype else base
+    if not matmul_dtype:
+        return base
+    return f"{base}, {matmul_dtype} matmuls" + (" (emulated)" if emulated else "")
 
 
 def linear_layers(hf: nn.Module) -> list[LinearSlot]:

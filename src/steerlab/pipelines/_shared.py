@@ -215,6 +215,11 @@ def model_loader(m: EvalModelCfg, progress: bool) -> ModelLoader:
 
 def describe_model(model: Model) -> dict[str, Any]:
     """What the driver needs to know about a worker's model."""
+    from torch import nn
+
+    from steerlab.models.precision import emulated_matmuls
+
+    hf = getattr(model, "hf", None)
     return {
         "name": model.name,
         "backend": model.backend.name,
@@ -222,6 +227,7 @@ def describe_model(model: Model) -> dict[str, Any]:
         "d_model": model.d_model,
         "dtype": str(model.dtype),
         "device": str(model.device),
+        "matmul_emulated": isinstance(hf, nn.Module) and emulated_matmuls(hf),
     }
 
 

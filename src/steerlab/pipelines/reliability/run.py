@@ -127,8 +127,9 @@ class Reliability(Workflow[PipelineConfig]):
                 "spec": cfg.model.name,
                 **{k: info[k] for k in ("backend", "name", "n_layers", "d_model", "dtype")},
                 "matmul_dtype": low,
+                "matmul_emulated": bool(info.get("matmul_emulated")),
             },
-            precision=precision_label(info["dtype"], low),
+            precision=precision_label(info["dtype"], low, bool(info.get("matmul_emulated"))),
             layers=st.chosen_layers(cfg, int(info["n_layers"])),
             seeds={"generation": cfg.generation.seed, "alt_seed": cfg.sanity_checks.alt_seed},
             sampling={

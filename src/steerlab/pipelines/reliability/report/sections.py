@@ -112,7 +112,7 @@ def _gap_at_operating_point(test: pd.DataFrame, best: Setting | None, op: Held) 
     operating point) measured it there, else on all prompts, said so."""
     held = (op or {}).get("held_out") or {}
     chosen = (op or {}).get("chosen")
-    if chosen and "gap" in held:
+    if chosen and "gap" in held and held["n_harm_train"] and not f.isnan(held["gap"]["value"]):
         g, n = held["gap"], held["n_harm_train"]
         return (
             f" At the operating point ({chosen['label']}, chosen on the selection half) the gap "

@@ -178,7 +178,11 @@ def held_out_verdicts(
         elif statements is None or name not in statements:
             confirmed = True
             why.append(f"{label}: detected on all prompts (no held-out check)")
-        elif (v := statements[name]["verdict"]) == REPLICATES:
+        elif (v := statements[name].get("verdict")) is None:  # the selection half chose none
+            why.append(
+                f"{label}: detected on all prompts, but the selection half names no instance"
+            )
+        elif v == REPLICATES:
             confirmed = True
             why.append(
                 f"{label}: detected, and its largest instance replicates on held-out prompts"
