@@ -88,18 +88,20 @@ def _ci(triple: tuple[float, float, float]) -> dict[str, float]:
     return {"value": triple[0], "lo": triple[1], "hi": triple[2]}
 
 
-def effects(rows: pd.DataFrame, s: Setting, n_boot: int, seed: int) -> dict[str, Any]:
+def effects(
+    rows: pd.DataFrame, s: Setting, n_boot: int, seed: int, *, gap: bool = False
+) -> dict[str, Any]:
     """``s`` on ``rows``: harm_test refusal, its change vs the baseline and the benign
     helpfulness drop (both paired over prompts where the prompt ids match), false refusals, and
-    the train/test gap at ``s`` (harm_train minus harm_test refusal; two samples of prompts)."""
+    with ``gap`` the train/test gap at ``s`` (harm_train minus harm_test refusal; two samples of
+    prompts) and ``n_harm_train``; only the held-out operating point reports the gap."""
     cells = cells_by_split_setting(rows)
     at, base = setting_cells(cells, *s), setting_cells(cells, *BASELINE)
     test = at.get("harm_test", rows.iloc[:0])
-    train = at.get("harm_train", rows.iloc[:0])
     benign = at.get("benign", rows.iloc[:0])
     gain = contrast(_EFFECT["refusal_gain"], at, base, n_boot, seed)
     drop = contrast(_EFFECT["benign_drop"], at, base, n_boot, seed)
-    return {
+    out: dict[str, Any] = {
         "n_harm_test": len(test),
         "n_benign": len(benign),
         "refusal": _ci(bootstrap_ci(flags(test, "is_refusal"), n_boot=n_boot, seed=seed)),
@@ -107,13 +109,16 @@ def effects(rows: pd.DataFrame, s: Setting, n_boot: int, seed: int) -> dict[str,
         "gain_paired": gain["paired"],
         "drop": {"value": drop["diff"], "lo": drop["lo"], "hi": drop["hi"]},
         "false_refusal": _ci(bootstrap_ci(flags(benign, "is_refusal"), n_boot=n_boot, seed=seed)),
-        "n_harm_train": len(train),
-        "gap": _ci(
+    }
+    if gap:
+        train = at.get("harm_train", rows.iloc[:0])
+        out["n_harm_train"] = len(train)
+        out["gap"] = _ci(
             bootstrap_diff_ci(
                 flags(train, "is_refusal"), flags(test, "is_refusal"), n_boot=n_boot, seed=seed
             )
-        ),
-    }
+        )
+    return out
 
 
 def _pick(rows: pd.DataFrame) -> Setting | None:
@@ -126,10 +131,11 @@ def held_out_operating_point(
     """The operating point chosen on the selection half, measured on the report half.
 
     ``chosen``: the selection half's pick (``None`` when it has no steered setting);
-    ``held_out``: its :func:`effects` on the report half; ``selection``: on the selection half
-    (biased upward: it is where it won); ``swapped``: the rule run on the report half, scored on
-    the selection half; ``in_sample``: the pick on all prompts, scored on all prompts (the
-    biased figure, for reference); ``n_settings``: steered settings compared.
+    ``held_out``: its :func:`effects` on the report half, the train/test gap included;
+    ``selection``: on the selection half (biased upward: it is where it won); ``swapped``: the
+    rule run on the report half, scored on the selection half; ``in_sample``: the pick on all
+    prompts, scored on all prompts (the biased figure, for reference); ``n_settings``: steered
+    settings compared.
     """
     grid = main_grid(results)
     sel, rep = split_halves(results)
@@ -147,7 +153,7 @@ def held_out_operating_point(
         "in_sample": None if full is None else {**full.as_dict(), "label": full.label},
     }
     if chosen is not None:
-        out["held_out"] = effects(rep, chosen, n_boot, seed)
+        out["held_out"] = effects(rep, chosen, n_boot, seed, gap=True)
         out["selection"] = effects(sel, chosen, n_boot, seed)
         gain = out["held_out"]["gain"]
         out["replicates"] = bool(gain["lo"] > 0)

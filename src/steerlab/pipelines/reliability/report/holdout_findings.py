@@ -320,6 +320,11 @@ def _pairing(e: dict[str, Any]) -> str:
     return f"paired over {e['n']} prompts" if e.get("paired") else "unpaired"
 
 
+VERDICT_SHORT = {  # "its largest instance ___ on held-out prompts"
+    REPLICATES: "replicates",
+    REVERSES: "is reversed",
+    NOT_CONFIRMED: "is not confirmed",
+}
 VERDICT_TEXT = {
     REPLICATES: "replicates on held-out prompts (same sign, CI excludes 0)",
     REVERSES: "is **reversed on held-out prompts** (CI excludes 0 on the other side)",

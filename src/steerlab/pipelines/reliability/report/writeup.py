@@ -41,7 +41,7 @@ from steerlab.pipelines.reliability.report.holdout import (
 )
 from steerlab.pipelines.reliability.report.holdout_findings import (
     REPLICATES,
-    REVERSES,
+    VERDICT_SHORT,
     held_out_findings,
     layer_points_lines,
 )
@@ -182,15 +182,11 @@ def held_out_verdicts(
             why.append(
                 f"{label}: detected on all prompts, but the selection half names no instance"
             )
-        elif v == REPLICATES:
-            confirmed = True
-            why.append(
-                f"{label}: detected, and its largest instance replicates on held-out prompts"
-            )
         else:
+            confirmed = confirmed or v == REPLICATES
+            found = "detected, and" if v == REPLICATES else "detected on all prompts, but"
             why.append(
-                f"{label}: detected on all prompts, but its largest instance is "
-                f"{'reversed' if v == REVERSES else 'not confirmed'} on held-out prompts"
+                f"{label}: {found} its largest instance {VERDICT_SHORT[v]} on held-out prompts"
             )
     return confirmed, why
 
