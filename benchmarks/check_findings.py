@@ -169,9 +169,12 @@ def headlines(run_dir: Path, n_boot: int) -> dict[str, str]:
         "operating point replicates": str(op.get("replicates")),
         "largest layer difference": layer,
         "layer difference replicates": str(lh.get("replicates")),
-        "sign check": "passed"
-        if not sign["failed"]
-        else "failed at " + ",".join(map(str, sign["failed"])),
+        "sign check": "; ".join(
+            f"{what} at " + ",".join(map(str, sign[key]))
+            for key, what in (("failed", "failed"), ("inconclusive", "not shown"))
+            if sign[key]
+        )
+        or "passed",
         "confound: effect persists": str(confound.get("persists")),
         "generalization failure": str(verdicts["generalization_failure"]),
         "side effect": str(verdicts["side_effect"]),

@@ -14,6 +14,7 @@ from steerlab.pipelines.reliability.report import (
     build_report,
     confound_check,
     seed_check,
+    sign_check,
     summarize,
     template_check,
     write_report,
@@ -422,6 +423,47 @@ def test_failed_sign_check_warns_at_the_top(results: pd.DataFrame, tmp_path: Pat
     assert "SIGN CHECK FAILED" in report
     assert report.index("SIGN CHECK FAILED") < report.index("## Setup")
     assert "FAILED at layer(s) 12" in report
+
+
+def _sign_entry(base: float, steered: float, lo: float, hi: float, verdict: str) -> dict[str, Any]:
+    change = {"value": steered - base, "lo": lo, "hi": hi}
+    return {
+        "baseline_refusal": base,
+        "steered_refusal": steered,
+        "change": change,
+        "n": 6,
+        "verdict": verdict,
+        "ok": verdict == "raised",
+    }
+
+
+def test_a_sign_check_rise_inside_noise_is_not_a_pass(
+    results: pd.DataFrame, tmp_path: Path
+) -> None:
+    """Layer 12 rises from 14.0% to 14.8% on six prompts, a CI that includes 0: the report says
+    the sign is not confirmed there (not "passed", not "FAILED"); layer 8's clear rise passes."""
+    sanity = json.loads(json.dumps(SANITY))
+    sanity["sign_check"]["per_layer"] = {
+        "8": _sign_entry(0.1, 0.5, 0.2, 0.6, "raised"),
+        "12": _sign_entry(0.14, 0.148, -0.1, 0.12, "not shown"),
+    }
+    report = _report(tmp_path, results, sanity)
+    assert "SIGN CHECK FAILED" not in report
+    assert report.index("**Sign check not shown** at layer(s) 12") < report.index("## Setup")
+    assert "): passed." not in report
+    assert "not shown at layer(s) 12 (the change's CI includes 0" in report
+    assert "L12: 14.0% → 14.8% (+0.8 pp [-10.0, +12.0])" in report
+    sign = sign_check(sanity)
+    assert sign["failed"] == [] and sign["inconclusive"] == [12]
+
+
+def test_a_sign_check_fall_beyond_noise_fails(results: pd.DataFrame, tmp_path: Path) -> None:
+    sanity = json.loads(json.dumps(SANITY))
+    sanity["sign_check"]["per_layer"]["12"] = _sign_entry(0.5, 0.1, -0.6, -0.2, "lowered")
+    report = _report(tmp_path, results, sanity)
+    assert report.index("SIGN CHECK FAILED** at layer(s) 12") < report.index("## Setup")
+    assert "lowered refusal below (CI below 0) the baseline" in report
+    assert "Sign check not shown" not in report and "FAILED at layer(s) 12" in report
 
 
 def test_missing_sanity_is_reported_as_not_run(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from steerlab.interventions import Intervention
 from steerlab.metrics import confound_metrics, helpfulness_score, refusal_score
 from steerlab.models import Model
 from steerlab.pipelines.reliability.config import PipelineConfig, default_layers
+from steerlab.pipelines.reliability.sign import LOWERED, NOT_SHOWN, layer_sign
 from steerlab.pipelines.reliability.store import RunDir, WorkRow
 from steerlab.runs.runner import Runtime
 from steerlab.tasks.prompts import PromptRow, read_prompts, write_prompts
@@ -388,7 +389,8 @@ def sweep_rows(ctx: Context, prompts: dict[str, list[PromptRow]]) -> list[WorkRo
 
 
 def run_sign_check(ctx: Context) -> dict[str, Any]:
-    """Before the sweep: does +α raise the refusal score on held-out prompts, per layer?"""
+    """Before the sweep: does +α raise the refusal score on held-out prompts, per layer, by more
+    than noise? (:mod:`.sign`: raised, lowered or not shown.)"""
     prompts = snapshot_prompts(ctx)
     held = sign_holdout(ctx, prompts)
     alpha, seed = ctx.cfg.sanity_checks.alpha, ctx.cfg.generation.seed
@@ -403,25 +405,26 @@ def run_sign_check(ctx: Context) -> dict[str, Any]:
     if base.empty:
         raise SteerlabError("run `steerlab baseline` before the sign check")
     ids = {p.id for p in held}
-    base_score = float(
-        base[(base.split == "harm_train") & base.prompt_id.isin(ids)].refusal_score.mean()
-    )
-    per_layer = {}
-    failed = []  # one warning for all layers, not one per layer
-    for layer in ctx.layers:
-        s = float(steered[steered.layer == layer].refusal_score.mean())
-        ok = s > base_score
-        per_layer[str(layer)] = {"baseline_refusal": base_score, "steered_refusal": s, "ok": ok}
-        if not ok:
-            failed.append(f"layer {layer}: {base_score:.3f} -> {s:.3f}")
-    if failed:
-        logger.warning(
-            "SIGN CHECK FAILED: +%.2f along the direction does not raise the refusal score on %d "
-            "held-out prompts (%s); the direction may be flipped",
-            alpha,
-            len(held),
-            "; ".join(failed),
-        )
+    base = base[(base.split == "harm_train") & base.prompt_id.isin(ids)]
+    n_boot = ctx.cfg.metrics.n_boot
+    per_layer = {
+        str(layer): layer_sign(steered[steered.layer == layer], base, n_boot=n_boot)
+        for layer in ctx.layers
+    }
+    for verdict, what in ((LOWERED, "SIGN CHECK FAILED"), (NOT_SHOWN, "sign check inconclusive")):
+        bad = [(k, v) for k, v in per_layer.items() if v["verdict"] == verdict]
+        if bad:  # one warning for all layers, not one per layer
+            logger.warning(
+                "%s: +%.2f along the direction %s the refusal score on %d held-out prompts (%s)",
+                what,
+                alpha,
+                "lowers" if verdict == LOWERED else "does not clearly raise (CI includes 0)",
+                len(held),
+                "; ".join(
+                    f"layer {k}: {v['baseline_refusal']:.3f} -> {v['steered_refusal']:.3f}"
+                    for k, v in bad
+                ),
+            )
     result = {"alpha": alpha, "n": len(held), "per_layer": per_layer}
     ctx.run.update_json("sanity.json", sign_check=result)
     return result

@@ -25,6 +25,7 @@ from steerlab.pipelines.reliability.report._grid import (
     setting_of,
     setting_points,
 )
+from steerlab.pipelines.reliability.sign import LOWERED, NOT_SHOWN, RAISED
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -317,16 +318,22 @@ def template_check(
 
 
 def sign_check(sanity: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline's sign check from ``sanity.json``: which layers failed (``ok`` false)."""
+    """The pipeline's sign check from ``sanity.json``: which layers failed (refusal lowered, CI
+    below 0) and which are inconclusive (CI includes 0); see :mod:`..sign`. A ``sanity.json``
+    from before the verdicts (``ok`` only) counts every layer without ``ok`` as failed."""
     sc = sanity.get("sign_check")
     if not sc:
-        return {"available": False, "failed": []}
+        return {"available": False, "failed": [], "inconclusive": []}
     per_layer = {int(k): dict(v) for k, v in (sc.get("per_layer") or {}).items()}
-    failed = sorted(k for k, v in per_layer.items() if not v.get("ok", False))
+
+    def verdict(v: dict[str, Any]) -> str:
+        return str(v.get("verdict") or (RAISED if v.get("ok", False) else LOWERED))
+
     return {
         "available": True,
         "alpha": sc.get("alpha"),
         "n": sc.get("n"),
         "per_layer": per_layer,
-        "failed": failed,
+        "failed": sorted(k for k, v in per_layer.items() if verdict(v) == LOWERED),
+        "inconclusive": sorted(k for k, v in per_layer.items() if verdict(v) == NOT_SHOWN),
     }

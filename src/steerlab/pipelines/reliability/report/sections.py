@@ -260,21 +260,42 @@ def findings_section(
     return lines, {"generalization_failure": gen, "side_effect": side}
 
 
+def sign_status(sign: dict[str, Any]) -> str:
+    """The sign check's verdict in a few words: passed only where every layer's rise has a CI
+    above 0."""
+    failed, unclear = sign["failed"], sign.get("inconclusive", [])
+    if not failed and not unclear:
+        return "passed"
+    parts = []
+    if failed:
+        parts.append(f"FAILED at layer(s) {', '.join(map(str, failed))} (refusal lowered)")
+    if unclear:
+        parts.append(
+            f"not shown at layer(s) {', '.join(map(str, unclear))} (the change's CI includes 0: "
+            "the sign is not confirmed there; more prompts, `sanity_checks.sign_check_n`, "
+            "give a firmer check)"
+        )
+    return "; ".join(parts)
+
+
+def sign_detail(v: dict[str, Any]) -> str:
+    """One layer: baseline → steered refusal, and the paired change with its CI when stored."""
+    text = f"{f.pct(v.get('baseline_refusal'))} → {f.pct(v.get('steered_refusal'))}"
+    if c := v.get("change"):
+        text += f" ({f.pp_ci(c['value'], c['lo'], c['hi'])})"
+    return text
+
+
 def sanity_section(sign: dict[str, Any], checks: dict[str, dict[str, Any]]) -> tuple[Lines, int]:
     """Sign check, template and seed robustness, confound verdict; and how many checks ran."""
     lines = ["## Sanity checks", ""]
     n_run = 0
     if sign["available"]:
         n_run += 1
-        per = sign["per_layer"]
-        failed = ", ".join(map(str, sign["failed"]))
-        status = f"FAILED at layer(s) {failed}" if failed else "passed"
         lines.append(
-            f"- **Sign check** (α={sign.get('alpha')}, n={sign.get('n')}): {status}. "
-            + "; ".join(
-                f"L{L}: {f.pct(v.get('baseline_refusal'))} → {f.pct(v.get('steered_refusal'))}"
-                for L, v in sorted(per.items())
-            )
+            f"- **Sign check** (α={sign.get('alpha')}, n={sign.get('n')}; refusal with +α vs "
+            f"unsteered, paired over prompts): {sign_status(sign)}. "
+            + "; ".join(f"L{L}: {sign_detail(v)}" for L, v in sorted(sign["per_layer"].items()))
         )
     else:
         lines.append("- Sign check: not run.")

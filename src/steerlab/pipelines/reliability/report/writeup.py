@@ -53,6 +53,7 @@ from steerlab.pipelines.reliability.report.sections import (
     pareto_section,
     sanity_section,
     setup_section,
+    sign_detail,
 )
 
 FIGURES = (
@@ -136,23 +137,34 @@ def write_examples(
 
 
 def _sign_warning(sign: dict[str, Any]) -> list[str]:
-    if not sign["failed"]:
-        return []
-    per = sign["per_layer"]
-    detail = "; ".join(
-        f"layer {L}: baseline {f.pct(per[L].get('baseline_refusal'))} → steered "
-        f"{f.pct(per[L].get('steered_refusal'))}"
-        for L in sign["failed"]
-    )
-    return [
-        "> **⚠️ WARNING: SIGN CHECK FAILED** at layer(s) "
-        + ", ".join(str(L) for L in sign["failed"])
-        + f". Adding the direction (α={sign.get('alpha')}) did not raise refusal over the "
-        f"baseline on the sign-check prompts ({detail}). The direction's sign, the hook point "
-        "or the intervention may be wrong; treat every steering result below for these layers "
-        "as suspect.",
-        "",
-    ]
+    per, lines = sign.get("per_layer", {}), []
+
+    def detail(layers: list[int]) -> str:
+        return "; ".join(f"layer {L}: {sign_detail(per[L])}" for L in layers)
+
+    if sign["failed"]:
+        stored = all("change" in per[L] for L in sign["failed"])  # older runs: means only
+        moved = "lowered refusal below (CI below 0)" if stored else "did not raise refusal over"
+        lines += [
+            "> **⚠️ WARNING: SIGN CHECK FAILED** at layer(s) "
+            + ", ".join(str(L) for L in sign["failed"])
+            + f". Adding the direction (α={sign.get('alpha')}) {moved} the baseline on the "
+            f"sign-check prompts ({detail(sign['failed'])}). The direction's "
+            "sign, the hook point or the intervention may be wrong; treat every steering result "
+            "below for these layers as suspect.",
+            "",
+        ]
+    if unclear := sign.get("inconclusive", []):
+        lines += [
+            "> **Sign check not shown** at layer(s) "
+            + ", ".join(str(L) for L in unclear)
+            + f": adding the direction (α={sign.get('alpha')}) did not clearly raise refusal on "
+            f"the {sign.get('n')} sign-check prompts ({detail(unclear)}; the CI includes 0), so "
+            "the direction's sign is not confirmed there. More prompts "
+            "(`sanity_checks.sign_check_n`) give a firmer check.",
+            "",
+        ]
+    return lines
 
 
 FINDINGS_HELD = (
