@@ -169,12 +169,14 @@ def headlines(run_dir: Path, n_boot: int) -> dict[str, str]:
         "operating point replicates": str(op.get("replicates")),
         "largest layer difference": layer,
         "layer difference replicates": str(lh.get("replicates")),
-        "sign check": "; ".join(
+        "sign check": "passed"
+        if sign["passed"]
+        else "; ".join(
             f"{what} at " + ",".join(map(str, sign[key]))
-            for key, what in (("failed", "failed"), ("inconclusive", "not shown"))
+            for key, what in (("failed", "failed"), ("not_shown", "not shown"))
             if sign[key]
         )
-        or "passed",
+        or "not run",
         "confound: effect persists": str(confound.get("persists")),
         "generalization failure": str(verdicts["generalization_failure"]),
         "side effect": str(verdicts["side_effect"]),

@@ -15,10 +15,10 @@ from steerlab.pipelines.reliability.sign import VERDICTS, layer_sign
 
 
 def test_the_stage_stores_the_paired_verdict_of_its_rows(tmp_path: Path) -> None:
-    path = tiny_run_config(tmp_path, "out", "sign", prompts=12, max_new_tokens=6)
+    path = tiny_run_config(tmp_path, "out", "sign", prompts=20, max_new_tokens=6)
     raw = yaml.safe_load(path.read_text())
     raw["experiment"]["layers"] = [1, 2]
-    raw["sanity_checks"]["sign_check_n"] = 3
+    raw["sanity_checks"]["sign_check_n"] = 5
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path)
     run = run_stages(cfg, ["baseline", "build-directions", "sign-check"], progress=False)
@@ -26,9 +26,9 @@ def test_the_stage_stores_the_paired_verdict_of_its_rows(tmp_path: Path) -> None
     sign = run.read_json("sanity.json")["sign_check"]
     steered, base = run.load_stage("sign_check"), run.load_stage("baseline")
     held = set(steered.prompt_id)
-    assert sign["n"] == len(held) == 3
+    assert sign["n"] == len(held) == 5
     base = base[(base.split == "harm_train") & base.prompt_id.isin(held)]
     assert set(sign["per_layer"]) == {"1", "2"}
     for layer, got in sign["per_layer"].items():
         want = layer_sign(steered[steered.layer == int(layer)], base, n_boot=cfg.metrics.n_boot)
-        assert got == want and got["verdict"] in VERDICTS and got["n"] == 3
+        assert got == want and got["verdict"] in VERDICTS and got["n"] == 5

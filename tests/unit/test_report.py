@@ -451,10 +451,10 @@ def test_a_sign_check_rise_inside_noise_is_not_a_pass(
     assert "SIGN CHECK FAILED" not in report
     assert report.index("**Sign check not shown** at layer(s) 12") < report.index("## Setup")
     assert "): passed." not in report
-    assert "not shown at layer(s) 12 (the change's CI includes 0" in report
+    assert "not shown at layer(s) 12 (L12: the change's CI includes 0)" in report
     assert "L12: 14.0% → 14.8% (+0.8 pp [-10.0, +12.0])" in report
     sign = sign_check(sanity)
-    assert sign["failed"] == [] and sign["inconclusive"] == [12]
+    assert sign["failed"] == [] and sign["not_shown"] == [12] and not sign["passed"]
 
 
 def test_a_sign_check_fall_beyond_noise_fails(results: pd.DataFrame, tmp_path: Path) -> None:
@@ -462,7 +462,7 @@ def test_a_sign_check_fall_beyond_noise_fails(results: pd.DataFrame, tmp_path: P
     sanity["sign_check"]["per_layer"]["12"] = _sign_entry(0.5, 0.1, -0.6, -0.2, "lowered")
     report = _report(tmp_path, results, sanity)
     assert report.index("SIGN CHECK FAILED** at layer(s) 12") < report.index("## Setup")
-    assert "lowered refusal below (CI below 0) the baseline" in report
+    assert "lowered refusal below the baseline (CI below 0)" in report
     assert "Sign check not shown" not in report and "FAILED at layer(s) 12" in report
 
 

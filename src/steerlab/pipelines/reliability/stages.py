@@ -28,7 +28,7 @@ from steerlab.interventions import Intervention
 from steerlab.metrics import confound_metrics, helpfulness_score, refusal_score
 from steerlab.models import Model
 from steerlab.pipelines.reliability.config import PipelineConfig, default_layers
-from steerlab.pipelines.reliability.sign import LOWERED, NOT_SHOWN, layer_sign
+from steerlab.pipelines.reliability.sign import layer_sign, log_sign_warnings
 from steerlab.pipelines.reliability.store import RunDir, WorkRow
 from steerlab.runs.runner import Runtime
 from steerlab.tasks.prompts import PromptRow, read_prompts, write_prompts
@@ -411,20 +411,7 @@ def run_sign_check(ctx: Context) -> dict[str, Any]:
         str(layer): layer_sign(steered[steered.layer == layer], base, n_boot=n_boot)
         for layer in ctx.layers
     }
-    for verdict, what in ((LOWERED, "SIGN CHECK FAILED"), (NOT_SHOWN, "sign check inconclusive")):
-        bad = [(k, v) for k, v in per_layer.items() if v["verdict"] == verdict]
-        if bad:  # one warning for all layers, not one per layer
-            logger.warning(
-                "%s: +%.2f along the direction %s the refusal score on %d held-out prompts (%s)",
-                what,
-                alpha,
-                "lowers" if verdict == LOWERED else "does not clearly raise (CI includes 0)",
-                len(held),
-                "; ".join(
-                    f"layer {k}: {v['baseline_refusal']:.3f} -> {v['steered_refusal']:.3f}"
-                    for k, v in bad
-                ),
-            )
+    log_sign_warnings(per_layer, alpha, logger)
     result = {"alpha": alpha, "n": len(held), "per_layer": per_layer}
     ctx.run.update_json("sanity.json", sign_check=result)
     return result

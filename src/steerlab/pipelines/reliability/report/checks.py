@@ -319,11 +319,13 @@ def template_check(
 
 def sign_check(sanity: dict[str, Any]) -> dict[str, Any]:
     """The pipeline's sign check from ``sanity.json``: which layers failed (refusal lowered, CI
-    below 0) and which are inconclusive (CI includes 0); see :mod:`..sign`. A ``sanity.json``
-    from before the verdicts (``ok`` only) counts every layer without ``ok`` as failed."""
+    below 0), which are ``not_shown`` (no verdict), and whether it ``passed`` (every layer
+    raised); see :mod:`..sign`. In a ``sanity.json`` from before the verdicts (``ok`` only),
+    every layer without ``ok`` counts as failed (``ok`` then meant "steered mean above the
+    baseline's")."""
     sc = sanity.get("sign_check")
     if not sc:
-        return {"available": False, "failed": [], "inconclusive": []}
+        return {"available": False, "passed": False, "failed": [], "not_shown": []}
     per_layer = {int(k): dict(v) for k, v in (sc.get("per_layer") or {}).items()}
 
     def verdict(v: dict[str, Any]) -> str:
@@ -334,6 +336,7 @@ def sign_check(sanity: dict[str, Any]) -> dict[str, Any]:
         "alpha": sc.get("alpha"),
         "n": sc.get("n"),
         "per_layer": per_layer,
+        "passed": bool(per_layer) and all(verdict(v) == RAISED for v in per_layer.values()),
         "failed": sorted(k for k, v in per_layer.items() if verdict(v) == LOWERED),
-        "inconclusive": sorted(k for k, v in per_layer.items() if verdict(v) == NOT_SHOWN),
+        "not_shown": sorted(k for k, v in per_layer.items() if verdict(v) == NOT_SHOWN),
     }

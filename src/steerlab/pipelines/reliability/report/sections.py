@@ -15,6 +15,7 @@ from steerlab.pipelines.reliability.report.holdout_findings import (
     findings_method,
     statement_lines,
 )
+from steerlab.pipelines.reliability.sign import why_not_shown
 
 Lines = list[str]
 Held = dict[str, Any] | None
@@ -263,19 +264,19 @@ def findings_section(
 def sign_status(sign: dict[str, Any]) -> str:
     """The sign check's verdict in a few words: passed only where every layer's rise has a CI
     above 0."""
-    failed, unclear = sign["failed"], sign.get("inconclusive", [])
-    if not failed and not unclear:
+    if sign.get("passed"):
         return "passed"
-    parts = []
-    if failed:
-        parts.append(f"FAILED at layer(s) {', '.join(map(str, failed))} (refusal lowered)")
-    if unclear:
+    per, parts = sign["per_layer"], []
+    if failed := sign["failed"]:
+        how = "lowered" if all("change" in per[L] for L in failed) else "not raised"
+        parts.append(f"FAILED at layer(s) {', '.join(map(str, failed))} (refusal {how})")
+    if not_shown := sign.get("not_shown", []):
+        why = "; ".join(f"L{L}: {why_not_shown(per[L])}" for L in not_shown)
         parts.append(
-            f"not shown at layer(s) {', '.join(map(str, unclear))} (the change's CI includes 0: "
-            "the sign is not confirmed there; more prompts, `sanity_checks.sign_check_n`, "
-            "give a firmer check)"
+            f"not shown at layer(s) {', '.join(map(str, not_shown))} ({why}): the sign is not "
+            "confirmed there; more prompts, `sanity_checks.sign_check_n`, give a firmer check"
         )
-    return "; ".join(parts)
+    return "; ".join(parts) or "no layer checked"
 
 
 def sign_detail(v: dict[str, Any]) -> str:

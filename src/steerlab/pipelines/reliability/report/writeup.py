@@ -55,6 +55,7 @@ from steerlab.pipelines.reliability.report.sections import (
     setup_section,
     sign_detail,
 )
+from steerlab.pipelines.reliability.sign import why_not_shown
 
 FIGURES = (
     ("tradeoff.png", "Refusal on harm_test vs benign helpfulness drop"),
@@ -142,26 +143,31 @@ def _sign_warning(sign: dict[str, Any]) -> list[str]:
     def detail(layers: list[int]) -> str:
         return "; ".join(f"layer {L}: {sign_detail(per[L])}" for L in layers)
 
-    if sign["failed"]:
-        stored = all("change" in per[L] for L in sign["failed"])  # older runs: means only
-        moved = "lowered refusal below (CI below 0)" if stored else "did not raise refusal over"
+    if failed := sign["failed"]:
+        stored = all("change" in per[L] for L in failed)  # older runs: means only
+        moved = (
+            "lowered refusal below the baseline (CI below 0)"
+            if stored
+            else ("did not raise refusal over the baseline")
+        )
         lines += [
             "> **⚠️ WARNING: SIGN CHECK FAILED** at layer(s) "
-            + ", ".join(str(L) for L in sign["failed"])
-            + f". Adding the direction (α={sign.get('alpha')}) {moved} the baseline on the "
-            f"sign-check prompts ({detail(sign['failed'])}). The direction's "
-            "sign, the hook point or the intervention may be wrong; treat every steering result "
-            "below for these layers as suspect.",
+            + ", ".join(str(L) for L in failed)
+            + f". Adding the direction (α={sign.get('alpha')}) {moved} on the sign-check "
+            f"prompts ({detail(failed)}). The direction's sign, the hook point or the "
+            "intervention may be wrong; treat every steering result below for these layers as "
+            "suspect.",
             "",
         ]
-    if unclear := sign.get("inconclusive", []):
+    if not_shown := sign.get("not_shown", []):
+        why = "; ".join(f"layer {L}: {why_not_shown(per[L])}" for L in not_shown)
         lines += [
             "> **Sign check not shown** at layer(s) "
-            + ", ".join(str(L) for L in unclear)
+            + ", ".join(str(L) for L in not_shown)
             + f": adding the direction (α={sign.get('alpha')}) did not clearly raise refusal on "
-            f"the {sign.get('n')} sign-check prompts ({detail(unclear)}; the CI includes 0), so "
-            "the direction's sign is not confirmed there. More prompts "
-            "(`sanity_checks.sign_check_n`) give a firmer check.",
+            f"the sign-check prompts ({detail(not_shown)}; {why}), so the direction's sign is "
+            "not confirmed there. More prompts (`sanity_checks.sign_check_n`) give a firmer "
+            "check.",
             "",
         ]
     return lines
