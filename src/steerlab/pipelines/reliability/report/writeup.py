@@ -160,12 +160,14 @@ def _sign_warning(sign: dict[str, Any]) -> list[str]:
             "",
         ]
     if not_shown := sign.get("not_shown", []):
-        why = "; ".join(f"layer {L}: {why_not_shown(per[L])}" for L in not_shown)
+        why = "; ".join(
+            f"layer {L}: {sign_detail(per[L])}, {why_not_shown(per[L])}" for L in not_shown
+        )
         lines += [
             "> **Sign check not shown** at layer(s) "
             + ", ".join(str(L) for L in not_shown)
             + f": adding the direction (α={sign.get('alpha')}) did not clearly raise refusal on "
-            f"the sign-check prompts ({detail(not_shown)}; {why}), so the direction's sign is "
+            f"the sign-check prompts ({why}), so the direction's sign is "
             "not confirmed there. More prompts (`sanity_checks.sign_check_n`) give a firmer "
             "check.",
             "",
