@@ -337,6 +337,8 @@ def sign_check(sanity: dict[str, Any]) -> dict[str, Any]:
         "n": sc.get("n"),
         "per_layer": per_layer,
         "passed": bool(per_layer) and all(verdict(v) == RAISED for v in per_layer.values()),
-        "failed": sorted(k for k, v in per_layer.items() if verdict(v) == LOWERED),
+        "failed": (failed := sorted(k for k, v in per_layer.items() if verdict(v) == LOWERED)),
+        # "lowered" where the run stored the paired change; older runs stored means only
+        "failed_how": "lowered" if all("change" in per_layer[k] for k in failed) else "not raised",
         "not_shown": sorted(k for k, v in per_layer.items() if verdict(v) == NOT_SHOWN),
     }

@@ -268,8 +268,9 @@ def sign_status(sign: dict[str, Any]) -> str:
         return "passed"
     per, parts = sign["per_layer"], []
     if failed := sign["failed"]:
-        how = "lowered" if all("change" in per[L] for L in failed) else "not raised"
-        parts.append(f"FAILED at layer(s) {', '.join(map(str, failed))} (refusal {how})")
+        parts.append(
+            f"FAILED at layer(s) {', '.join(map(str, failed))} (refusal {sign['failed_how']})"
+        )
     if not_shown := sign.get("not_shown", []):
         why = "; ".join(f"L{L}: {why_not_shown(per[L])}" for L in not_shown)
         parts.append(

@@ -139,22 +139,18 @@ def write_examples(
 
 def _sign_warning(sign: dict[str, Any]) -> list[str]:
     per, lines = sign.get("per_layer", {}), []
-
-    def detail(layers: list[int]) -> str:
-        return "; ".join(f"layer {L}: {sign_detail(per[L])}" for L in layers)
-
     if failed := sign["failed"]:
-        stored = all("change" in per[L] for L in failed)  # older runs: means only
+        detail = "; ".join(f"layer {L}: {sign_detail(per[L])}" for L in failed)
         moved = (
             "lowered refusal below the baseline (CI below 0)"
-            if stored
-            else ("did not raise refusal over the baseline")
+            if sign["failed_how"] == "lowered"
+            else "did not raise refusal over the baseline"
         )
         lines += [
             "> **⚠️ WARNING: SIGN CHECK FAILED** at layer(s) "
             + ", ".join(str(L) for L in failed)
             + f". Adding the direction (α={sign.get('alpha')}) {moved} on the sign-check "
-            f"prompts ({detail(failed)}). The direction's sign, the hook point or the "
+            f"prompts ({detail}). The direction's sign, the hook point or the "
             "intervention may be wrong; treat every steering result below for these layers as "
             "suspect.",
             "",
